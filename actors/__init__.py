@@ -1,0 +1,104 @@
+"""postroom's actors and the messages they exchange.
+
+One module per actor (`account`, `persistence`), one for the messages
+(`messages`), and small pure modules for what they decide (`ordering`, `retry`,
+`validation`, `privacy`) and for time (`clock`).
+"""
+
+from actors._mailbox import DeferredReplyActor, Request
+from actors.account import AccountActor, AccountDeps, AccountSettings, Sender
+from actors.clock import Clock, FakeClock, SystemClock, TimerHandle
+from actors.errors import PermanentError, RateLimited, SendError, SendTimeout, TransientError
+from actors.messages import (
+    AccountFailed,
+    AccountIdle,
+    Cancel,
+    CancelMessage,
+    Claim,
+    Cleanup,
+    CleanupNow,
+    Committed,
+    Deliver,
+    Enqueue,
+    EnqueueBatch,
+    Forget,
+    GetHealth,
+    GetMessage,
+    GetStats,
+    Health,
+    ListMessages,
+    Persist,
+    Pump,
+    Record,
+    Recover,
+    Requeue,
+    RequeueMessage,
+    ResumeAccount,
+    RunCleanup,
+    Wake,
+    WakeAccounts,
+)
+from actors.ordering import SendOrder
+from actors.persistence import HealthState, PersistenceActor
+from actors.privacy import describe_error, mask_phone
+from actors.readers import ReaderPool
+from actors.retry import BackoffPolicy, Decision, RandomSource, compute_backoff, decide
+from actors.validation import Limits, validate_enqueue
+
+__all__ = [
+    "AccountActor",
+    "AccountDeps",
+    "AccountFailed",
+    "AccountIdle",
+    "AccountSettings",
+    "BackoffPolicy",
+    "Cancel",
+    "CancelMessage",
+    "Claim",
+    "Cleanup",
+    "CleanupNow",
+    "Clock",
+    "Committed",
+    "Decision",
+    "DeferredReplyActor",
+    "Deliver",
+    "Enqueue",
+    "EnqueueBatch",
+    "FakeClock",
+    "Forget",
+    "GetHealth",
+    "GetMessage",
+    "GetStats",
+    "Health",
+    "HealthState",
+    "Limits",
+    "ListMessages",
+    "PermanentError",
+    "Persist",
+    "PersistenceActor",
+    "Pump",
+    "RandomSource",
+    "RateLimited",
+    "ReaderPool",
+    "Record",
+    "Recover",
+    "Request",
+    "Requeue",
+    "RequeueMessage",
+    "ResumeAccount",
+    "RunCleanup",
+    "SendError",
+    "SendOrder",
+    "SendTimeout",
+    "Sender",
+    "SystemClock",
+    "TimerHandle",
+    "TransientError",
+    "Wake",
+    "WakeAccounts",
+    "compute_backoff",
+    "decide",
+    "describe_error",
+    "mask_phone",
+    "validate_enqueue",
+]

@@ -1,0 +1,129 @@
+"""A pykka inbox that lets an actor answer an `ask` later, and drain its inbox in batches.
+
+pykka answers an `ask` with the handler's return value, at once. The persistence
+actor must answer only after the commit that covers a whole batch, and the
+supervisor must hand a caller's reply to the persistence actor instead of
+blocking on it. So this inbox hands the handler a `Request` that carries the
+caller's future, and hides that future from pykka's loop.
+
+This relies on `Actor._create_actor_inbox`, documented by pykka as internal for
+implementors of actor types: pykka's major version is pinned in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+import pykka
+from pykka import messages as pykka_messages
+from pykka._envelope import Envelope
+
+
+class Request:
+    """A message and the means to answer whoever asked (nobody, for a `tell`)."""
+
+    __slots__ = ("_reply_to", "message")
+
+    def __init__(self, message: Any, reply_to: pykka.Future[Any] | None) -> None:
+        self.message = message
+        self._reply_to = reply_to
+
+    @property
+    def expects_reply(self) -> bool:
+        return self._reply_to is not None
+
+    def answer(self, value: Any) -> None:
+        """Resolve the caller's future (once; later answers are ignored)."""
+        reply_to, self._reply_to = self._reply_to, None
+        if reply_to is not None:
+            reply_to.set(value)
+
+    def fail(self, error: BaseException) -> None:
+        """Raise `error` in the caller's `ask`."""
+        reply_to, self._reply_to = self._reply_to, None
+        if reply_to is not None:
+            reply_to.set_exception(exc_info=(type(error), error, error.__traceback__))
+
+
+class DeferredInbox:
+    """pykka's `ActorInbox` protocol over a deque, handing out `Request`s."""
+
+    def __init__(self) -> None:
+        self._items: deque[Envelope[Any]] = deque()
+        self._cond = threading.Condition()
+        self.wrapping = True
+
+    def put(self, envelope: Envelope[Any], /) -> None:
+        with self._cond:
+            self._items.append(envelope)
+            self._cond.notify()
+
+    def get(self) -> Envelope[Any]:
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            return self._wrap(self._items.popleft())
+
+    def empty(self) -> bool:
+        with self._cond:
+            return not self._items
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def take_nowait(self, limit: int) -> list[Request]:
+        """Up to `limit` waiting requests, stopping at pykka's stop message."""
+        taken: list[Request] = []
+        with self._cond:
+            while self._items and len(taken) < limit and _is_plain(self._items[0].message):
+                envelope = self._items.popleft()
+                taken.append(Request(envelope.message, envelope.reply_to))
+        return taken
+
+    def _wrap(self, envelope: Envelope[Any]) -> Envelope[Any]:
+        if not self.wrapping or not _is_plain(envelope.message):
+            return envelope  # stop and proxy messages, and anything after stop: pykka's own path
+        return Envelope(Request(envelope.message, envelope.reply_to), reply_to=None)
+
+
+def _is_plain(message: Any) -> bool:
+    return not isinstance(
+        message,
+        pykka_messages._ActorStop | pykka_messages.ProxyCall | pykka_messages.ProxyGetAttr  # noqa: SLF001
+        | pykka_messages.ProxySetAttr,
+    )
+
+
+class DeferredReplyActor(pykka.ThreadingActor):
+    """A pykka actor whose handlers receive `Request`s and answer when they choose.
+
+    An exception raised by `handle` goes back to an asking caller; after a `tell`
+    it is a failure of the actor (pykka's `on_failure`), as with plain pykka.
+    """
+
+    actor_inbox: DeferredInbox  # type: ignore[assignment]
+
+    @staticmethod
+    def _create_actor_inbox() -> DeferredInbox:  # type: ignore[override]
+        return DeferredInbox()
+
+    def on_receive(self, message: Any) -> Any:
+        request: Request = message
+        try:
+            self.handle(request)
+        except Exception as exc:
+            if not request.expects_reply:
+                raise
+            request.fail(exc)
+
+    def handle(self, request: Request) -> None:
+        """Handle one request; answer it now or later."""
+        raise NotImplementedError
+
+    def on_stop(self) -> None:
+        # Whatever arrives from now on gets pykka's ActorDeadError, not silence.
+        self.actor_inbox.wrapping = False
+

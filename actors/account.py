@@ -1,0 +1,323 @@
+"""The account actor: one per sending phone, one message in flight at a time.
+
+Each step: claim the next due message (committed PROCESSING before the sender
+sees it), call the sender, record the outcome (committed before the next claim),
+then queue the next step behind whatever arrived meanwhile, so a new HIGH
+message overtakes queued NORMAL and LOW ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import pykka
+import structlog
+
+from actors.clock import Clock, TimerHandle
+from actors.errors import RateLimited, SendTimeout
+from actors.messages import (
+    AccountFailed,
+    AccountIdle,
+    Claim,
+    Deliver,
+    Forget,
+    Pump,
+    Record,
+    Wake,
+)
+from actors.ordering import SendOrder
+from actors.privacy import describe_error, mask_phone
+from actors.readers import ReaderPool
+from actors.retry import BackoffPolicy, RandomSource, decide
+from storage import Message, Status, Storage, StorageError, Transition
+
+#: The user's delivery code: returns when delivered, raises to say what went wrong.
+Sender = Callable[[Message], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSettings:
+    """How every account actor behaves."""
+
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    """Retry delays and the cap on a rate limit's pause."""
+    send_timeout: float | None = 60.0
+    """Seconds a send may take; past that the outcome is unknown and it is retried. None: no limit
+    (and no extra thread per account)."""
+    window: int = 500
+    """Due messages held in memory per account; the rest stay in the database."""
+    storage_retry: float = 1.0
+    """Seconds before retrying a database operation that failed."""
+    idle_timeout: float | None = 30.0
+    """Seconds with nothing due before the actor stops (its thread freed); None: never."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDeps:
+    """What an account actor talks to."""
+
+    sender: Sender
+    persistence: pykka.ActorRef[Any]
+    supervisor: pykka.ActorRef[Any]
+    storage: Storage
+    readers: ReaderPool
+    clock: Clock
+    rng: RandomSource
+    settings: AccountSettings
+
+
+class AccountActor(pykka.ThreadingActor):
+    """Owns one phone's queue."""
+
+    def __init__(self, phone: str, deps: AccountDeps) -> None:
+        super().__init__()
+        self.phone = phone
+        self.deps = deps
+        self.settings = deps.settings
+        self.order = SendOrder(deps.settings.window)
+        self.log = structlog.get_logger("postroom.account").bind(account=mask_phone(phone))
+        self._wake_at: datetime | None = None  # earliest future message known to be in the DB
+        self._paused_until: datetime | None = None
+        self._unrecorded: Transition | None = None  # an outcome whose write failed
+        self._unrecorded_message: Message | None = None
+        self._timer: TimerHandle | None = None
+        self._timer_at: datetime | None = None
+        self._timer_generation = 0
+        self._pump_queued = False
+        self._idle_since: float | None = None
+        self._deliveries_seen = 0
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- pykka hooks -------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.log.info("account.started")
+        self._kick()
+
+    def on_stop(self) -> None:
+        self._cancel_timer()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        self.log.info("account.stopped")
+
+    def on_failure(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                   tb: TracebackType | None) -> None:
+        self._cancel_timer()
+        self.log.error("account.crashed", error=exc_type.__name__ if exc_type else "unknown")
+        self._tell_supervisor(AccountFailed(self.phone, self.actor_urn,
+                                            exc_type.__name__ if exc_type else "unknown"))
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Deliver(new):
+                self._deliveries_seen += 1
+                self._accept(new)
+            case Forget(_, message_id):
+                self.order.discard(message_id)
+            case Pump():
+                self._pump_queued = False
+                self._step()
+            case Wake(generation):
+                if generation == self._timer_generation:
+                    self._timer, self._timer_at = None, None
+                    self._kick()
+            case _:
+                raise TypeError(f"account actor cannot handle {type(message).__name__} {message!r}")
+
+    # -- the send loop -------------------------------------------------------------------
+
+    def _accept(self, message: Message) -> None:
+        if message.available_at > self.deps.clock.now():
+            self._note_future(message.available_at)
+        elif self.order.offer(message):
+            self._kick()
+
+    def _step(self) -> None:
+        now = self.deps.clock.now()
+        if self._unrecorded is not None and not self._flush_unrecorded():
+            return
+        if self._paused_until is not None and now < self._paused_until:
+            self._arm(self._paused_until)
+            return
+        self._paused_until = None
+        message = self._next_due(now)
+        if message is None:
+            self._rest(now)
+            return
+        self._idle_since = None
+        self._attempt(message)
+        self._kick()
+
+    def _next_due(self, now: datetime) -> Message | None:
+        if self._wake_at is not None and self._wake_at <= now:
+            self._wake_at = None
+            self.order.invalidate()  # something fell due in the DB: reload in full order
+        if not len(self.order) and not self.order.complete and not self._refill(now):
+            return None
+        return self.order.pop()
+
+    def _refill(self, now: datetime) -> bool:
+        storage = self.deps.storage
+        try:
+            window = self.deps.readers.run(storage.due_window, self.phone, now, self.order.capacity)
+            future = self.deps.readers.run(storage.next_available_at, self.phone, now)
+        except StorageError as error:
+            self.log.warning("account.read_failed", error=str(error))
+            self._arm(now + timedelta(seconds=self.settings.storage_retry))
+            return False
+        self.order.replace(window)
+        if future is not None:
+            self._note_future(future)
+        return True
+
+    def _rest(self, now: datetime) -> None:
+        """Nothing due: wait for the next timer, or stop if idle for long enough."""
+        self._arm(self._wake_at)
+        idle = self.settings.idle_timeout
+        if idle is None:
+            return
+        mono = self.deps.clock.monotonic()
+        if self._idle_since is None:
+            self._idle_since = mono
+        if mono - self._idle_since >= idle:
+            # The supervisor decides: it stops us only if it routed us nothing since.
+            self._tell_supervisor(AccountIdle(self.phone, self.actor_urn, self._wake_at,
+                                              self._deliveries_seen))
+            self._idle_since = mono
+            return
+        idle_check = now + timedelta(seconds=idle - (mono - self._idle_since))
+        self._arm(min(idle_check, self._wake_at) if self._wake_at else idle_check)
+
+    def _attempt(self, message: Message) -> None:
+        try:
+            claimed = self.deps.persistence.ask(Claim([message.id])).get(message.id)
+        except StorageError as error:
+            self.order.push_back(message)
+            self.log.warning("account.claim_failed", message_id=message.id, error=str(error))
+            self._arm(self.deps.clock.now() + timedelta(seconds=self.settings.storage_retry))
+            return
+        if claimed is None:
+            return  # cancelled or already finished since it was loaded
+        error = self._send(claimed)
+        self._unrecorded = self._outcome(claimed, error)
+        self._unrecorded_message = claimed
+        self._flush_unrecorded()
+
+    def _send(self, message: Message) -> BaseException | None:
+        """Call the user's sender; whatever it raises (SystemExit too) is an outcome, not a crash."""
+        timeout = self.settings.send_timeout
+        if timeout is None:
+            try:
+                self.deps.sender(message)
+            except BaseException as error:  # noqa: BLE001 - a sender must not kill the actor system
+                return error
+            return None
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="postroom-send")
+        future = self._executor.submit(self.deps.sender, message)
+        try:
+            future.result(timeout=timeout)
+        except BaseException as error:  # noqa: BLE001
+            if future.done():
+                return error
+            # The sender is stuck: abandon its thread; a late return changes nothing.
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            return SendTimeout(f"no answer from the sender within {timeout} s")
+        return None
+
+    def _outcome(self, message: Message, error: BaseException | None) -> Transition:
+        now = self.deps.clock.now()
+        if error is None:
+            return Transition(message.id, message.attempts, Status.COMPLETED, now)
+        policy = self.settings.backoff
+        decision = decide(error, message.attempts, message.max_attempts, now, policy, self.deps.rng)
+        text = describe_error(error, message)
+        if decision.kind == "retry":
+            return Transition(message.id, message.attempts, Status.RETRYING, now, text, decision.at)
+        if decision.kind == "fail":
+            return Transition(message.id, message.attempts, Status.FAILED, now, text)
+        given_back = Status.PENDING if message.attempts <= 1 else Status.RETRYING
+        return Transition(message.id, message.attempts, given_back, now, text, decision.at,
+                          give_back=True)
+
+    def _flush_unrecorded(self) -> bool:
+        """Write the pending outcome; until it is committed nothing else is sent."""
+        transition, message = self._unrecorded, self._unrecorded_message
+        assert transition is not None and message is not None
+        try:
+            written = self.deps.persistence.ask(Record([transition]))
+        except StorageError as error:
+            self.log.warning("account.record_failed", message_id=transition.id, error=str(error))
+            self._arm(self.deps.clock.now() + timedelta(seconds=self.settings.storage_retry))
+            return False
+        self._unrecorded = self._unrecorded_message = None
+        self._after_record(transition, message, transition.id in written)
+        return True
+
+    def _after_record(self, t: Transition, message: Message, applied: bool) -> None:
+        log = self.log.bind(message_id=t.id, attempt=t.attempt)
+        if not applied:
+            log.warning("message.stale_outcome", status=t.status.value)
+        elif t.status is Status.COMPLETED:
+            log.info("message.sent")
+        elif t.status is Status.FAILED:
+            log.warning("message.failed", error=_error_kind(t.error))
+        elif t.give_back:
+            assert t.available_at is not None
+            self._paused_until = t.available_at
+            self._note_future(t.available_at)
+            log.warning("account.rate_limited", until=t.available_at.isoformat())
+        else:
+            assert t.available_at is not None
+            self._note_future(t.available_at)
+            log.info("message.retrying", at=t.available_at.isoformat(), error=_error_kind(t.error))
+
+    # -- timers ------------------------------------------------------------------------
+
+    def _note_future(self, at: datetime) -> None:
+        if self._wake_at is None or at < self._wake_at:
+            self._wake_at = at
+        self._arm(self._wake_at)
+
+    def _arm(self, at: datetime | None) -> None:
+        """Make sure a Wake arrives by `at` (one timer per account; the earliest wins)."""
+        if at is None or (self._timer_at is not None and self._timer_at <= at):
+            return
+        self._cancel_timer()
+        self._timer_generation += 1
+        generation, ref = self._timer_generation, self.actor_ref
+        delay = (at - self.deps.clock.now()).total_seconds()
+        self._timer_at = at
+        self._timer = self.deps.clock.call_later(delay, lambda: _tell(ref, Wake(generation)))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, None
+
+    def _kick(self) -> None:
+        if not self._pump_queued:
+            self._pump_queued = True
+            self.actor_ref.tell(Pump())
+
+    def _tell_supervisor(self, message: Any) -> None:
+        _tell(self.deps.supervisor, message)
+
+
+def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    # Timers and crash reports may outlive their target during shutdown; that is fine.
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        pass
+
+
+def _error_kind(error: str | None) -> str:
+    """Only the exception's type name goes to the log: its text may quote the message."""
+    return (error or "").split(":", 1)[0]

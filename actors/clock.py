@@ -1,0 +1,144 @@
+"""Injectable time: the one seam for "now", intervals and timers.
+
+Actors never call `datetime.now()` or start their own timer threads; they ask a
+`Clock`. `SystemClock` serves every timer of the process from one thread;
+`FakeClock` lets tests move time by hand and fires due timers synchronously.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+
+class TimerHandle:
+    """A pending `call_later`; `cancel()` makes it a no-op."""
+
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Clock(Protocol):
+    """Time as postroom sees it."""
+
+    def now(self) -> datetime:
+        """The current instant, timezone-aware UTC."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back, for intervals."""
+        ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run `callback` once after `delay` seconds, on a timer thread; it must not block."""
+        ...
+
+
+class _TimerQueue:
+    """Deadline-ordered callbacks; shared by both clocks."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, TimerHandle]] = []
+        self._seq = itertools.count()
+
+    def push(self, deadline: float, handle: TimerHandle) -> None:
+        heapq.heappush(self._heap, (deadline, next(self._seq), handle))
+
+    def pop_due(self, now: float) -> list[TimerHandle]:
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            handle = heapq.heappop(self._heap)[2]
+            if not handle.cancelled:
+                due.append(handle)
+        return due
+
+    def next_deadline(self) -> float | None:
+        while self._heap and self._heap[0][2].cancelled:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+
+class SystemClock:
+    """Wall-clock time; all timers run on one daemon thread, started on first use."""
+
+    def __init__(self) -> None:
+        self._timers = _TimerQueue()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        handle = TimerHandle(callback)
+        with self._cond:
+            self._timers.push(time.monotonic() + max(0.0, delay), handle)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="postroom-timers", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return handle
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                deadline = self._timers.next_deadline()
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is None or wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                due = self._timers.pop_due(time.monotonic())
+            for handle in due:
+                handle.callback()
+
+
+class FakeClock:
+    """A clock tests move by hand; due timers fire in the thread that calls `advance`."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2030, 1, 1, tzinfo=UTC)
+        self._mono = 1000.0
+        self._timers = _TimerQueue()
+        self._lock = threading.RLock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._mono
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        handle = TimerHandle(callback)
+        with self._lock:
+            self._timers.push(self._mono + max(0.0, delay), handle)
+        return handle
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and fire every timer that fell due."""
+        with self._lock:
+            self._mono += seconds
+            self._now += timedelta(seconds=seconds)
+            due = self._timers.pop_due(self._mono)
+        for handle in due:
+            handle.callback()
+
+    def pending_timers(self) -> int:
+        """Timers not yet fired nor cancelled (for tests)."""
+        with self._lock:
+            return sum(1 for _, _, h in self._timers._heap if not h.cancelled)

@@ -1,0 +1,33 @@
+"""What a sender raises to say how an attempt went (returning means delivered).
+
+Any other exception counts as a transient failure.
+"""
+
+from __future__ import annotations
+
+from storage.errors import PostroomError
+
+
+class SendError(PostroomError):
+    """The sender could not deliver the message."""
+
+
+class TransientError(SendError):
+    """A temporary failure: retry with backoff."""
+
+
+class PermanentError(SendError):
+    """The message can never be delivered (blocked, unknown chat): fail now, no retry."""
+
+
+class RateLimited(SendError):
+    """The platform asked to slow down: pause the whole account; the attempt is not counted."""
+
+    def __init__(self, retry_after: float, message: str | None = None) -> None:
+        super().__init__(message or f"rate limited; retry after {retry_after} s")
+        self.retry_after = float(retry_after)
+        """Seconds the account must wait before its next send."""
+
+
+class SendTimeout(TransientError):
+    """The sender did not return within the send timeout; the outcome is unknown."""

@@ -1,0 +1,296 @@
+"""The messages postroom's actors exchange.
+
+Public commands (sent by users to the supervisor) come first; each is answered by
+`ask` with the value named in its docstring, or raises a `PostroomError` subclass
+in the caller. With `tell`, a command's error is logged, since nobody waits for it.
+
+Internal messages follow. Every message between actors is a `tell` except where
+noted: account actors `ask` the persistence actor and block until the commit,
+which is what keeps "never sent before committed" true. A failure inside a `tell`
+handler stops the actor and reaches the supervisor through `on_failure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from storage import Delivery, Message, NewMessage, Priority, Status, Transition
+
+if TYPE_CHECKING:
+    from actors._mailbox import Request
+
+# -- public commands ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """Queue one message. Answer: its id (int), once its row is committed."""
+
+    phone: str
+    """The sending account (a phone number or any account id)."""
+    user_id: str
+    """The recipient, in the sender's own terms."""
+    text: str = ""
+    """The body; may be empty only with an attachment."""
+    priority: Priority = Priority.NORMAL
+    """HIGH before NORMAL before LOW among the account's due messages."""
+    attachment: str | None = None
+    """An opaque reference for the sender (file id, URL)."""
+    scheduled_at: datetime | None = None
+    """Send no earlier than this (timezone-aware); None means now."""
+    max_attempts: int | None = None
+    """Attempts before it ends failed; None takes the supervisor's default."""
+    idempotency_key: str | None = None
+    """A repeated key answers the first message's id and writes nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueBatch:
+    """Queue many messages in one commit (a broadcast). Answer: their ids, in order.
+
+    All or nothing: one invalid message refuses the whole batch before anything is written.
+    """
+
+    messages: Sequence[Enqueue]
+    """The messages, validated like single `Enqueue`s."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetMessage:
+    """Answer: the `Message` with this id, or `MessageNotFound`."""
+
+    message_id: int
+    """The id `Enqueue` answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListMessages:
+    """Answer: an account's messages in enqueue order (a list of `Message`)."""
+
+    phone: str
+    """The sending account."""
+    status: Status | None = None
+    """Only this status; None for all."""
+    limit: int = 100
+    """At most this many."""
+    after_id: int = 0
+    """Page on: only ids greater than this."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelMessage:
+    """Cancel a pending or retrying message. Answer: the cancelled `Message`.
+
+    A message already handed to the sender cannot be cancelled (`InvalidTransition`).
+    """
+
+    message_id: int
+    """The message to cancel."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueMessage:
+    """Give a failed message a fresh set of attempts. Answer: the requeued `Message`."""
+
+    message_id: int
+    """The failed message."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetStats:
+    """Answer: `QueueStats`, counts by status overall and per account."""
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupNow:
+    """Delete finished rows older than the retention now. Answer: how many were deleted."""
+
+    older_than: timedelta | None = None
+    """Override the supervisor's retention for this run."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetHealth:
+    """Answer: `Health`, whether the database is writable and which accounts are parked."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeAccount:
+    """Start a parked account again (after its crash storm was fixed). Answer: True if it was parked."""
+
+    phone: str
+    """The parked account."""
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The supervisor's view of its own state."""
+
+    degraded: bool
+    """True while the last write to the database failed."""
+    last_error: str | None
+    """The last database error, if degraded."""
+    accounts_running: int
+    """Account actors alive now."""
+    parked_accounts: tuple[str, ...]
+    """Masked phones of accounts parked after a crash storm."""
+
+
+# -- supervisor <-> persistence ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Insert validated messages; answer `request` with ids once committed, then route them."""
+
+    news: Sequence[NewMessage]
+    """Already validated."""
+    request: Request
+    """The user's request: answered with an id (or a list of ids when `batch`)."""
+    batch: bool
+    """True for `EnqueueBatch`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """Persistence -> supervisor: these rows are committed; hand them to their accounts."""
+
+    messages: Sequence[Message]
+    """New or requeued rows."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Supervisor -> persistence: cancel, answer `request`, then tell the account to forget it."""
+
+    message_id: int
+    """The message."""
+    request: Request
+    """The user's request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Supervisor -> persistence: requeue a failed message; answer `request`, then route it."""
+
+    message_id: int
+    """The message."""
+    request: Request
+    """The user's request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    """Settle PROCESSING rows per the delivery policy (asked). Answer: the rows as written."""
+
+    delivery: Delivery
+    """At-least-once or at-most-once."""
+    phone: str | None = None
+    """One account (after its actor crashed), or all (at boot)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cleanup:
+    """Delete finished rows older than `cutoff`, one chunk per transaction, between other writes."""
+
+    cutoff: datetime
+    """Rows that finished before this go."""
+    request: Request | None
+    """Answered with the total deleted, after the last chunk."""
+    deleted_so_far: int = 0
+    """Carried from chunk to chunk."""
+
+
+# -- account <-> persistence (asked: the account blocks until the commit) ------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Mark messages PROCESSING and count the attempt. Answer: {id: claimed Message}."""
+
+    ids: Sequence[int]
+    """Ids the account wants to send; ones no longer open are left out of the answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Write attempt outcomes. Answer: {id: Message as written}; stale ones are left out."""
+
+    transitions: Sequence[Transition]
+    """One per finished attempt."""
+
+
+# -- supervisor -> account ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """A committed message for this account (new or requeued)."""
+
+    message: Message
+    """As committed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """A message was cancelled: drop it from memory."""
+
+    phone: str
+    """Its account (for routing)."""
+    message_id: int
+    """The cancelled message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pump:
+    """Send the next due message, if any (queued behind other messages, so newcomers are seen first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """A timer fell due (a schedule, a backoff, the end of a pause, a retry of a failed write)."""
+
+    generation: int = field(default=0)
+    """Ignored unless it matches the account's current timer."""
+
+
+# -- account -> supervisor ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountFailed:
+    """An account actor crashed (sent from its `on_failure`)."""
+
+    phone: str
+    """The account."""
+    actor_urn: str
+    """Which incarnation died (a stale report about an older one is ignored)."""
+    error: str
+    """The exception's type name."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountIdle:
+    """An account actor has had nothing due for its idle timeout and offers to stop."""
+
+    phone: str
+    """The account."""
+    actor_urn: str
+    """Which incarnation stopped."""
+    wake_at: datetime | None
+    """Its earliest scheduled or backed-off message."""
+    deliveries_seen: int
+    """How many `Deliver`s it has handled: the supervisor stops it only if it routed no more."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunCleanup:
+    """The supervisor's hourly timer fired."""
+
+
+@dataclass(frozen=True, slots=True)
+class WakeAccounts:
+    """The supervisor's timer for idle accounts with scheduled work fired."""

@@ -1,0 +1,75 @@
+"""An account's due messages in send order, held in a bounded window.
+
+Order: priority (HIGH, NORMAL, LOW), then id (enqueue order). Only due messages
+live here; future ones stay in the database until a timer says they are due.
+When the window is full the database keeps the rest: `complete` is False until a
+reload finds fewer than `capacity` rows.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+from storage import Message
+
+
+class SendOrder:
+    """A sorted, bounded window over an account's due messages."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._keys: list[tuple[int, int]] = []
+        self._messages: dict[int, Message] = {}
+        self.complete = False
+        """True when every due open message of the account is in the window."""
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._messages
+
+    def offer(self, message: Message) -> bool:
+        """Take a newly due message if it belongs in the window; returns whether it did."""
+        if message.id in self._messages:
+            return False
+        if not self.complete and (not self._keys or message.order_key > self._keys[-1]):
+            return False  # rows still in the database may sort first: it is loaded with them
+        bisect.insort(self._keys, message.order_key)
+        self._messages[message.id] = message
+        if len(self._keys) > self.capacity:
+            _, evicted = self._keys.pop()
+            del self._messages[evicted]
+            self.complete = False
+        return True
+
+    def pop(self) -> Message | None:
+        """The next message to send, removed from the window."""
+        if not self._keys:
+            return None
+        _, message_id = self._keys.pop(0)
+        return self._messages.pop(message_id)
+
+    def push_back(self, message: Message) -> None:
+        """Return a message that could not be attempted (it keeps its place)."""
+        if message.id not in self._messages:
+            bisect.insort(self._keys, message.order_key)
+            self._messages[message.id] = message
+
+    def discard(self, message_id: int) -> None:
+        """Drop a message (cancelled)."""
+        message = self._messages.pop(message_id, None)
+        if message is not None:
+            self._keys.remove(message.order_key)
+
+    def invalidate(self) -> None:
+        """Forget the window: the database has changed under it (something fell due)."""
+        self._keys, self._messages, self.complete = [], {}, False
+
+    def replace(self, window: Iterable[Message]) -> None:
+        """Replace the window with a fresh read from the database, already in send order."""
+        messages = list(window)
+        self._messages = {m.id: m for m in messages}
+        self._keys = sorted(m.order_key for m in messages)
+        self.complete = len(messages) < self.capacity

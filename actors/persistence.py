@@ -1,0 +1,188 @@
+"""The persistence actor: the only writer, committing many writes per transaction.
+
+On each wake-up it takes every write waiting in its inbox (up to `max_batch`),
+applies them in one transaction, commits, and only then answers each caller and
+routes new rows to their accounts. One fsync serves the whole batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from actors._mailbox import DeferredReplyActor, Request
+from actors.clock import Clock
+from actors.privacy import mask_phone
+from actors.messages import (
+    Cancel,
+    Claim,
+    Cleanup,
+    Committed,
+    Forget,
+    Persist,
+    Record,
+    Recover,
+    Requeue,
+)
+from storage import Message, PostroomError, Storage, StorageError
+
+log = structlog.get_logger("postroom.persistence")
+
+
+@dataclass
+class HealthState:
+    """Shared between the persistence actor (writes it) and the supervisor (reads it)."""
+
+    degraded: bool = False
+    last_error: str | None = None
+    commits: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def ok(self) -> None:
+        with self._lock:
+            self.degraded, self.last_error = False, None
+            self.commits += 1
+
+    def failed(self, error: StorageError) -> None:
+        with self._lock:
+            self.degraded, self.last_error = True, str(error)
+
+    def snapshot(self) -> tuple[bool, str | None]:
+        with self._lock:
+            return self.degraded, self.last_error
+
+
+#: Called after a commit, in the persistence thread: (kind, payload). Used to route
+#: committed rows through the supervisor without the persistence actor knowing accounts.
+Notify = Callable[[Any], None]
+
+
+class PersistenceActor(DeferredReplyActor):
+    """Single writer with group commit."""
+
+    def __init__(self, storage: Storage, clock: Clock, notify: Notify, health: HealthState,
+                 *, max_batch: int = 2000, cleanup_chunk: int = 1000) -> None:
+        super().__init__()
+        self.storage = storage
+        self.clock = clock
+        self.notify = notify
+        self.health = health
+        self.max_batch = max_batch
+        self.cleanup_chunk = cleanup_chunk
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        self.storage.close()
+
+    def handle(self, request: Request) -> None:
+        batch = [request, *self.actor_inbox.take_nowait(self.max_batch - 1)]
+        self._commit(batch)
+
+    def _commit(self, batch: Sequence[Request]) -> None:
+        try:
+            with self.storage.write_transaction():
+                outcomes = [self._apply(request.message) for request in batch]
+        except StorageError as error:
+            self.health.failed(error)
+            log.error("storage.commit_failed", error=str(error), batch=len(batch))
+            if len(batch) == 1:
+                self._fail(batch[0], error)
+                return
+            # One bad write must not fail its neighbours: try each alone.
+            for request in batch:
+                self._commit([request])
+            return
+        self.health.ok()
+        for request, outcome in zip(batch, outcomes, strict=True):
+            self._settle(request, outcome)
+
+    def _apply(self, message: Any) -> Any:
+        """Run one write inside the open transaction; domain errors are returned, not raised."""
+        now = self.clock.now()
+        try:
+            match message:
+                case Claim(ids):
+                    return self.storage.claim(ids, now)
+                case Record(transitions):
+                    return self.storage.record(transitions)
+                case Persist(news):
+                    return self.storage.insert(news)
+                case Cancel(message_id):
+                    return self.storage.cancel(message_id, now)
+                case Requeue(message_id):
+                    return self.storage.requeue(message_id, now)
+                case Recover(delivery, phone):
+                    return self.storage.recover_interrupted(delivery, now, phone)
+                case Cleanup(cutoff):
+                    return self.storage.delete_finished_before(cutoff, self.cleanup_chunk)
+        except StorageError:
+            raise
+        except PostroomError as error:
+            return error
+        raise TypeError(f"persistence actor cannot handle {type(message).__name__}")
+
+    def _settle(self, request: Request, outcome: Any) -> None:
+        """After the commit: answer the caller, then tell whoever must act on the new state."""
+        message = request.message
+        match message:
+            case Persist(_, user_request, batch):
+                self._answer_persist(user_request, outcome, batch)
+            case Cancel(_, user_request):
+                self._answer(user_request, outcome)
+                if isinstance(outcome, Message):
+                    log.info("message.cancelled", message_id=outcome.id)
+                    self.notify(Forget(outcome.phone, outcome.id))
+            case Requeue(_, user_request):
+                self._answer(user_request, outcome)
+                if isinstance(outcome, Message):
+                    log.info("message.requeued", message_id=outcome.id)
+                    self.notify(Committed([outcome]))
+            case Cleanup(cutoff, user_request, so_far):
+                self._continue_cleanup(cutoff, user_request, so_far, outcome)
+            case _:
+                self._answer(request, outcome)
+
+    def _answer_persist(self, request: Request, outcome: list[Any], batch: bool) -> None:
+        errors = [o for o in outcome if isinstance(o, PostroomError)]
+        created = [o for o in outcome if isinstance(o, Message)]
+        for created_message in created:
+            log.info("message.enqueued", message_id=created_message.id,
+                     priority=created_message.priority.name, account=mask_phone(created_message.phone))
+        if created:
+            self.notify(Committed(created))
+        if errors and not batch:
+            request.fail(errors[0])
+        elif errors:
+            # A conflicting idempotency key inside a batch is reported per message.
+            request.answer([o.id if isinstance(o, Message) else o for o in outcome])
+        else:
+            request.answer([m.id for m in outcome] if batch else outcome[0].id)
+
+    def _continue_cleanup(self, cutoff: datetime, request: Request | None, so_far: int,
+                          deleted_now: int) -> None:
+        if deleted_now >= self.cleanup_chunk:
+            # More may remain: queue the next chunk behind the writes waiting now.
+            self.actor_ref.tell(Cleanup(cutoff, request, so_far + deleted_now))
+            return
+        log.info("cleanup.finished", deleted=so_far + deleted_now)
+        if request is not None:
+            request.answer(so_far + deleted_now)
+
+    def _answer(self, request: Request, outcome: Any) -> None:
+        if isinstance(outcome, PostroomError):
+            request.fail(outcome)
+        else:
+            request.answer(outcome)
+
+    def _fail(self, request: Request, error: StorageError) -> None:
+        user_request = getattr(request.message, "request", None)
+        target = user_request if isinstance(user_request, Request) else request
+        if target.expects_reply:
+            target.fail(error)
+        else:
+            log.error("storage.write_failed", kind=type(request.message).__name__, error=str(error))

@@ -1,0 +1,51 @@
+"""postroom's storage layer: the peewee schema, opening a database by URL, the queries.
+
+No actors here; peewee never leaves this package (callers get `Message` values).
+"""
+
+from storage.database import OwnerLock, SqliteSettings, open_database
+from storage.domain import (
+    FINAL_STATUSES,
+    OPEN_STATUSES,
+    Delivery,
+    Message,
+    NewMessage,
+    Priority,
+    QueueStats,
+    Status,
+)
+from storage.errors import (
+    DatabaseLocked,
+    IdempotencyConflict,
+    InvalidTransition,
+    MessageNotFound,
+    PostroomError,
+    StorageError,
+    SupervisorStopped,
+    ValidationError,
+)
+from storage.store import Storage, Transition
+
+__all__ = [
+    "FINAL_STATUSES",
+    "OPEN_STATUSES",
+    "DatabaseLocked",
+    "Delivery",
+    "IdempotencyConflict",
+    "InvalidTransition",
+    "Message",
+    "MessageNotFound",
+    "NewMessage",
+    "OwnerLock",
+    "PostroomError",
+    "Priority",
+    "QueueStats",
+    "SqliteSettings",
+    "Status",
+    "Storage",
+    "StorageError",
+    "SupervisorStopped",
+    "Transition",
+    "ValidationError",
+    "open_database",
+]

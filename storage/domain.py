@@ -1,0 +1,144 @@
+"""Domain values that every layer shares: statuses, priorities, messages.
+
+Frozen and free of peewee, so actors and users never hold a database row.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Priority(enum.IntEnum):
+    """Send order among due messages of one account; lower value goes first."""
+
+    HIGH = 0  # alerts, replies a user is waiting for
+    NORMAL = 1  # the default
+    LOW = 2  # broadcasts, digests
+
+
+class Status(enum.StrEnum):
+    """Where a message is in its life; every change is written to the database."""
+
+    PENDING = "pending"  # accepted, never attempted (or its attempt was given back)
+    PROCESSING = "processing"  # claimed: handed, or about to be handed, to the sender
+    COMPLETED = "completed"  # the sender returned
+    RETRYING = "retrying"  # an attempt failed; waits for its backoff to elapse
+    FAILED = "failed"  # permanent error, attempts exhausted, or interrupted (at-most-once)
+    CANCELLED = "cancelled"  # cancelled by a user before it was sent
+
+
+#: Statuses that still have work to do; an account actor owns these.
+OPEN_STATUSES = frozenset({Status.PENDING, Status.RETRYING})
+#: Statuses that never change again (except FAILED, which a user may requeue).
+FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+
+class Delivery(enum.StrEnum):
+    """What happens to a message that was `processing` when the process died."""
+
+    AT_LEAST_ONCE = "at_least_once"  # send it again; the interrupted attempt counts
+    AT_MOST_ONCE = "at_most_once"  # mark it failed as interrupted; never resend
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A validated message not yet written; the persistence actor inserts it."""
+
+    phone: str
+    """Sending account."""
+    user_id: str
+    """Recipient, in the sender's own terms."""
+    text: str
+    """Body; may be empty when there is an attachment."""
+    attachment: str | None
+    """An opaque reference the sender understands (file id, URL, path)."""
+    priority: Priority
+    """Send order among due messages of the account."""
+    created_at: datetime
+    """When it was accepted (UTC)."""
+    scheduled_at: datetime | None
+    """Not sent before this instant (UTC); None means now."""
+    max_attempts: int
+    """Attempts before it ends failed."""
+    idempotency_key: str | None
+    """A repeated key answers the first message's id and writes nothing."""
+
+    def same_payload(self, other: NewMessage | Message) -> bool:
+        """True when `other` carries what this would have written (idempotent replay)."""
+        return (
+            self.phone,
+            self.user_id,
+            self.text,
+            self.attachment,
+            self.priority,
+            self.scheduled_at,
+            self.max_attempts,
+        ) == (
+            other.phone,
+            other.user_id,
+            other.text,
+            other.attachment,
+            other.priority,
+            other.scheduled_at,
+            other.max_attempts,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One row of the queue, as the database last recorded it."""
+
+    id: int
+    """Unique and increasing in enqueue order: the FIFO key within a priority."""
+    phone: str
+    """Sending account."""
+    user_id: str
+    """Recipient."""
+    text: str
+    """Body."""
+    attachment: str | None
+    """Opaque attachment reference."""
+    priority: Priority
+    """Send order among due messages of the account."""
+    status: Status
+    """Where it is in its life."""
+    created_at: datetime
+    """When it was accepted."""
+    scheduled_at: datetime | None
+    """The user's schedule; None means as soon as possible."""
+    available_at: datetime
+    """Earliest instant of the next attempt (schedule, backoff or rate-limit pause)."""
+    attempts: int
+    """Attempts claimed so far, including one in flight."""
+    max_attempts: int
+    """Attempts before it ends failed."""
+    last_error: str | None
+    """What the last failed attempt reported."""
+    completed_at: datetime | None
+    """When it reached a final status."""
+    updated_at: datetime
+    """Last status change."""
+    idempotency_key: str | None = field(default=None)
+    """The user's deduplication key, if any."""
+
+    @property
+    def order_key(self) -> tuple[int, int]:
+        """Send order among due messages: priority, then enqueue order."""
+        return (int(self.priority), self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts of messages by status, overall and per account."""
+
+    by_status: dict[Status, int]
+    """Every status, zero included."""
+    by_account: dict[str, dict[Status, int]]
+    """Per phone, only the statuses it has."""
+
+    @property
+    def total(self) -> int:
+        """All messages in the table."""
+        return sum(self.by_status.values())

@@ -1,0 +1,75 @@
+"""The peewee model of the `message_queue` table: the schema's single definition."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import peewee
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(value: datetime) -> int:
+    """UTC microseconds since the epoch; integers order and compare alike on every backend."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    """The inverse of `to_micros`, always timezone-aware."""
+    return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+
+
+class UtcTimestampField(peewee.BigIntegerField):
+    """An aware datetime stored as UTC microseconds (no backend-specific date parsing)."""
+
+    def db_value(self, value: Any) -> Any:
+        return to_micros(value) if isinstance(value, datetime) else value
+
+    def python_value(self, value: Any) -> Any:
+        return from_micros(value) if value is not None else None
+
+
+class Utf8TextField(peewee.BlobField):
+    """Text stored as UTF-8 bytes so that any string, NUL included, round-trips exactly."""
+
+    def db_value(self, value: Any) -> Any:
+        return super().db_value(value.encode("utf-8")) if isinstance(value, str) else value
+
+    def python_value(self, value: Any) -> Any:
+        return bytes(value).decode("utf-8") if value is not None else None
+
+
+class MessageRow(peewee.Model):
+    """One outbound message; `id` doubles as the enqueue sequence (FIFO key)."""
+
+    id = peewee.BigIntegerField(primary_key=True)
+    phone = peewee.CharField(max_length=64)
+    user_id = peewee.CharField(max_length=255)
+    text = Utf8TextField()
+    attachment = peewee.TextField(null=True)
+    priority = peewee.SmallIntegerField()
+    status = peewee.CharField(max_length=16)
+    created_at = UtcTimestampField()
+    scheduled_at = UtcTimestampField(null=True)
+    available_at = UtcTimestampField()
+    attempts = peewee.IntegerField(default=0)
+    max_attempts = peewee.IntegerField()
+    last_error = peewee.TextField(null=True)
+    completed_at = UtcTimestampField(null=True)
+    updated_at = UtcTimestampField()
+    idempotency_key = peewee.CharField(max_length=255, null=True, unique=True)
+
+    class Meta:
+        table_name = "message_queue"
+        indexes = (
+            (("phone", "status"), False),  # an account's open work
+            (("status", "phone"), False),  # boot: which accounts have work
+            (("scheduled_at",), False),  # the seed's schedule look-ups
+            (("phone", "priority", "id"), False),  # an account's window in send order
+            (("status", "completed_at"), False),  # cleanup of old finished rows
+        )
+
+
+MODELS: tuple[type[peewee.Model], ...] = (MessageRow,)

@@ -1,0 +1,430 @@
+"""The storage contract: every query postroom runs, on SQLite and PostgreSQL alike.
+
+Backend differences are decided once, in `_Dialect`. Writes run only inside
+`write_transaction()` and only from the persistence actor (the single writer);
+reads may run from any thread, each on its own connection. Every driver error
+leaves this module as `StorageError`, with the driver's exception as its cause.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import peewee
+
+from storage.domain import (
+    FINAL_STATUSES,
+    OPEN_STATUSES,
+    Delivery,
+    Message,
+    NewMessage,
+    Priority,
+    QueueStats,
+    Status,
+)
+from storage.errors import (
+    IdempotencyConflict,
+    InvalidTransition,
+    MessageNotFound,
+    PostroomError,
+    StorageError,
+)
+from storage.models import MessageRow, from_micros, to_micros
+
+try:
+    import psycopg
+
+    _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+        peewee.PeeweeException,
+        sqlite3.Error,
+        psycopg.Error,
+    )
+except ImportError:  # the [postgres] extra is optional
+    _DRIVER_ERRORS = (peewee.PeeweeException, sqlite3.Error)
+
+_OPEN = tuple(s.value for s in OPEN_STATUSES)
+_FINAL = tuple(s.value for s in FINAL_STATUSES)
+_INSERT_COLUMNS = (
+    "id, phone, user_id, text, attachment, priority, status, created_at, scheduled_at, "
+    "available_at, attempts, max_attempts, updated_at, idempotency_key"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The outcome of one claimed attempt, applied only if that attempt still holds the row."""
+
+    id: int
+    """Message id."""
+    attempt: int
+    """The attempt number the claim returned: a lease token against late results."""
+    status: Status
+    """COMPLETED, RETRYING, FAILED, or PENDING/RETRYING for an attempt given back."""
+    at: datetime
+    """When the outcome was known."""
+    error: str | None = None
+    """Sanitised error text for RETRYING and FAILED."""
+    available_at: datetime | None = None
+    """Earliest next attempt, for RETRYING and for a given-back attempt."""
+    give_back: bool = False
+    """True when the attempt is not counted (rate limited): attempts goes back down."""
+
+
+class _Dialect:
+    """What differs between backends, decided in one place."""
+
+    def __init__(self, db: peewee.Database) -> None:
+        self.db = db
+        self.is_sqlite = isinstance(db, peewee.SqliteDatabase)
+        self.param = db.param
+        self._next_id: int | None = None
+
+    def sql(self, text: str) -> str:
+        return text.replace("?", self.param)
+
+    def allocate_ids(self, count: int) -> list[int]:
+        """Ids for new rows, increasing in enqueue order; called inside the write transaction."""
+        if self.is_sqlite:
+            # One writer per SQLite file (OwnerLock), so a counter in memory is exact.
+            if self._next_id is None:
+                (top,) = self.db.execute_sql("SELECT COALESCE(MAX(id), 0) FROM message_queue").fetchone()
+                self._next_id = int(top) + 1
+            first, self._next_id = self._next_id, self._next_id + count
+            return list(range(first, first + count))
+        cursor = self.db.execute_sql(
+            "SELECT nextval('message_queue_id_seq') FROM generate_series(1, %s)", (count,)
+        )
+        return [int(row[0]) for row in cursor.fetchall()]
+
+    def forget_ids(self) -> None:
+        """After a rollback nothing is known about ids: read MAX(id) again."""
+        self._next_id = None
+
+    def lock_rows(self) -> str:
+        return "" if self.is_sqlite else " FOR UPDATE"
+
+
+class Storage:
+    """The queries of postroom over one database."""
+
+    def __init__(self, db: peewee.Database) -> None:
+        self.db = db
+        meta = type("Meta", (), {"database": db, "table_name": "message_queue",
+                                 "indexes": MessageRow._meta.indexes})  # type: ignore[attr-defined]
+        # A subclass per Storage, so two databases in one process never share a binding.
+        self.Row: type[MessageRow] = type("MessageRow", (MessageRow,), {"Meta": meta, "__module__": __name__})
+        self._dialect = _Dialect(db)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create the table, its indexes and (PostgreSQL) the id sequence, if missing."""
+        with self._guard():
+            self.db.create_tables([self.Row], safe=True)
+            if not self._dialect.is_sqlite:
+                self.db.execute_sql("CREATE SEQUENCE IF NOT EXISTS message_queue_id_seq")
+                self.db.execute_sql(
+                    "SELECT setval('message_queue_id_seq', GREATEST("
+                    "(SELECT COALESCE(MAX(id), 0) FROM message_queue), "
+                    "(SELECT last_value FROM message_queue_id_seq)))"
+                )
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        if not self.db.is_closed():
+            self.db.close()
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[None]:
+        """One transaction holding the write lock from its first statement; commits on exit."""
+        try:
+            with self._guard(), self.db.atomic():
+                yield
+        except StorageError:
+            self._dialect.forget_ids()
+            raise
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except PostroomError:
+            raise
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+
+    # -- writes (inside write_transaction, persistence actor only) -------------------
+
+    def insert(self, news: Sequence[NewMessage]) -> list[Message | IdempotencyConflict]:
+        """Insert new messages; a repeated idempotency key answers the first message instead."""
+        known = self._by_idempotency_keys([n.idempotency_key for n in news if n.idempotency_key])
+        plan: list[int | Message | IdempotencyConflict] = []  # an int indexes `fresh`
+        fresh: list[NewMessage] = []
+        first_in_batch: dict[str, int] = {}
+        for new in news:
+            key = new.idempotency_key
+            if key is not None and key in known:
+                earlier = known[key]
+                plan.append(earlier if new.same_payload(earlier) else IdempotencyConflict())
+            elif key is not None and key in first_in_batch:
+                index = first_in_batch[key]
+                plan.append(index if new.same_payload(fresh[index]) else IdempotencyConflict())
+            else:
+                if key is not None:
+                    first_in_batch[key] = len(fresh)
+                plan.append(len(fresh))
+                fresh.append(new)
+        ids = self._dialect.allocate_ids(len(fresh)) if fresh else []
+        created = [_pending_message(i, new) for i, new in zip(ids, fresh, strict=True)]
+        self._insert_rows(created)
+        return [created[step] if isinstance(step, int) else step for step in plan]
+
+    def _insert_rows(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        marks = ", ".join("?" * 14)
+        sql = self._dialect.sql(f"INSERT INTO message_queue ({_INSERT_COLUMNS}) VALUES ({marks})")
+        params = [
+            (m.id, m.phone, m.user_id, m.text.encode("utf-8"), m.attachment, int(m.priority),
+             m.status.value, to_micros(m.created_at), _micros(m.scheduled_at),
+             to_micros(m.available_at), m.attempts, m.max_attempts, to_micros(m.updated_at),
+             m.idempotency_key)
+            for m in messages
+        ]
+        with self._guard():
+            self.db.cursor().executemany(sql, params)
+
+    def _by_idempotency_keys(self, keys: Sequence[str | None]) -> dict[str | None, Message]:
+        if not keys:
+            return {}
+        with self._guard():
+            rows = self.Row.select().where(self.Row.idempotency_key.in_(list(keys)))
+            return {row.idempotency_key: self._message(row) for row in rows}
+
+    def claim(self, ids: Sequence[int], now: datetime) -> dict[int, Message]:
+        """Move open messages to PROCESSING and count the attempt; others are left alone."""
+        rows = self._select_for_update(ids)
+        claimed = {
+            m.id: replace(m, status=Status.PROCESSING, attempts=m.attempts + 1, updated_at=now)
+            for m in rows if m.status in OPEN_STATUSES
+        }
+        sql = self._dialect.sql(
+            "UPDATE message_queue SET status = ?, attempts = ?, updated_at = ? WHERE id = ?"
+        )
+        params = [(m.status.value, m.attempts, to_micros(now), m.id) for m in claimed.values()]
+        self._executemany(sql, params)
+        return claimed
+
+    def record(self, transitions: Sequence[Transition]) -> dict[int, Message]:
+        """Apply outcomes whose attempt still holds its row (PROCESSING, same attempt number).
+
+        Returns the messages as written; a transition missing from the answer was stale
+        (a late result of an attempt that was already recovered or cancelled).
+        """
+        current = {m.id: m for m in self._select_for_update([t.id for t in transitions])}
+        written: dict[int, Message] = {}
+        for t in transitions:
+            m = current.get(t.id)
+            if m is None or m.status is not Status.PROCESSING or m.attempts != t.attempt:
+                continue
+            written[t.id] = replace(
+                m,
+                status=t.status,
+                attempts=m.attempts - 1 if t.give_back else m.attempts,
+                last_error=t.error if t.error is not None else m.last_error,
+                available_at=t.available_at or m.available_at,
+                completed_at=t.at if t.status in FINAL_STATUSES else None,
+                updated_at=t.at,
+            )
+        self._write_states(list(written.values()))
+        return written
+
+    def _write_states(self, messages: Sequence[Message]) -> None:
+        sql = self._dialect.sql(
+            "UPDATE message_queue SET status = ?, attempts = ?, last_error = ?, available_at = ?, "
+            "completed_at = ?, updated_at = ? WHERE id = ?"
+        )
+        params = [
+            (m.status.value, m.attempts, m.last_error, to_micros(m.available_at),
+             _micros(m.completed_at), to_micros(m.updated_at), m.id)
+            for m in messages
+        ]
+        self._executemany(sql, params)
+
+    def cancel(self, message_id: int, now: datetime) -> Message:
+        """Cancel a message that has not been handed to the sender."""
+        message = self._one_for_update(message_id)
+        if message.status not in OPEN_STATUSES:
+            raise InvalidTransition(f"message {message_id} is {message.status.value}; only pending "
+                                    "or retrying messages can be cancelled")
+        cancelled = replace(message, status=Status.CANCELLED, completed_at=now, updated_at=now)
+        self._write_states([cancelled])
+        return cancelled
+
+    def requeue(self, message_id: int, now: datetime) -> Message:
+        """Give a failed message a fresh set of attempts, due now."""
+        message = self._one_for_update(message_id)
+        if message.status is not Status.FAILED:
+            raise InvalidTransition(f"message {message_id} is {message.status.value}; only failed "
+                                    "messages can be requeued")
+        requeued = replace(message, status=Status.PENDING, attempts=0, available_at=now,
+                           completed_at=None, updated_at=now)
+        self._write_states([requeued])
+        return requeued
+
+    def recover_interrupted(self, delivery: Delivery, now: datetime,
+                            phone: str | None = None) -> list[Message]:
+        """Settle rows left PROCESSING by a crash, per the delivery policy.
+
+        At-least-once: retried now, unless the interrupted attempt was the last one.
+        At-most-once: failed as interrupted. Returns the rows as written.
+        """
+        query = self.Row.select().where(self.Row.status == Status.PROCESSING.value)
+        if phone is not None:
+            query = query.where(self.Row.phone == phone)
+        with self._guard():
+            interrupted = [self._message(row) for row in query]
+        settled = [_settle_interrupted(m, delivery, now) for m in interrupted]
+        self._write_states(settled)
+        return settled
+
+    def delete(self, message_id: int) -> bool:
+        """Delete one message whatever its status (the seed's `delete`)."""
+        with self._guard():
+            return bool(self.Row.delete().where(self.Row.id == message_id).execute())
+
+    def delete_finished_before(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` final rows that finished before `cutoff`; returns how many."""
+        oldest = (self.Row.select(self.Row.id)
+                  .where(self.Row.status.in_(_FINAL) & (self.Row.completed_at < cutoff))
+                  .limit(limit))
+        with self._guard():
+            return int(self.Row.delete().where(self.Row.id.in_(oldest)).execute())
+
+    def _executemany(self, sql: str, params: Sequence[tuple[Any, ...]]) -> None:
+        if params:
+            with self._guard():
+                self.db.cursor().executemany(sql, params)
+
+    def _select_for_update(self, ids: Sequence[int]) -> list[Message]:
+        if not ids:
+            return []
+        query = self.Row.select().where(self.Row.id.in_(list(ids)))
+        if not self._dialect.is_sqlite:
+            query = query.for_update()
+        with self._guard():
+            return [self._message(row) for row in query]
+
+    def _one_for_update(self, message_id: int) -> Message:
+        found = self._select_for_update([message_id])
+        if not found:
+            raise MessageNotFound(f"no message with id {message_id}")
+        return found[0]
+
+    # -- reads (any thread) ----------------------------------------------------------
+
+    def get(self, message_id: int) -> Message:
+        """One message by id."""
+        with self._guard():
+            row = self.Row.get_or_none(self.Row.id == message_id)
+        if row is None:
+            raise MessageNotFound(f"no message with id {message_id}")
+        return self._message(row)
+
+    def list_messages(self, phone: str, status: Status | None = None, limit: int = 100,
+                      after_id: int = 0) -> list[Message]:
+        """An account's messages in enqueue order, optionally of one status (the seed's `get by phone`)."""
+        query = self.Row.select().where((self.Row.phone == phone) & (self.Row.id > after_id))
+        if status is not None:
+            query = query.where(self.Row.status == status.value)
+        with self._guard():
+            return [self._message(row) for row in query.order_by(self.Row.id).limit(limit)]
+
+    def open_messages(self, phone: str | None = None) -> list[Message]:
+        """Pending and retrying messages in send order (the seed's boot query)."""
+        query = self.Row.select().where(self.Row.status.in_(_OPEN))
+        if phone is not None:
+            query = query.where(self.Row.phone == phone)
+        with self._guard():
+            return [self._message(row)
+                    for row in query.order_by(self.Row.phone, self.Row.priority, self.Row.id)]
+
+    def due_window(self, phone: str, now: datetime, limit: int) -> list[Message]:
+        """Up to `limit` of an account's open messages due by `now`, in send order."""
+        query = (self.Row.select()
+                 .where((self.Row.phone == phone) & self.Row.status.in_(_OPEN)
+                        & (self.Row.available_at <= now))
+                 .order_by(self.Row.priority, self.Row.id).limit(limit))
+        with self._guard():
+            return [self._message(row) for row in query]
+
+    def next_available_at(self, phone: str, now: datetime) -> datetime | None:
+        """When the account's next not-yet-due open message falls due, if it has one."""
+        query = (self.Row.select(peewee.fn.MIN(self.Row.available_at))
+                 .where((self.Row.phone == phone) & self.Row.status.in_(_OPEN)
+                        & (self.Row.available_at > now)))
+        with self._guard():
+            value = query.scalar()  # peewee converts MIN(field) with the field's python_value
+        return value if value is None or isinstance(value, datetime) else from_micros(value)
+
+    def phones_with_open_work(self) -> list[str]:
+        """Every account with a pending or retrying message."""
+        query = self.Row.select(self.Row.phone).where(self.Row.status.in_(_OPEN)).distinct()
+        with self._guard():
+            return [phone for (phone,) in query.tuples()]
+
+    def stats(self) -> QueueStats:
+        """Counts by status, overall and per account."""
+        query = (self.Row.select(self.Row.phone, self.Row.status, peewee.fn.COUNT(self.Row.id))
+                 .group_by(self.Row.phone, self.Row.status))
+        by_status = dict.fromkeys(Status, 0)
+        by_account: dict[str, dict[Status, int]] = {}
+        with self._guard():
+            for phone, status, count in query.tuples():
+                by_status[Status(status)] += count
+                by_account.setdefault(phone, {})[Status(status)] = count
+        return QueueStats(by_status=by_status, by_account=by_account)
+
+    def ping(self) -> None:
+        """Run a trivial query; raises StorageError when the database is unreachable."""
+        with self._guard():
+            self.db.execute_sql("SELECT 1").fetchone()
+
+    def _message(self, row: MessageRow) -> Message:
+        return Message(
+            id=row.id, phone=row.phone, user_id=row.user_id, text=row.text,
+            attachment=row.attachment, priority=Priority(row.priority), status=Status(row.status),
+            created_at=row.created_at, scheduled_at=row.scheduled_at,
+            available_at=row.available_at, attempts=row.attempts, max_attempts=row.max_attempts,
+            last_error=row.last_error, completed_at=row.completed_at, updated_at=row.updated_at,
+            idempotency_key=row.idempotency_key,
+        )
+
+
+def _micros(value: datetime | None) -> int | None:
+    return to_micros(value) if value is not None else None
+
+
+def _pending_message(message_id: int, new: NewMessage) -> Message:
+    return Message(
+        id=message_id, phone=new.phone, user_id=new.user_id, text=new.text,
+        attachment=new.attachment, priority=new.priority, status=Status.PENDING,
+        created_at=new.created_at, scheduled_at=new.scheduled_at,
+        available_at=new.scheduled_at or new.created_at, attempts=0,
+        max_attempts=new.max_attempts, last_error=None, completed_at=None,
+        updated_at=new.created_at, idempotency_key=new.idempotency_key,
+    )
+
+
+def _settle_interrupted(message: Message, delivery: Delivery, now: datetime) -> Message:
+    error = "interrupted: the process stopped while this attempt was in flight"
+    if delivery is Delivery.AT_MOST_ONCE or message.attempts >= message.max_attempts:
+        return replace(message, status=Status.FAILED, last_error=error, completed_at=now,
+                       updated_at=now)
+    return replace(message, status=Status.RETRYING, last_error=error, available_at=now,
+                   updated_at=now)

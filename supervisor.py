@@ -1,0 +1,391 @@
+"""The Supervisor actor: the one door in, and the owner of every account actor.
+
+    ref = Supervisor.start(database="sqlite:///postroom.db", sender=send)
+    message_id = ref.ask(Enqueue(phone="+15550001", user_id="42", text="hi"))
+    ref.stop()
+
+Start order: open the database (in the caller's thread, so a bad URL or a locked
+file raises from `start()`), the persistence actor, recovery of rows a crash left
+`processing`, then one account actor per phone with open work. Stop order is the
+reverse: accounts (each finishes its in-flight send and records it), then the
+persistence actor (which commits what it holds), then the database.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pykka
+import structlog
+
+from actors import (
+    AccountActor,
+    AccountDeps,
+    AccountFailed,
+    AccountIdle,
+    AccountSettings,
+    BackoffPolicy,
+    Cancel,
+    CancelMessage,
+    Cleanup,
+    CleanupNow,
+    Clock,
+    Committed,
+    Deliver,
+    Enqueue,
+    EnqueueBatch,
+    FakeClock,
+    Forget,
+    GetHealth,
+    GetMessage,
+    GetStats,
+    Health,
+    HealthState,
+    Limits,
+    ListMessages,
+    PermanentError,
+    Persist,
+    PersistenceActor,
+    RandomSource,
+    RateLimited,
+    ReaderPool,
+    Recover,
+    Request,
+    Requeue,
+    RequeueMessage,
+    ResumeAccount,
+    RunCleanup,
+    SendError,
+    Sender,
+    SendTimeout,
+    SystemClock,
+    TransientError,
+    WakeAccounts,
+    mask_phone,
+    validate_enqueue,
+)
+from actors._mailbox import DeferredReplyActor
+from storage import (
+    DatabaseLocked,
+    Delivery,
+    IdempotencyConflict,
+    InvalidTransition,
+    Message,
+    MessageNotFound,
+    OwnerLock,
+    PostroomError,
+    Priority,
+    QueueStats,
+    SqliteSettings,
+    Status,
+    Storage,
+    StorageError,
+    SupervisorStopped,
+    ValidationError,
+    open_database,
+)
+
+__all__ = [
+    "AccountSettings",
+    "BackoffPolicy",
+    "CancelMessage",
+    "CleanupNow",
+    "DatabaseLocked",
+    "Delivery",
+    "Enqueue",
+    "EnqueueBatch",
+    "FakeClock",
+    "GetHealth",
+    "GetMessage",
+    "GetStats",
+    "Health",
+    "IdempotencyConflict",
+    "InvalidTransition",
+    "Limits",
+    "ListMessages",
+    "Message",
+    "MessageNotFound",
+    "PermanentError",
+    "PostroomError",
+    "Priority",
+    "QueueStats",
+    "RateLimited",
+    "RequeueMessage",
+    "ResumeAccount",
+    "SendError",
+    "SendTimeout",
+    "Sender",
+    "SqliteSettings",
+    "Status",
+    "StorageError",
+    "Supervisor",
+    "SupervisorSettings",
+    "SupervisorStopped",
+    "SystemClock",
+    "TransientError",
+    "ValidationError",
+]
+
+log = structlog.get_logger("postroom.supervisor")
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorSettings:
+    """Everything a supervisor can be told; the defaults suit a bot on one machine."""
+
+    delivery: Delivery = Delivery.AT_LEAST_ONCE
+    """What happens to a message that was being sent when the process died."""
+    limits: Limits = field(default_factory=Limits)
+    """What `Enqueue` accepts."""
+    account: AccountSettings = field(default_factory=AccountSettings)
+    """Backoff, send timeout, window and idle timeout of every account actor."""
+    max_restarts: int = 3
+    """Restarts of one account allowed within `restart_period`; one more parks it."""
+    restart_period: float = 10.0
+    """Seconds over which restarts are counted (OTP's restart intensity)."""
+    retention: timedelta = timedelta(days=7)
+    """Finished rows older than this are deleted by cleanup."""
+    cleanup_interval: float | None = 3600.0
+    """Seconds between automatic cleanups; None: only on `CleanupNow`."""
+    sqlite: SqliteSettings = field(default_factory=SqliteSettings)
+    """synchronous and busy timeout of a SQLite database."""
+    readers: int = 4
+    """Threads (and connections) serving reads."""
+
+
+class Supervisor(DeferredReplyActor):
+    """Routes commands, owns account actors, restarts them, parks crash storms."""
+
+    def __init__(self, database: str | Any, sender: Sender, *,
+                 settings: SupervisorSettings | None = None, clock: Clock | None = None,
+                 rng: RandomSource | None = None) -> None:
+        super().__init__()
+        self.settings = settings or SupervisorSettings()
+        self.clock: Clock = clock or SystemClock()
+        self.sender = sender
+        self.rng: RandomSource = rng or random.Random()
+        self.health = HealthState()
+        self.accounts: dict[str, pykka.ActorRef[AccountActor]] = {}
+        self.routed: dict[str, int] = {}  # Delivers sent to the current incarnation
+        self.restarts: dict[str, deque[float]] = {}
+        self.parked: set[str] = set()
+        self.sleepers: list[tuple[datetime, str]] = []  # idle accounts with future work
+        self._sleeper_timer: Any = None
+        self._cleanup_timer: Any = None
+        self._open_storage(database)
+
+    def _open_storage(self, database: str | Any) -> None:
+        db = open_database(database, self.settings.sqlite)
+        self.lock = OwnerLock(db)
+        self.lock.acquire()
+        try:
+            self.storage = Storage(db)
+            self.storage.create_schema()
+            self.storage.close()  # this was the caller's thread; actors open their own
+        except BaseException:
+            self.lock.release()
+            raise
+        self.readers = ReaderPool(self.settings.readers)
+        self.persistence = PersistenceActor.start(self.storage, self.clock, self._notify, self.health)
+
+    def on_start(self) -> None:
+        recovered = self.persistence.ask(Recover(self.settings.delivery))
+        phones = self.readers.run(self.storage.phones_with_open_work)
+        log.info("supervisor.recovered", interrupted=len(recovered), accounts=len(phones),
+                 delivery=self.settings.delivery.value)
+        for phone in phones:
+            self._start_account(phone)
+        self._arm_cleanup()
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        for timer in (self._cleanup_timer, self._sleeper_timer):
+            if timer is not None:
+                timer.cancel()
+        pykka.get_all([ref.stop(block=False) for ref in self.accounts.values()])
+        self.accounts.clear()
+        self.persistence.stop()
+        self.readers.shutdown(self.storage.close)
+        self.storage.close()
+        self.lock.release()
+        log.info("supervisor.stopped")
+
+    def on_failure(self, *exc_info: Any) -> None:
+        # The supervisor itself failed on a tell: take everything down in order.
+        self.on_stop()
+
+    # -- commands ------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> None:
+        match request.message:
+            case Enqueue() as command:
+                new = validate_enqueue(command, self.clock.now(), self.settings.limits)
+                self.persistence.tell(Persist([new], request, batch=False))
+            case EnqueueBatch(commands):
+                now = self.clock.now()
+                news = [validate_enqueue(c, now, self.settings.limits) for c in commands]
+                self.persistence.tell(Persist(news, request, batch=True))
+            case GetMessage(message_id):
+                self._read(request, self.storage.get, message_id)
+            case ListMessages(phone, status, limit, after_id):
+                self._read(request, self.storage.list_messages, phone, status, limit, after_id)
+            case CancelMessage(message_id):
+                self.persistence.tell(Cancel(message_id, request))
+            case RequeueMessage(message_id):
+                self.persistence.tell(Requeue(message_id, request))
+            case GetStats():
+                self._read(request, self.storage.stats)
+            case CleanupNow(older_than):
+                cutoff = self.clock.now() - (older_than or self.settings.retention)
+                self.persistence.tell(Cleanup(cutoff, request))
+            case GetHealth():
+                request.answer(self._health())
+            case ResumeAccount(phone):
+                request.answer(self._resume(phone))
+            case _:
+                self._handle_internal(request.message)
+
+    def _handle_internal(self, message: Any) -> None:
+        match message:
+            case Committed(messages):
+                self._route(messages)
+            case Forget(phone) as forget:
+                if phone in self.accounts:
+                    _tell(self.accounts[phone], forget)
+            case AccountFailed(phone, urn, error):
+                self._account_failed(phone, urn, error)
+            case AccountIdle(phone, urn, wake_at, seen):
+                self._account_idle(phone, urn, wake_at, seen)
+            case RunCleanup():
+                self.persistence.tell(Cleanup(self.clock.now() - self.settings.retention, None))
+                self._arm_cleanup()
+            case WakeAccounts():
+                self._wake_sleepers()
+            case _:
+                raise ValidationError(f"unknown command {type(message).__name__}")
+
+    def _read(self, request: Request, query: Callable[..., Any], *args: Any) -> None:
+        """Run a read on the reader pool; the supervisor goes on routing meanwhile."""
+        future = self.readers.submit(query, *args)
+        future.add_done_callback(lambda done: _settle_future(request, done))
+
+    def _health(self) -> Health:
+        degraded, error = self.health.snapshot()
+        return Health(degraded=degraded, last_error=error, accounts_running=len(self.accounts),
+                      parked_accounts=tuple(sorted(mask_phone(p) for p in self.parked)))
+
+    # -- account lifecycle -------------------------------------------------------------------
+
+    def _route(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            ref = self._ensure_account(message.phone)
+            if ref is not None:
+                self.routed[message.phone] += 1
+                _tell(ref, Deliver(message))
+
+    def _ensure_account(self, phone: str) -> pykka.ActorRef[AccountActor] | None:
+        if phone in self.parked:
+            return None
+        ref = self.accounts.get(phone)
+        if ref is None:
+            return self._start_account(phone)
+        # A dead ref is a crash whose report is on its way: the restart loads from the database.
+        return ref if ref.is_alive() else None
+
+    def _start_account(self, phone: str) -> pykka.ActorRef[AccountActor]:
+        deps = AccountDeps(
+            sender=self.sender, persistence=self.persistence, supervisor=self.actor_ref,
+            storage=self.storage, readers=self.readers, clock=self.clock, rng=self.rng,
+            settings=self.settings.account,
+        )
+        ref = AccountActor.start(phone, deps)
+        self.accounts[phone] = ref
+        self.routed[phone] = 0
+        return ref
+
+    def _account_failed(self, phone: str, urn: str, error: str) -> None:
+        current = self.accounts.get(phone)
+        if current is None or current.actor_urn != urn:
+            return  # a report about an incarnation already replaced
+        del self.accounts[phone]
+        now = self.clock.monotonic()
+        history = self.restarts.setdefault(phone, deque())
+        history.append(now)
+        while history and now - history[0] > self.settings.restart_period:
+            history.popleft()
+        if len(history) > self.settings.max_restarts:
+            self.parked.add(phone)
+            log.error("account.parked", account=mask_phone(phone), error=error,
+                      restarts=len(history), period=self.settings.restart_period)
+            return
+        # What the dead actor had claimed is settled like a crash of the whole process.
+        self.persistence.ask(Recover(self.settings.delivery, phone))
+        log.warning("account.restarted", account=mask_phone(phone), error=error)
+        self._start_account(phone)
+
+    def _account_idle(self, phone: str, urn: str, wake_at: datetime | None, seen: int) -> None:
+        current = self.accounts.get(phone)
+        if current is None or current.actor_urn != urn or self.routed.get(phone) != seen:
+            return  # something was routed to it since: it is not idle after all
+        del self.accounts[phone]
+        current.stop(block=False)
+        if wake_at is not None:
+            heapq.heappush(self.sleepers, (wake_at, phone))
+            self._arm_sleepers()
+
+    def _arm_sleepers(self) -> None:
+        if self._sleeper_timer is not None:
+            self._sleeper_timer.cancel()
+        if self.sleepers:
+            delay = (self.sleepers[0][0] - self.clock.now()).total_seconds()
+            ref = self.actor_ref
+            self._sleeper_timer = self.clock.call_later(delay, lambda: _tell(ref, WakeAccounts()))
+
+    def _wake_sleepers(self) -> None:
+        now = self.clock.now()
+        while self.sleepers and self.sleepers[0][0] <= now:
+            _, phone = heapq.heappop(self.sleepers)
+            self._ensure_account(phone)
+        self._arm_sleepers()
+
+    def _resume(self, phone: str) -> bool:
+        if phone not in self.parked:
+            return False
+        self.parked.discard(phone)
+        self.restarts.pop(phone, None)
+        self.persistence.ask(Recover(self.settings.delivery, phone))
+        log.info("account.resumed", account=mask_phone(phone))
+        self._start_account(phone)
+        return True
+
+    def _arm_cleanup(self) -> None:
+        interval = self.settings.cleanup_interval
+        if interval is not None:
+            ref = self.actor_ref
+            self._cleanup_timer = self.clock.call_later(interval, lambda: _tell(ref, RunCleanup()))
+
+    def _notify(self, message: Any) -> None:
+        """Called by the persistence actor after a commit (in its thread)."""
+        _tell(self.actor_ref, message)
+
+
+def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        pass  # stopping: the database holds the work, the next start picks it up
+
+
+def _settle_future(request: Request, done: Future[Any]) -> None:
+    error = done.exception()
+    if error is not None:
+        request.fail(error)
+    else:
+        request.answer(done.result())
