@@ -13,8 +13,10 @@ persistence actor (which commits what it holds), then the database.
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import random
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -180,6 +182,7 @@ class Supervisor(DeferredReplyActor):
         self._sleeper_timer: Any = None
         self._cleanup_timer: Any = None
         self._open_storage(database)
+        _RUNNING.add(self.actor_ref)
 
     def _open_storage(self, database: str | Any) -> None:
         db = open_database(database, self.settings.sqlite)
@@ -374,6 +377,19 @@ class Supervisor(DeferredReplyActor):
     def _notify(self, message: Any) -> None:
         """Called by the persistence actor after a commit (in its thread)."""
         _tell(self.actor_ref, message)
+
+
+_RUNNING: weakref.WeakSet[pykka.ActorRef[Supervisor]] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_forgotten_supervisors() -> None:
+    """At interpreter exit, stop supervisors the host forgot, so in-flight work is recorded."""
+    for ref in list(_RUNNING):
+        try:
+            ref.stop(timeout=10)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            pass
 
 
 def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:

@@ -105,6 +105,9 @@ class DeferredReplyActor(pykka.ThreadingActor):
     """
 
     actor_inbox: DeferredInbox  # type: ignore[assignment]
+    # A forgotten supervisor must not keep the host process alive; the atexit hook in
+    # supervisor.py stops running supervisors in order, and the database holds the rest.
+    use_daemon_thread = True
 
     @staticmethod
     def _create_actor_inbox() -> DeferredInbox:  # type: ignore[override]

@@ -74,6 +74,8 @@ class AccountDeps:
 class AccountActor(pykka.ThreadingActor):
     """Owns one phone's queue."""
 
+    use_daemon_thread = True  # see DeferredReplyActor
+
     def __init__(self, phone: str, deps: AccountDeps) -> None:
         super().__init__()
         self.phone = phone

@@ -1,0 +1,189 @@
+"""The storage contract, run on a real SQLite file and on PostgreSQL when reachable."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from storage import (
+    Delivery,
+    IdempotencyConflict,
+    InvalidTransition,
+    MessageNotFound,
+    NewMessage,
+    Priority,
+    Status,
+    Storage,
+    Transition,
+)
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def new(phone: str = "+1555", priority: Priority = Priority.NORMAL, text: str = "hi",
+        scheduled_at: datetime | None = None, key: str | None = None,
+        max_attempts: int = 3) -> NewMessage:
+    return NewMessage(phone=phone, user_id="u1", text=text, attachment=None, priority=priority,
+                      created_at=NOW, scheduled_at=scheduled_at, max_attempts=max_attempts,
+                      idempotency_key=key)
+
+
+def insert(storage: Storage, *news: NewMessage) -> list[int]:
+    with storage.write_transaction():
+        return [m.id for m in storage.insert(list(news))]  # type: ignore[union-attr]
+
+
+def test_insert_assigns_increasing_ids_and_round_trips(storage: Storage) -> None:
+    """Inserted rows come back identical, with ids in enqueue order."""
+    text = "héllo 👋 שלום \x00 '; DROP TABLE message_queue; --" + "x" * 4000
+    ids = insert(storage, new(text=text), new(priority=Priority.HIGH))
+    assert ids == sorted(ids) and len(set(ids)) == 2
+    got = storage.get(ids[0])
+    assert got.text == text and got.status is Status.PENDING and got.attempts == 0
+    assert got.created_at == NOW and got.created_at.tzinfo is not None
+
+
+def test_due_window_orders_by_priority_then_id(storage: Storage) -> None:
+    """The window holds due open messages only, HIGH first, FIFO within a priority."""
+    ids = insert(storage, new(priority=Priority.LOW), new(), new(priority=Priority.HIGH), new(),
+                 new(scheduled_at=NOW + timedelta(hours=1)), new(phone="+other"))
+    window = storage.due_window("+1555", NOW, limit=10)
+    assert [m.id for m in window] == [ids[2], ids[1], ids[3], ids[0]]
+    assert [m.id for m in storage.due_window("+1555", NOW, limit=2)] == [ids[2], ids[1]]
+    assert storage.next_available_at("+1555", NOW) == NOW + timedelta(hours=1)
+
+
+def test_claim_then_record_completed(storage: Storage) -> None:
+    """A claim counts the attempt; recording its outcome with the same attempt applies."""
+    (mid,) = insert(storage, new())
+    with storage.write_transaction():
+        claimed = storage.claim([mid], NOW)
+    assert claimed[mid].status is Status.PROCESSING and claimed[mid].attempts == 1
+    with storage.write_transaction():
+        again = storage.claim([mid], NOW)
+        written = storage.record([Transition(mid, 1, Status.COMPLETED, NOW)])
+    assert again == {}
+    assert written[mid].status is Status.COMPLETED
+    assert storage.get(mid).completed_at == NOW
+
+
+def test_stale_outcome_is_ignored(storage: Storage) -> None:
+    """An outcome for an older attempt (a late return after a timeout) changes nothing."""
+    (mid,) = insert(storage, new())
+    with storage.write_transaction():
+        storage.claim([mid], NOW)
+        storage.record([Transition(mid, 1, Status.RETRYING, NOW, "TimeoutError", NOW)])
+        storage.claim([mid], NOW)
+        late = storage.record([Transition(mid, 1, Status.COMPLETED, NOW)])
+    assert late == {}
+    assert storage.get(mid).status is Status.PROCESSING and storage.get(mid).attempts == 2
+
+
+def test_give_back_does_not_count_the_attempt(storage: Storage) -> None:
+    """A rate-limited attempt is given back: attempts returns to what it was."""
+    (mid,) = insert(storage, new())
+    later = NOW + timedelta(seconds=30)
+    with storage.write_transaction():
+        storage.claim([mid], NOW)
+        storage.record([Transition(mid, 1, Status.PENDING, NOW, "RateLimited", later,
+                                   give_back=True)])
+    got = storage.get(mid)
+    assert (got.status, got.attempts, got.available_at) == (Status.PENDING, 0, later)
+
+
+def test_cancel_and_requeue(storage: Storage) -> None:
+    """Only open messages can be cancelled, only failed ones requeued."""
+    a, b = insert(storage, new(), new())
+    with storage.write_transaction():
+        assert storage.cancel(a, NOW).status is Status.CANCELLED
+    with pytest.raises(InvalidTransition), storage.write_transaction():
+        storage.cancel(a, NOW)
+    with pytest.raises(InvalidTransition), storage.write_transaction():
+        storage.requeue(b, NOW)
+    with storage.write_transaction():
+        storage.claim([b], NOW)
+        storage.record([Transition(b, 1, Status.FAILED, NOW, "PermanentError")])
+        requeued = storage.requeue(b, NOW)
+    assert requeued.status is Status.PENDING and requeued.attempts == 0
+    with pytest.raises(MessageNotFound):
+        storage.get(999_999)
+
+
+def test_idempotency_key(storage: Storage) -> None:
+    """A repeated key answers the first row; a different payload under it is a conflict."""
+    (first,) = insert(storage, new(key="k1"))
+    with storage.write_transaction():
+        results = storage.insert([new(key="k1"), new(key="k1", text="other"), new(key="k2"),
+                                  new(key="k2")])
+    assert results[0].id == first  # type: ignore[union-attr]
+    assert isinstance(results[1], IdempotencyConflict)
+    assert results[2].id == results[3].id  # type: ignore[union-attr]
+    assert storage.stats().total == 2
+
+
+@pytest.mark.parametrize(
+    ("delivery", "attempts_before", "expected"),
+    [
+        (Delivery.AT_LEAST_ONCE, 0, Status.RETRYING),  # interrupted: sent again
+        (Delivery.AT_LEAST_ONCE, 2, Status.FAILED),  # the interrupted attempt was the last
+        (Delivery.AT_MOST_ONCE, 0, Status.FAILED),  # never sent twice
+    ],
+)
+def test_recover_interrupted(storage: Storage, delivery: Delivery, attempts_before: int,
+                             expected: Status) -> None:
+    """Rows left PROCESSING by a crash are settled by the delivery policy."""
+    (mid,) = insert(storage, new(max_attempts=3))
+    with storage.write_transaction():
+        for attempt in range(1, attempts_before + 1):
+            storage.claim([mid], NOW)
+            storage.record([Transition(mid, attempt, Status.RETRYING, NOW, "x", NOW)])
+        storage.claim([mid], NOW)
+        settled = storage.recover_interrupted(delivery, NOW)
+    assert [m.status for m in settled] == [expected]
+    assert storage.get(mid).status is expected
+    assert "interrupted" in (storage.get(mid).last_error or "")
+
+
+def test_cleanup_removes_only_old_finished_rows(storage: Storage) -> None:
+    """Finished rows older than the cutoff go; open rows and recent finished rows stay."""
+    old_done, old_open, new_done = insert(storage, new(), new(), new())
+    with storage.write_transaction():
+        storage.claim([old_done], NOW)
+        storage.record([Transition(old_done, 1, Status.COMPLETED, NOW)])
+        storage.claim([new_done], NOW)
+        storage.record([Transition(new_done, 1, Status.COMPLETED, NOW + timedelta(days=8))])
+        deleted = storage.delete_finished_before(NOW + timedelta(days=1), limit=100)
+    assert deleted == 1
+    remaining = {m.id for m in storage.list_messages("+1555")}
+    assert remaining == {old_open, new_done}
+
+
+def test_open_messages_phones_and_stats(storage: Storage) -> None:
+    """The seed's boot query, the accounts with work, and counts by status and account."""
+    ids = insert(storage, new(phone="+a", priority=Priority.LOW), new(phone="+a"), new(phone="+b"))
+    with storage.write_transaction():
+        storage.claim([ids[2]], NOW)
+        storage.record([Transition(ids[2], 1, Status.COMPLETED, NOW)])
+    assert [m.id for m in storage.open_messages()] == [ids[1], ids[0]]
+    assert storage.phones_with_open_work() == ["+a"]
+    stats = storage.stats()
+    assert stats.by_status[Status.PENDING] == 2 and stats.by_status[Status.COMPLETED] == 1
+    assert stats.by_account["+b"] == {Status.COMPLETED: 1}
+    assert storage.delete(ids[0]) and not storage.delete(ids[0])
+
+
+def test_list_messages_filters_and_pages(storage: Storage) -> None:
+    """An account's messages by status, paged by id."""
+    ids = insert(storage, *[new() for _ in range(5)])
+    assert [m.id for m in storage.list_messages("+1555", limit=2)] == ids[:2]
+    assert [m.id for m in storage.list_messages("+1555", after_id=ids[2])] == ids[3:]
+    assert storage.list_messages("+1555", status=Status.FAILED) == []
+
+
+def test_schema_creation_is_idempotent(storage: Storage) -> None:
+    """Creating the schema on an existing database keeps the rows and the id sequence."""
+    (first,) = insert(storage, new())
+    storage.create_schema()
+    (second,) = insert(storage, new())
+    assert second > first and storage.stats().total == 2

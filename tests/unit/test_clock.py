@@ -1,0 +1,44 @@
+"""The injectable clocks."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from actors.clock import FakeClock, SystemClock
+
+
+def test_fake_clock_fires_due_timers_in_order() -> None:
+    """advance() fires exactly the timers that fell due, earliest first."""
+    clock = FakeClock()
+    fired: list[str] = []
+    clock.call_later(2, lambda: fired.append("b"))
+    clock.call_later(1, lambda: fired.append("a"))
+    clock.call_later(5, lambda: fired.append("c"))
+    start = clock.now()
+    clock.advance(2)
+    assert fired == ["a", "b"]
+    assert clock.now() - start == timedelta(seconds=2)
+    assert clock.pending_timers() == 1
+
+
+def test_fake_clock_cancel() -> None:
+    """A cancelled timer never fires."""
+    clock = FakeClock()
+    fired: list[int] = []
+    handle = clock.call_later(1, lambda: fired.append(1))
+    handle.cancel()
+    clock.advance(10)
+    assert fired == []
+
+
+def test_system_clock_runs_timers_on_one_thread() -> None:
+    """SystemClock fires call_later callbacks, cancelled ones excepted."""
+    clock = SystemClock()
+    done = threading.Event()
+    never: list[int] = []
+    clock.call_later(0.01, lambda: never.append(1)).cancel()
+    clock.call_later(0.02, done.set)
+    assert done.wait(5)
+    assert never == []
+    assert clock.now().tzinfo is not None

@@ -1,0 +1,60 @@
+"""Backoff and the retry decision, as tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from actors.errors import PermanentError, RateLimited, TransientError
+from actors.retry import BackoffPolicy, compute_backoff, decide
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+class FixedRandom:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize(
+    ("attempts", "rand", "expected"),
+    [
+        (1, 0.0, 1.0),  # first failure: the base delay
+        (2, 0.0, 2.0),  # doubles
+        (3, 0.0, 4.0),
+        (9, 0.0, 256.0),
+        (10, 0.0, 300.0),  # capped at max_delay
+        (50, 0.0, 300.0),  # no overflow far past the cap
+        (1, 1.0, 0.8),  # full jitter takes 20% off
+        (3, 0.5, 3.6),  # half jitter takes 10% off
+    ],
+)
+def test_compute_backoff(attempts: int, rand: float, expected: float) -> None:
+    """Exponential, capped, with jitter only ever shortening the wait."""
+    assert compute_backoff(attempts, BackoffPolicy(), FixedRandom(rand)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("error", "attempts", "max_attempts", "kind", "delay"),
+    [
+        (TransientError("x"), 1, 3, "retry", 1.0),  # transient: retry after backoff
+        (ValueError("x"), 2, 3, "retry", 2.0),  # any other exception is transient
+        (TransientError("x"), 3, 3, "fail", None),  # attempts exhausted
+        (PermanentError("x"), 1, 3, "fail", None),  # permanent: fail at once
+        (RateLimited(30), 3, 3, "pause", 30.0),  # rate limit: pause, even on the last attempt
+        (RateLimited(99999), 1, 3, "pause", 3600.0),  # retry_after capped
+        (RateLimited(-5), 1, 3, "pause", 0.0),  # a negative retry_after means now
+        (KeyboardInterrupt(), 1, 3, "retry", 1.0),  # BaseException from a sender is transient too
+    ],
+)
+def test_decide(error: BaseException, attempts: int, max_attempts: int, kind: str,
+                delay: float | None) -> None:
+    """Each sender outcome maps to retry, fail or pause at the right time."""
+    decision = decide(error, attempts, max_attempts, NOW, BackoffPolicy(), FixedRandom(0.0))
+    assert decision.kind == kind
+    expected_at = None if delay is None else NOW + timedelta(seconds=delay)
+    assert decision.at == expected_at

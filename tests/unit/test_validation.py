@@ -1,0 +1,77 @@
+"""Validation at the door: each bad input has its own clear, typed error."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from actors.messages import Enqueue
+from actors.validation import Limits, validate_enqueue
+from storage import Priority, ValidationError
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+GOOD = {"phone": "+15550001", "user_id": "42", "text": "hi"}
+
+
+def command(**changes: Any) -> Enqueue:
+    return Enqueue(**{**GOOD, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"phone": ""}, "phone"),  # empty phone
+        ({"phone": "   "}, "phone"),  # blank phone
+        ({"phone": None}, "phone"),  # not a string
+        ({"phone": "+1\x00555"}, "control"),  # NUL inside an identifier
+        ({"user_id": ""}, "user_id"),  # empty recipient
+        ({"user_id": 42}, "user_id"),  # a number, not a string
+        ({"text": ""}, "text or an attachment"),  # nothing to send
+        ({"text": None}, "text must be a string"),
+        ({"text": "x" * 4097}, "longer than 4096"),  # over the text limit
+        ({"text": "bad \ud800 surrogate"}, "not valid Unicode"),  # unencodable
+        ({"priority": 1}, "Priority"),  # an int is not a Priority
+        ({"priority": "HIGH"}, "Priority"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_attempts": -1}, "max_attempts"),
+        ({"max_attempts": 2.5}, "max_attempts"),
+        ({"max_attempts": True}, "max_attempts"),  # bool is not a count
+        ({"scheduled_at": datetime(2030, 1, 1)}, "timezone-aware"),  # naive datetime
+        ({"scheduled_at": "tomorrow"}, "datetime"),
+        ({"idempotency_key": ""}, "idempotency_key"),
+        ({"attachment": ""}, "attachment"),
+    ],
+)
+def test_invalid_enqueue_is_refused(changes: dict[str, Any], fragment: str) -> None:
+    """Every invalid field raises ValidationError naming the problem."""
+    with pytest.raises(ValidationError, match=fragment):
+        validate_enqueue(command(**changes), NOW, Limits())
+
+
+def test_text_limit_is_configurable() -> None:
+    """max_text_length is a setting, not a constant."""
+    with pytest.raises(ValidationError):
+        validate_enqueue(command(text="x" * 11), NOW, Limits(max_text_length=10))
+    assert validate_enqueue(command(text="x" * 10), NOW, Limits(max_text_length=10)).text
+
+
+def test_valid_enqueue_becomes_a_new_message() -> None:
+    """A valid command keeps its data, gets the defaults, and a UTC schedule."""
+    later = datetime(2030, 1, 2, 12, tzinfo=timezone(timedelta(hours=2)))
+    new = validate_enqueue(command(priority=Priority.HIGH, scheduled_at=later), NOW, Limits())
+    assert new.max_attempts == Limits().default_max_attempts
+    assert new.scheduled_at == later and new.scheduled_at.tzinfo == UTC
+    assert new.created_at == NOW and new.priority is Priority.HIGH
+
+
+def test_attachment_alone_is_enough() -> None:
+    """An empty text is fine when there is an attachment."""
+    assert validate_enqueue(command(text="", attachment="file-1"), NOW, Limits()).attachment
+
+
+def test_not_an_enqueue() -> None:
+    """Anything but an Enqueue is refused."""
+    with pytest.raises(ValidationError):
+        validate_enqueue("hello", NOW, Limits())  # type: ignore[arg-type]
