@@ -129,7 +129,7 @@ class AccountActor(pykka.ThreadingActor):
                     self._timer, self._timer_at = None, None
                     self._kick()
             case _:
-                raise TypeError(f"account actor cannot handle {type(message).__name__} {message!r}")
+                raise TypeError(f"account actor cannot handle {type(message).__name__}")
 
     # -- the send loop -------------------------------------------------------------------
 

@@ -207,11 +207,15 @@ class Storage:
             return {row.idempotency_key: self._message(row) for row in rows}
 
     def claim(self, ids: Sequence[int], now: datetime) -> dict[int, Message]:
-        """Move open messages to PROCESSING and count the attempt; others are left alone."""
+        """Move open, due messages to PROCESSING and count the attempt; others are left alone.
+
+        The database decides, not the caller's copy: a message cancelled, already sent or
+        backing off since the caller loaded it is not claimed.
+        """
         rows = self._select_for_update(ids)
         claimed = {
             m.id: replace(m, status=Status.PROCESSING, attempts=m.attempts + 1, updated_at=now)
-            for m in rows if m.status in OPEN_STATUSES
+            for m in rows if m.status in OPEN_STATUSES and m.available_at <= now
         }
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, updated_at = ? WHERE id = ?"

@@ -1,0 +1,371 @@
+"""The supervisor end to end on a real SQLite file: commands, order, retries, restarts."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pykka
+import pytest
+
+from actors.errors import PermanentError, RateLimited, TransientError
+from storage import Storage, open_database
+from supervisor import (
+    CancelMessage,
+    CleanupNow,
+    Enqueue,
+    EnqueueBatch,
+    FakeClock,
+    GetHealth,
+    GetMessage,
+    GetStats,
+    IdempotencyConflict,
+    InvalidTransition,
+    ListMessages,
+    Message,
+    Priority,
+    RequeueMessage,
+    ResumeAccount,
+    Status,
+    StorageError,
+    SupervisorSettings,
+    ValidationError,
+)
+from tests.conftest import LogCapture, eventually
+from tests.integration.helpers import (
+    RecordingSender,
+    account_ref,
+    start,
+    start_with,
+    status_of,
+)
+
+
+def enqueue(ref: Any, phone: str = "+15550001", **kw: Any) -> int:
+    kw.setdefault("user_id", "42")
+    kw.setdefault("text", "hello")
+    return int(ref.ask(Enqueue(phone=phone, **kw)))
+
+
+def final(ref: Any, ids: list[int]) -> bool:
+    return all(status_of(ref, i) in (Status.COMPLETED, Status.FAILED) for i in ids)
+
+
+def test_enqueue_from_eight_threads_is_durable(sqlite_url: str) -> None:
+    """8 threads enqueue at once: every id is unique, every row committed and delivered."""
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender)
+    ids: list[int] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        mine = [enqueue(ref, phone=f"+1555{n % 3}", text=f"{n}-{i}") for i in range(150)]
+        with lock:
+            ids.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 1200
+    sender.wait_for(1200)
+    eventually(lambda: ref.ask(GetStats()).by_status[Status.COMPLETED] == 1200)
+    ref.stop()
+    storage = Storage(open_database(sqlite_url))
+    assert storage.stats().by_status[Status.COMPLETED] == 1200
+    assert sorted(sender.ids()) == sorted(ids)  # each sent exactly once
+
+
+def test_priority_and_fifo_per_account(sqlite_url: str) -> None:
+    """While the account is busy, queued HIGH goes before NORMAL before LOW, FIFO within each."""
+    gate = threading.Event()
+    sender = RecordingSender(lambda m, n: gate.wait(10) if m.text == "first" else None)
+    ref = start(sqlite_url, sender)
+    first = enqueue(ref, text="first")
+    sender.wait_for(1)  # the account is now inside the sender
+    plan = [Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.LOW, Priority.HIGH,
+            Priority.NORMAL]
+    ids = [enqueue(ref, priority=p) for p in plan]
+    gate.set()
+    sender.wait_for(7)
+    by_priority = sorted(zip(plan, ids, strict=True), key=lambda pair: (pair[0], pair[1]))
+    assert sender.ids() == [first] + [i for _, i in by_priority]
+
+
+def test_scheduled_message_waits_for_its_time(sqlite_url: str) -> None:
+    """A scheduled message is not sent before its time, and is sent when it falls due."""
+    clock = FakeClock()
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender, clock=clock)
+    later = enqueue(ref, scheduled_at=clock.now() + timedelta(minutes=10))
+    clock.advance(599)
+    # Same priority, younger: if `later` were due it would be sent first.
+    probe = enqueue(ref)
+    assert sender.wait_for(1) == [probe]
+    clock.advance(1)
+    assert sender.wait_for(2) == [probe, later]
+
+
+def test_transient_failures_back_off_then_succeed(sqlite_url: str) -> None:
+    """Transient errors are retried after 1 s then 2 s (no jitter); the row records each step."""
+    clock = FakeClock()
+
+    def flaky(message: Message, call: int) -> None:
+        if call <= 2:
+            raise TransientError("try again")
+
+    sender = RecordingSender(flaky)
+    ref = start(sqlite_url, sender, clock=clock)
+    mid = enqueue(ref, max_attempts=5)
+    sender.wait_for(1)
+    retrying = eventually(lambda: (m := ref.ask(GetMessage(mid))).status is Status.RETRYING and m)
+    assert retrying.available_at == clock.now() + timedelta(seconds=1)
+    assert retrying.last_error == "TransientError: try again"
+    clock.advance(1)
+    sender.wait_for(2)
+    eventually(lambda: ref.ask(GetMessage(mid)).attempts == 2
+               and status_of(ref, mid) is Status.RETRYING)
+    clock.advance(2)
+    sender.wait_for(3)
+    done = eventually(lambda: (m := ref.ask(GetMessage(mid))).status is Status.COMPLETED and m)
+    assert done.attempts == 3
+
+
+def test_attempts_exhausted_and_permanent_errors_fail(sqlite_url: str) -> None:
+    """PermanentError fails at once; transient errors fail when max_attempts is reached."""
+    clock = FakeClock()
+
+    def script(message: Message, call: int) -> None:
+        raise PermanentError("blocked") if message.text == "perm" else RuntimeError("flaky")
+
+
+    sender = RecordingSender(script)
+    ref = start(sqlite_url, sender, clock=clock)
+    perm = enqueue(ref, text="perm", max_attempts=5)
+    flaky = enqueue(ref, phone="+15550002", text="some text", max_attempts=2)
+    eventually(lambda: status_of(ref, perm) is Status.FAILED)
+    eventually(lambda: status_of(ref, flaky) is Status.RETRYING)
+    clock.advance(5)
+    eventually(lambda: status_of(ref, flaky) is Status.FAILED)
+    assert ref.ask(GetMessage(perm)).attempts == 1
+    assert ref.ask(GetMessage(flaky)).last_error == "RuntimeError: flaky"
+    assert len(sender.ids("+15550002")) == 2
+
+
+def test_rate_limit_pauses_the_account_without_counting(sqlite_url: str) -> None:
+    """RateLimited pauses the whole account for retry_after; the attempt is given back."""
+    clock = FakeClock()
+
+    def script(message: Message, call: int) -> None:
+        if message.text == "a" and call == 1:
+            raise RateLimited(retry_after=30)
+
+    sender = RecordingSender(script)
+    ref = start(sqlite_url, sender, clock=clock)
+    a = enqueue(ref, text="a", max_attempts=1)
+    sender.wait_for(1)
+    eventually(lambda: ref.ask(GetMessage(a)).status is Status.PENDING)
+    b = enqueue(ref, text="b")
+    other = enqueue(ref, phone="+15550009", text="other")
+    eventually(lambda: other in sender.ids())  # another account is not paused
+    clock.advance(29)
+    probe = enqueue(ref, phone="+15550009", text="probe")
+    eventually(lambda: probe in sender.ids())
+    assert sender.ids("+15550001") == [a]  # still paused
+    clock.advance(1)
+    eventually(lambda: sender.ids("+15550001") == [a, a, b])
+    done = eventually(lambda: (m := ref.ask(GetMessage(a))).status is Status.COMPLETED and m)
+    assert done.attempts == 1  # the rate-limited attempt did not count (max_attempts=1)
+
+
+def test_cancel_and_requeue_commands(sqlite_url: str) -> None:
+    """Cancel removes a queued message; requeue gives a failed one a new life."""
+    clock = FakeClock()
+    sender = RecordingSender(lambda m, n: (_ for _ in ()).throw(PermanentError("no"))
+                             if m.text == "bad" and n == 1 else None)
+    ref = start(sqlite_url, sender, clock=clock)
+    later = enqueue(ref, scheduled_at=clock.now() + timedelta(hours=1))
+    cancelled = ref.ask(CancelMessage(later))
+    assert cancelled.status is Status.CANCELLED
+    with pytest.raises(InvalidTransition):
+        ref.ask(CancelMessage(later))
+    bad = enqueue(ref, text="bad")
+    eventually(lambda: status_of(ref, bad) is Status.FAILED)
+    assert ref.ask(RequeueMessage(bad)).status is Status.PENDING
+    eventually(lambda: status_of(ref, bad) is Status.COMPLETED)
+    clock.advance(3600)
+    listed = ref.ask(ListMessages("+15550001"))
+    assert [m.id for m in listed] == [later, bad]
+    assert sender.ids() == [bad, bad]
+
+
+def test_invalid_commands_write_nothing(sqlite_url: str) -> None:
+    """Invalid input is refused with ValidationError at the door and no row is written."""
+    ref = start(sqlite_url, RecordingSender())
+    with pytest.raises(ValidationError):
+        ref.ask(Enqueue(phone="", user_id="1", text="x"))
+    with pytest.raises(ValidationError):
+        ref.ask(EnqueueBatch([Enqueue(phone="+1", user_id="1", text="ok"),
+                              Enqueue(phone="+1", user_id="1", text="")]))
+    with pytest.raises(ValidationError):
+        ref.ask("not a command")
+    assert ref.ask(GetStats()).total == 0
+
+
+def test_idempotency_key_through_the_supervisor(sqlite_url: str) -> None:
+    """A repeated key answers the first id and sends once; another payload is refused."""
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender)
+    first = enqueue(ref, idempotency_key="order-1")
+    assert enqueue(ref, idempotency_key="order-1") == first
+    with pytest.raises(IdempotencyConflict):
+        enqueue(ref, idempotency_key="order-1", text="different")
+    eventually(lambda: status_of(ref, first) is Status.COMPLETED)
+    assert ref.ask(GetStats()).total == 1 and sender.ids() == [first]
+
+
+def test_batch_enqueue_answers_ids_in_order(sqlite_url: str) -> None:
+    """EnqueueBatch commits all messages at once and answers their ids in order."""
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender)
+    ids = ref.ask(EnqueueBatch([Enqueue(phone=f"+1{i % 4}", user_id="u", text=str(i))
+                                for i in range(100)]))
+    assert ids == sorted(ids) and len(set(ids)) == 100
+    sender.wait_for(100)
+
+
+def test_restart_delivers_pending_retrying_and_scheduled_in_order(sqlite_url: str) -> None:
+    """Stop with pending, retrying and scheduled rows; a new supervisor delivers them all in order."""
+    clock = FakeClock()
+
+    def script(message: Message, call: int) -> None:
+        if message.phone == "+paused":
+            raise RateLimited(retry_after=3600)
+        if message.phone == "+flaky":
+            raise TransientError("down")
+
+    first = start(sqlite_url, RecordingSender(script), clock=clock)
+    plan = [Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.NORMAL]
+    paused = [enqueue(first, phone="+paused", priority=p) for p in plan]
+    flaky = [enqueue(first, phone="+flaky", priority=p, max_attempts=9) for p in plan]
+    later = enqueue(first, phone="+later", scheduled_at=clock.now() + timedelta(minutes=30))
+    eventually(lambda: all(status_of(first, i) is Status.RETRYING for i in flaky))
+    stats = first.ask(GetStats()).by_account
+    assert stats["+paused"] == {Status.PENDING: 4}
+    first.stop()
+
+    clock.advance(7200)
+    sender = RecordingSender()
+    second = start(sqlite_url, sender, clock=clock)
+    sender.wait_for(9)
+    expected = [paused[2], paused[1], paused[3], paused[0]]
+    assert sender.ids("+paused") == expected
+    assert sender.ids("+flaky") == [flaky[2], flaky[1], flaky[3], flaky[0]]
+    assert sender.ids("+later") == [later]
+    eventually(lambda: final(second, paused + flaky + [later]))
+
+
+def test_crashed_account_is_restarted_and_others_unaffected(sqlite_url: str,
+                                                            logs: LogCapture) -> None:
+    """A fault in one account actor restarts it from the database; other accounts keep sending."""
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender)
+    enqueue(ref, phone="+victim")
+    enqueue(ref, phone="+bystander")
+    sender.wait_for(2)
+    account_ref("+victim").tell("an unknown message: the actor raises")
+    eventually(lambda: logs.events("account.restarted"))
+    after = [enqueue(ref, phone="+victim", text=str(i)) for i in range(5)]
+    others = [enqueue(ref, phone="+bystander", text=str(i)) for i in range(5)]
+    eventually(lambda: final(ref, after + others))
+    assert logs.events("account.crashed")[0]["account"] == "+vi**im"
+
+
+def test_crash_storm_parks_only_that_account(sqlite_url: str, logs: LogCapture) -> None:
+    """More than max_restarts crashes within the period parks the account; resume restarts it."""
+    sender = RecordingSender()
+    settings = SupervisorSettings(max_restarts=2, restart_period=60)
+    ref = start_with(sqlite_url, sender, settings)
+    enqueue(ref, phone="+storm")
+    sender.wait_for(1)
+    for crash in range(3):
+        account_ref("+storm").tell("boom")
+        eventually(lambda c=crash: len(logs.events("account.crashed")) == c + 1)
+        if crash < 2:
+            eventually(lambda c=crash: len(logs.events("account.restarted")) == c + 1)
+    eventually(lambda: logs.events("account.parked"))
+    parked_msg = enqueue(ref, phone="+storm", text="waits")
+    other = enqueue(ref, phone="+calm")
+    eventually(lambda: status_of(ref, other) is Status.COMPLETED)
+    assert status_of(ref, parked_msg) is Status.PENDING
+    assert ref.ask(GetHealth()).parked_accounts == ("+st*rm",)
+    assert ref.ask(ResumeAccount("+storm")) is True
+    eventually(lambda: status_of(ref, parked_msg) is Status.COMPLETED)
+
+
+def test_cleanup_removes_only_old_finished_rows(sqlite_url: str) -> None:
+    """Cleanup deletes completed/failed/cancelled rows older than the retention, hourly too."""
+    clock = FakeClock()
+    sender = RecordingSender()
+    settings = SupervisorSettings(retention=timedelta(days=7), cleanup_interval=3600)
+    ref = start_with(sqlite_url, sender, settings, clock=clock)
+    done = enqueue(ref)
+    eventually(lambda: status_of(ref, done) is Status.COMPLETED)
+    scheduled = enqueue(ref, scheduled_at=clock.now() + timedelta(days=30))
+    cancelled = enqueue(ref, scheduled_at=clock.now() + timedelta(days=30))
+    ref.ask(CancelMessage(cancelled))
+    clock.advance(6 * 86400)
+    assert ref.ask(CleanupNow()) == 0
+    clock.advance(86400 + 3600)  # crosses the retention and fires the hourly timer
+    eventually(lambda: ref.ask(GetStats()).total == 1)
+    assert [m.id for m in ref.ask(ListMessages("+15550001"))] == [scheduled]
+
+
+def test_database_error_reaches_the_caller_and_clears(sqlite_url: str) -> None:
+    """With the table gone, enqueue raises StorageError and health is degraded; then it recovers."""
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender)
+    outsider = Storage(open_database(sqlite_url))
+    outsider.db.execute_sql("ALTER TABLE message_queue RENAME TO hidden")
+    with pytest.raises(StorageError):
+        enqueue(ref)
+    health = ref.ask(GetHealth())
+    assert health.degraded and "no such table" in (health.last_error or "")
+    outsider.db.execute_sql("ALTER TABLE hidden RENAME TO message_queue")
+    mid = enqueue(ref)
+    eventually(lambda: status_of(ref, mid) is Status.COMPLETED)
+    assert not ref.ask(GetHealth()).degraded
+    outsider.close()
+
+
+def test_logs_mask_phones_and_never_carry_text(sqlite_url: str, logs: LogCapture) -> None:
+    """Events have stable names and masked accounts; no event contains the phone or the text."""
+    sender = RecordingSender(lambda m, n: (_ for _ in ()).throw(TransientError(m.text))
+                             if n == 1 else None)
+    ref = start(sqlite_url, sender, backoff=__import__("actors").BackoffPolicy(base=0.01))
+    mid = enqueue(ref, phone="+19995550123", user_id="canary-user", text="canary text")
+    eventually(lambda: status_of(ref, mid) is Status.COMPLETED)
+    names = {e["event"] for e in logs.entries}
+    assert {"message.enqueued", "message.retrying", "message.sent", "account.started"} <= names
+    dump = repr(logs.entries)
+    for secret in ("+19995550123", "canary text", "canary-user"):
+        assert secret not in dump
+    assert "canary" not in (ref.ask(GetMessage(mid)).last_error or "")
+
+
+def test_stop_is_graceful_and_refuses_later_commands(sqlite_url: str) -> None:
+    """stop() lets the in-flight send finish and record; later asks fail with ActorDeadError."""
+    gate = threading.Event()
+    sender = RecordingSender(lambda m, n: gate.wait(10))
+    ref = start(sqlite_url, sender)
+    mid = enqueue(ref)
+    sender.wait_for(1)
+    stopper = threading.Thread(target=ref.stop)
+    stopper.start()
+    gate.set()
+    stopper.join(20)
+    assert Storage(open_database(sqlite_url)).get(mid).status is Status.COMPLETED
+    with pytest.raises(pykka.ActorDeadError):
+        ref.ask(GetStats())
