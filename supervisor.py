@@ -14,6 +14,7 @@ persistence actor (which commits what it holds), then the database.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import heapq
 import random
 import weakref
@@ -64,8 +65,8 @@ from actors import (
     RequeueMessage,
     ResumeAccount,
     RunCleanup,
-    SendError,
     Sender,
+    SendError,
     SendTimeout,
     SystemClock,
     TransientError,
@@ -199,7 +200,8 @@ class Supervisor(DeferredReplyActor):
         self.persistence = PersistenceActor.start(self.storage, self.clock, self._notify, self.health)
 
     def on_start(self) -> None:
-        recovered = self.persistence.ask(Recover(self.settings.delivery))
+        recovered: list[Message] = self.persistence.ask(
+            Recover(self.settings.delivery), block=True)
         phones = self.readers.run(self.storage.phones_with_open_work)
         log.info("supervisor.recovered", interrupted=len(recovered), accounts=len(phones),
                  delivery=self.settings.delivery.value)
@@ -386,17 +388,14 @@ _RUNNING: weakref.WeakSet[pykka.ActorRef[Supervisor]] = weakref.WeakSet()
 def _stop_forgotten_supervisors() -> None:
     """At interpreter exit, stop supervisors the host forgot, so in-flight work is recorded."""
     for ref in list(_RUNNING):
-        try:
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             ref.stop(timeout=10)
-        except (pykka.ActorDeadError, pykka.Timeout):
-            pass
 
 
 def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
-    try:
+    # Stopping: the database holds the work, and the next start picks it up.
+    with contextlib.suppress(pykka.ActorDeadError):
         ref.tell(message)
-    except pykka.ActorDeadError:
-        pass  # stopping: the database holds the work, the next start picks it up
 
 
 def _settle_future(request: Request, done: Future[Any]) -> None:

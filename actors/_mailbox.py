@@ -92,7 +92,7 @@ class DeferredInbox:
 def _is_plain(message: Any) -> bool:
     return not isinstance(
         message,
-        pykka_messages._ActorStop | pykka_messages.ProxyCall | pykka_messages.ProxyGetAttr  # noqa: SLF001
+        pykka_messages._ActorStop | pykka_messages.ProxyCall | pykka_messages.ProxyGetAttr
         | pykka_messages.ProxySetAttr,
     )
 
@@ -104,13 +104,13 @@ class DeferredReplyActor(pykka.ThreadingActor):
     it is a failure of the actor (pykka's `on_failure`), as with plain pykka.
     """
 
-    actor_inbox: DeferredInbox  # type: ignore[assignment]
+    actor_inbox: DeferredInbox
     # A forgotten supervisor must not keep the host process alive; the atexit hook in
     # supervisor.py stops running supervisors in order, and the database holds the rest.
     use_daemon_thread = True
 
     @staticmethod
-    def _create_actor_inbox() -> DeferredInbox:  # type: ignore[override]
+    def _create_actor_inbox() -> DeferredInbox:
         return DeferredInbox()
 
     def on_receive(self, message: Any) -> Any:

@@ -8,6 +8,7 @@ message overtakes queued NORMAL and LOW ones.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import pykka
 import structlog
 
 from actors.clock import Clock, TimerHandle
-from actors.errors import RateLimited, SendTimeout
+from actors.errors import SendTimeout
 from actors.messages import (
     AccountFailed,
     AccountIdle,
@@ -197,7 +198,8 @@ class AccountActor(pykka.ThreadingActor):
 
     def _attempt(self, message: Message) -> None:
         try:
-            claimed = self.deps.persistence.ask(Claim([message.id])).get(message.id)
+            claims: dict[int, Message] = self.deps.persistence.ask(Claim([message.id]), block=True)
+            claimed = claims.get(message.id)
         except StorageError as error:
             self.order.push_back(message)
             self.log.warning("account.claim_failed", message_id=message.id, error=str(error))
@@ -205,8 +207,8 @@ class AccountActor(pykka.ThreadingActor):
             return
         if claimed is None:
             return  # cancelled or already finished since it was loaded
-        error = self._send(claimed)
-        self._unrecorded = self._outcome(claimed, error)
+        outcome = self._send(claimed)
+        self._unrecorded = self._outcome(claimed, outcome)
         self._unrecorded_message = claimed
         self._flush_unrecorded()
 
@@ -224,9 +226,9 @@ class AccountActor(pykka.ThreadingActor):
         future = self._executor.submit(self.deps.sender, message)
         try:
             future.result(timeout=timeout)
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as raised:  # noqa: BLE001
             if future.done():
-                return error
+                return raised
             # The sender is stuck: abandon its thread; a late return changes nothing.
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -253,7 +255,7 @@ class AccountActor(pykka.ThreadingActor):
         transition, message = self._unrecorded, self._unrecorded_message
         assert transition is not None and message is not None
         try:
-            written = self.deps.persistence.ask(Record([transition]))
+            written = self.deps.persistence.ask(Record([transition]), block=True)
         except StorageError as error:
             self.log.warning("account.record_failed", message_id=transition.id, error=str(error))
             self._arm(self.deps.clock.now() + timedelta(seconds=self.settings.storage_retry))
@@ -314,10 +316,8 @@ class AccountActor(pykka.ThreadingActor):
 
 def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
     # Timers and crash reports may outlive their target during shutdown; that is fine.
-    try:
+    with contextlib.suppress(pykka.ActorDeadError):
         ref.tell(message)
-    except pykka.ActorDeadError:
-        pass
 
 
 def _error_kind(error: str | None) -> str:

@@ -17,7 +17,6 @@ import structlog
 
 from actors._mailbox import DeferredReplyActor, Request
 from actors.clock import Clock
-from actors.privacy import mask_phone
 from actors.messages import (
     Cancel,
     Claim,
@@ -29,6 +28,7 @@ from actors.messages import (
     Recover,
     Requeue,
 )
+from actors.privacy import mask_phone
 from storage import Message, PostroomError, Storage, StorageError
 
 log = structlog.get_logger("postroom.persistence")

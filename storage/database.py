@@ -48,7 +48,8 @@ def open_database(
     if url_or_db.startswith("sqlite:"):
         return _open_sqlite(url_or_db, settings)
     if url_or_db.startswith(("postgres://", "postgresql://")):
-        return db_url.connect(url_or_db, autoconnect=True)
+        database: peewee.Database = db_url.connect(url_or_db, autoconnect=True)
+        return database
     raise ValidationError(f"unsupported database URL scheme: {url_or_db.split(':', 1)[0]!r}")
 
 

@@ -9,11 +9,11 @@ leaves this module as `StorageError`, with the driver's exception as its cause.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import peewee
 
@@ -115,7 +115,7 @@ class Storage:
     def __init__(self, db: peewee.Database) -> None:
         self.db = db
         meta = type("Meta", (), {"database": db, "table_name": "message_queue",
-                                 "indexes": MessageRow._meta.indexes})  # type: ignore[attr-defined]
+                                 "indexes": MessageRow._meta.indexes})
         # A subclass per Storage, so two databases in one process never share a binding.
         self.Row: type[MessageRow] = type("MessageRow", (MessageRow,), {"Meta": meta, "__module__": __name__})
         self._dialect = _Dialect(db)
@@ -380,7 +380,7 @@ class Storage:
         """Every account with a pending or retrying message."""
         query = self.Row.select(self.Row.phone).where(self.Row.status.in_(_OPEN)).distinct()
         with self._guard():
-            return [phone for (phone,) in query.tuples()]
+            return [phone for (phone,) in cast(Iterable[tuple[str]], query.tuples())]
 
     def stats(self) -> QueueStats:
         """Counts by status, overall and per account."""
@@ -389,7 +389,7 @@ class Storage:
         by_status = dict.fromkeys(Status, 0)
         by_account: dict[str, dict[Status, int]] = {}
         with self._guard():
-            for phone, status, count in query.tuples():
+            for phone, status, count in cast(Iterable[tuple[str, str, int]], query.tuples()):
                 by_status[Status(status)] += count
                 by_account.setdefault(phone, {})[Status(status)] = count
         return QueueStats(by_status=by_status, by_account=by_account)
