@@ -369,3 +369,23 @@ def test_stop_is_graceful_and_refuses_later_commands(sqlite_url: str) -> None:
     assert Storage(open_database(sqlite_url)).get(mid).status is Status.COMPLETED
     with pytest.raises(pykka.ActorDeadError):
         ref.ask(GetStats())
+
+
+def test_idle_account_stops_and_wakes_for_scheduled_work(sqlite_url: str,
+                                                         logs: LogCapture) -> None:
+    """An account with nothing due stops after the idle timeout; its scheduled message still goes."""
+    clock = FakeClock()
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender, clock=clock, idle_timeout=30)
+    now_id = enqueue(ref)
+    later = enqueue(ref, scheduled_at=clock.now() + timedelta(hours=1))
+    sender.wait_for(1)
+    eventually(lambda: status_of(ref, now_id) is Status.COMPLETED)
+    clock.advance(31)
+    eventually(lambda: logs.events("account.stopped"))
+    assert ref.ask(GetHealth()).accounts_running == 0
+    clock.advance(3600)
+    assert sender.wait_for(2) == [now_id, later]
+    eventually(lambda: status_of(ref, later) is Status.COMPLETED)
+    fresh = enqueue(ref, phone="+15550001", text="new work restarts it")
+    eventually(lambda: status_of(ref, fresh) is Status.COMPLETED)
