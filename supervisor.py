@@ -74,6 +74,7 @@ from actors import (
     mask_phone,
     validate_enqueue,
 )
+from actors._faults import crash_point
 from actors._mailbox import DeferredReplyActor
 from storage import (
     DatabaseLocked,
@@ -202,6 +203,7 @@ class Supervisor(DeferredReplyActor):
     def on_start(self) -> None:
         recovered: list[Message] = self.persistence.ask(
             Recover(self.settings.delivery), block=True)
+        crash_point("boot.recovered")
         phones = self.readers.run(self.storage.phones_with_open_work)
         log.info("supervisor.recovered", interrupted=len(recovered), accounts=len(phones),
                  delivery=self.settings.delivery.value)

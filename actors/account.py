@@ -19,6 +19,7 @@ from typing import Any
 import pykka
 import structlog
 
+from actors._faults import crash_point
 from actors.clock import Clock, TimerHandle
 from actors.errors import SendTimeout
 from actors.messages import (
@@ -207,6 +208,7 @@ class AccountActor(pykka.ThreadingActor):
             return
         if claimed is None:
             return  # cancelled or already finished since it was loaded
+        crash_point("claim.committed")
         outcome = self._send(claimed)
         self._unrecorded = self._outcome(claimed, outcome)
         self._unrecorded_message = claimed
@@ -261,6 +263,8 @@ class AccountActor(pykka.ThreadingActor):
             self._arm(self.deps.clock.now() + timedelta(seconds=self.settings.storage_retry))
             return False
         self._unrecorded = self._unrecorded_message = None
+        if transition.status is Status.COMPLETED:
+            crash_point("record.completed")
         self._after_record(transition, message, transition.id in written)
         return True
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from actors._faults import crash_point
 from actors._mailbox import DeferredReplyActor, Request
 from actors.clock import Clock
 from actors.messages import (
@@ -29,7 +30,7 @@ from actors.messages import (
     Requeue,
 )
 from actors.privacy import mask_phone
-from storage import Message, PostroomError, Storage, StorageError
+from storage import Message, PostroomError, Status, Storage, StorageError
 
 log = structlog.get_logger("postroom.persistence")
 
@@ -98,6 +99,8 @@ class PersistenceActor(DeferredReplyActor):
                 self._commit([request])
             return
         self.health.ok()
+        if any(isinstance(request.message, Persist) for request in batch):
+            crash_point("enqueue.committed")
         for request, outcome in zip(batch, outcomes, strict=True):
             self._settle(request, outcome)
 
@@ -109,7 +112,10 @@ class PersistenceActor(DeferredReplyActor):
                 case Claim(ids):
                     return self.storage.claim(ids, now)
                 case Record(transitions):
-                    return self.storage.record(transitions)
+                    written = self.storage.record(transitions)
+                    if any(t.status is Status.RETRYING for t in transitions):
+                        crash_point("record.retry.mid")
+                    return written
                 case Persist(news):
                     return self.storage.insert(news)
                 case Cancel(message_id):
@@ -117,7 +123,10 @@ class PersistenceActor(DeferredReplyActor):
                 case Requeue(message_id):
                     return self.storage.requeue(message_id, now)
                 case Recover(delivery, phone):
-                    return self.storage.recover_interrupted(delivery, now, phone)
+                    settled = self.storage.recover_interrupted(delivery, now, phone)
+                    if settled:
+                        crash_point("recover.mid")
+                    return settled
                 case Cleanup(cutoff):
                     return self.storage.delete_finished_before(cutoff, self.cleanup_chunk)
         except StorageError:

@@ -75,14 +75,17 @@ class LedgerSender:
         self.lock = threading.Lock()
 
     def __call__(self, message: Any) -> None:
+        from actors._faults import crash_point
         from actors.errors import TransientError
 
         with self.lock:
             delay = self.rng.uniform(*self.latency) / 1000
             fail = self.rng.random() < self.failure_rate
         time.sleep(delay)
+        crash_point("send.inside")  # the platform has not received it
         outcome = "failed" if fail else "delivered"
         self.ledger.record(message.id, message.phone, int(message.priority), outcome)
+        crash_point("send.after")  # received, and postroom does not know yet
         if fail:
             raise TransientError("simulated")
 
@@ -159,6 +162,8 @@ class Run:
 
     acked: dict[int, int] = field(default_factory=dict)  # plan index -> message id
     in_flight_at_kills: int = 0
+    # Ids PROCESSING at a kill whose delivery the ledger already had: the only legal resends.
+    sent_unrecorded: set[int] = field(default_factory=set)
     kills: int = 0
     integrity: list[str] = field(default_factory=list)
     drained: bool = False
@@ -195,8 +200,9 @@ class Harness:
                 "--failure-rate", str(self.failure_rate), "--delivery", self.delivery,
                 "--max-attempts", str(self.max_attempts)]
 
-    def _spawn(self) -> subprocess.Popen[str]:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    def _spawn(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        env = {k: v for k, v in os.environ.items() if k != "POSTROOM_CRASH_AT"}
+        env.update({"PYTHONPATH": str(ROOT), **(extra_env or {})})
         return subprocess.Popen(self._command(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
 
@@ -233,13 +239,30 @@ class Harness:
         try:
             self.run.integrity.append(conn.execute("PRAGMA integrity_check").fetchone()[0])
             try:
-                (processing,) = conn.execute(
-                    "SELECT COUNT(*) FROM message_queue WHERE status='processing'").fetchone()
+                processing = {i for (i,) in conn.execute(
+                    "SELECT id FROM message_queue WHERE status='processing'")}
             except sqlite3.OperationalError:  # killed before the schema existed
-                processing = 0
-            self.run.in_flight_at_kills += processing
+                processing = set()
+            self.run.in_flight_at_kills += len(processing)
+            delivered = {mid for _, mid, _, _, outcome in Ledger(self.ledger_path).rows()
+                         if outcome == "delivered"}
+            self.run.sent_unrecorded |= processing & delivered
         finally:
             conn.close()
+
+    def crash_run(self, crash_at: str, timeout: float = 120) -> int:
+        """Run the child with a crash point armed until it dies there; returns its exit code."""
+        proc = self._spawn({"POSTROOM_CRASH_AT": crash_at})
+        reader = self._reader(proc)
+        try:
+            code = proc.wait(timeout)
+        finally:
+            proc.kill()
+            proc.wait()
+            reader.join(5)
+            _close(proc)
+        self._inspect_after_kill()
+        return code
 
     def finish(self, timeout: float = 300) -> None:
         """One clean run to the end: every message enqueued and settled."""
@@ -270,6 +293,7 @@ class Verdict:
     lost: list[int]
     unexpected: list[int]
     duplicates: int
+    duplicated_ids: set[int]
     not_final: list[tuple[int, str]]
     order_violations: list[str]
     statuses: dict[str, int]
@@ -289,13 +313,14 @@ def judge(db_path: Path, ledger: Ledger, run: Run, planned: int) -> Verdict:
             delivered[mid] += 1
     unexpected = sorted(mid for mid in delivered if mid not in rows)
     duplicates = sum(count - 1 for count in delivered.values() if count > 1)
+    duplicated_ids = {mid for mid, count in delivered.items() if count > 1}
     not_final = sorted((mid, s) for mid, (s, _) in rows.items()
                        if s not in ("completed", "failed", "cancelled"))
     statuses: dict[str, int] = defaultdict(int)
     for status, _ in rows.values():
         statuses[status] += 1
     return Verdict(acked=len(acked_ids), lost=lost, unexpected=unexpected,
-                   duplicates=duplicates, not_final=not_final,
+                   duplicates=duplicates, duplicated_ids=duplicated_ids, not_final=not_final,
                    order_violations=order_violations(attempts), statuses=dict(statuses))
 
 

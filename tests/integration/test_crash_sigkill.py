@@ -25,6 +25,7 @@ def test_sigkill_mid_run_loses_nothing(tmp_path: Path) -> None:
     assert verdict.not_final == []
     assert verdict.order_violations == []
     assert verdict.duplicates <= run.in_flight_at_kills
+    assert verdict.duplicated_ids <= run.sent_unrecorded  # resent only if sent and unrecorded
     assert set(run.integrity) <= {"ok"}
     assert verdict.statuses.get("completed", 0) + verdict.statuses.get("failed", 0) == 1500
 
