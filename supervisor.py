@@ -184,6 +184,11 @@ class Supervisor(DeferredReplyActor):
         self._sleeper_timer: Any = None
         self._cleanup_timer: Any = None
         self._open_storage(database)
+        try:
+            self._boot_phones = self._recover()
+        except BaseException:
+            self._close_storage()
+            raise
         _RUNNING.add(self.actor_ref)
 
     def _open_storage(self, database: str | Any) -> None:
@@ -200,15 +205,24 @@ class Supervisor(DeferredReplyActor):
         self.readers = ReaderPool(self.settings.readers)
         self.persistence = PersistenceActor.start(self.storage, self.clock, self._notify, self.health)
 
-    def on_start(self) -> None:
+    def _recover(self) -> list[str]:
+        """Settle what a crash left PROCESSING and list the accounts with work.
+
+        Runs in the caller of `start()`, so a database that cannot be read or written
+        raises there instead of leaving a dead supervisor behind.
+        """
         recovered: list[Message] = self.persistence.ask(
             Recover(self.settings.delivery), block=True)
         crash_point("boot.recovered")
-        phones = self.readers.run(self.storage.phones_with_open_work)
+        phones: list[str] = self.readers.run(self.storage.phones_with_open_work)
         log.info("supervisor.recovered", interrupted=len(recovered), accounts=len(phones),
                  delivery=self.settings.delivery.value)
-        for phone in phones:
+        return phones
+
+    def on_start(self) -> None:
+        for phone in self._boot_phones:
             self._start_account(phone)
+        self._boot_phones = []
         self._arm_cleanup()
 
     def on_stop(self) -> None:
@@ -218,11 +232,15 @@ class Supervisor(DeferredReplyActor):
                 timer.cancel()
         pykka.get_all([ref.stop(block=False) for ref in self.accounts.values()])
         self.accounts.clear()
+        self._close_storage()
+        log.info("supervisor.stopped")
+
+    def _close_storage(self) -> None:
+        """Stop the writer (it commits what it holds), the readers, then release the file."""
         self.persistence.stop()
         self.readers.shutdown(self.storage.close)
         self.storage.close()
         self.lock.release()
-        log.info("supervisor.stopped")
 
     def on_failure(self, *exc_info: Any) -> None:
         # The supervisor itself failed on a tell: take everything down in order.

@@ -54,6 +54,7 @@ class DeferredInbox:
         self._items: deque[Envelope[Any]] = deque()
         self._cond = threading.Condition()
         self.wrapping = True
+        self.owner_stopped: threading.Event | None = None
 
     def put(self, envelope: Envelope[Any], /) -> None:
         with self._cond:
@@ -84,7 +85,8 @@ class DeferredInbox:
         return taken
 
     def _wrap(self, envelope: Envelope[Any]) -> Envelope[Any]:
-        if not self.wrapping or not _is_plain(envelope.message):
+        stopped = self.owner_stopped is not None and self.owner_stopped.is_set()
+        if stopped or not self.wrapping or not _is_plain(envelope.message):
             return envelope  # stop and proxy messages, and anything after stop: pykka's own path
         return Envelope(Request(envelope.message, envelope.reply_to), reply_to=None)
 
@@ -112,6 +114,12 @@ class DeferredReplyActor(pykka.ThreadingActor):
     @staticmethod
     def _create_actor_inbox() -> DeferredInbox:
         return DeferredInbox()
+
+    def __init__(self) -> None:
+        super().__init__()
+        # However the actor dies (even in on_start, where pykka calls no hook), what is
+        # left in the inbox then gets pykka's ActorDeadError instead of hanging forever.
+        self.actor_inbox.owner_stopped = self.actor_stopped
 
     def on_receive(self, message: Any) -> Any:
         request: Request = message

@@ -31,3 +31,15 @@ class RateLimited(SendError):
 
 class SendTimeout(TransientError):
     """The sender did not return within the send timeout; the outcome is unknown."""
+
+
+class AccountSuspended(SendError):
+    """The account itself cannot send (banned, logged out, restricted): pause the whole account."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, message: str | None = None) -> None:
+        until = "until lifted" if retry_after is None else f"for {retry_after} s"
+        super().__init__(message or f"account suspended ({reason}) {until}")
+        self.reason = reason
+        """Why, in a few words: "banned", "session revoked", "peer flood", ..."""
+        self.retry_after = None if retry_after is None else float(retry_after)
+        """Seconds before the account may send again; None: until a user lifts the suspension."""

@@ -87,8 +87,13 @@ class PersistenceActor(DeferredReplyActor):
     def _commit(self, batch: Sequence[Request]) -> None:
         try:
             with self.storage.write_transaction():
-                outcomes = [self._apply(request.message) for request in batch]
-        except StorageError as error:
+                outcomes = self._apply_batch([request.message for request in batch])
+        except Exception as raised:
+            # Whatever went wrong, the single writer must survive and tell every caller.
+            error = raised if isinstance(raised, StorageError) else StorageError(
+                f"internal error in the persistence actor: {type(raised).__name__}")
+            if error is not raised:
+                error.__cause__ = raised
             self.health.failed(error)
             log.error("storage.commit_failed", error=str(error), batch=len(batch))
             if len(batch) == 1:
@@ -104,20 +109,38 @@ class PersistenceActor(DeferredReplyActor):
         for request, outcome in zip(batch, outcomes, strict=True):
             self._settle(request, outcome)
 
-    def _apply(self, message: Any) -> Any:
-        """Run one write inside the open transaction; domain errors are returned, not raised."""
+    def _apply_batch(self, messages: Sequence[Any]) -> list[Any]:
+        """Run a batch inside the open transaction, one statement per kind of write.
+
+        Claims, records and inserts of the whole batch go to storage together (one
+        SELECT and one executemany each); each caller then gets its own share.
+        """
         now = self.clock.now()
-        try:
+        claims = [m for m in messages if isinstance(m, Claim)]
+        claimed = self.storage.claim([i for c in claims for i in c.ids], now) if claims else {}
+        records = [t for m in messages if isinstance(m, Record) for t in m.transitions]
+        written = self.storage.record(records) if records else {}
+        if any(t.status is Status.RETRYING for t in records):
+            crash_point("record.retry.mid")
+        news = [n for m in messages if isinstance(m, Persist) for n in m.news]
+        inserted = iter(self.storage.insert(news) if news else [])
+        outcomes: list[Any] = []
+        for message in messages:
             match message:
                 case Claim(ids):
-                    return self.storage.claim(ids, now)
+                    outcomes.append({i: claimed[i] for i in ids if i in claimed})
                 case Record(transitions):
-                    written = self.storage.record(transitions)
-                    if any(t.status is Status.RETRYING for t in transitions):
-                        crash_point("record.retry.mid")
-                    return written
-                case Persist(news):
-                    return self.storage.insert(news)
+                    outcomes.append({t.id: written[t.id] for t in transitions if t.id in written})
+                case Persist(news_of_one):
+                    outcomes.append([next(inserted) for _ in news_of_one])
+                case _:
+                    outcomes.append(self._apply_one(message, now))
+        return outcomes
+
+    def _apply_one(self, message: Any, now: datetime) -> Any:
+        """A write of its own kind; domain errors are returned, not raised."""
+        try:
+            match message:
                 case Cancel(message_id):
                     return self.storage.cancel(message_id, now)
                 case Requeue(message_id):

@@ -64,11 +64,11 @@ class MessageRow(peewee.Model):
     class Meta:
         table_name = "message_queue"
         indexes = (
+            # Every index costs each status change a page write, so: only these.
             (("phone", "status"), False),  # an account's open work
-            (("status", "phone"), False),  # boot: which accounts have work
+            (("status", "phone"), False),  # by status: boot (accounts with work), cleanup, stats
             (("scheduled_at",), False),  # the seed's schedule look-ups
             (("phone", "priority", "id"), False),  # an account's window in send order
-            (("status", "completed_at"), False),  # cleanup of old finished rows
         )
 
 

@@ -8,6 +8,7 @@ leaves this module as `StorageError`, with the driver's exception as its cause.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,6 +54,9 @@ _INSERT_COLUMNS = (
     "id, phone, user_id, text, attachment, priority, status, created_at, scheduled_at, "
     "available_at, attempts, max_attempts, updated_at, idempotency_key"
 )
+# Every column, in the order `_from_tuple` reads them (the hot paths skip peewee's builder).
+_ALL_COLUMNS = _INSERT_COLUMNS + ", last_error, completed_at"
+_ID_CHUNK = 500  # ids per IN (...) list, far below every backend's parameter limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +147,27 @@ class Storage:
     def write_transaction(self) -> Iterator[None]:
         """One transaction holding the write lock from its first statement; commits on exit."""
         try:
-            with self._guard(), self.db.atomic():
-                yield
+            with self._guard():
+                self.db.begin()
+                try:
+                    yield
+                    self.db.commit()
+                except BaseException:
+                    self._rollback_after_failure()
+                    raise
         except StorageError:
             self._dialect.forget_ids()
             raise
+
+    def _rollback_after_failure(self) -> None:
+        # SQLite rolls back by itself on some errors (disk full, I/O error), and then
+        # ROLLBACK fails too; the error worth raising is the first one. A connection
+        # that cannot roll back is closed: the next transaction opens a fresh one.
+        try:
+            self.db.rollback()
+        except _DRIVER_ERRORS:
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                self.db.close()
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -212,17 +232,15 @@ class Storage:
         The database decides, not the caller's copy: a message cancelled, already sent or
         backing off since the caller loaded it is not claimed.
         """
-        rows = self._select_for_update(ids)
-        claimed = {
-            m.id: replace(m, status=Status.PROCESSING, attempts=m.attempts + 1, updated_at=now)
-            for m in rows if m.status in OPEN_STATUSES and m.available_at <= now
-        }
+        at = to_micros(now)
+        rows = [r for r in self._select_rows(ids) if r[6] in _OPEN and r[9] <= at]
+        for row in rows:
+            row[6], row[10], row[12] = Status.PROCESSING.value, row[10] + 1, at
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, updated_at = ? WHERE id = ?"
         )
-        params = [(m.status.value, m.attempts, to_micros(now), m.id) for m in claimed.values()]
-        self._executemany(sql, params)
-        return claimed
+        self._executemany(sql, [(r[6], r[10], at, r[0]) for r in rows])
+        return {row[0]: _from_tuple(row) for row in rows}
 
     def record(self, transitions: Sequence[Transition]) -> dict[int, Message]:
         """Apply outcomes whose attempt still holds its row (PROCESSING, same attempt number).
@@ -316,13 +334,24 @@ class Storage:
                 self.db.cursor().executemany(sql, params)
 
     def _select_for_update(self, ids: Sequence[int]) -> list[Message]:
-        if not ids:
-            return []
-        query = self.Row.select().where(self.Row.id.in_(list(ids)))
-        if not self._dialect.is_sqlite:
-            query = query.for_update()
+        return [_from_tuple(row) for row in self._select_rows(ids)]
+
+    def _select_rows(self, ids: Sequence[int]) -> list[list[Any]]:
+        """Raw rows (mutable, `_ALL_COLUMNS` order) by id, locked on PostgreSQL."""
+        found: list[list[Any]] = []
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = list(ids[start:start + _ID_CHUNK])
+            marks = ", ".join("?" * len(chunk))
+            sql = self._dialect.sql(
+                f"SELECT {_ALL_COLUMNS} FROM message_queue WHERE id IN ({marks})"
+            ) + self._dialect.lock_rows()
+            with self._guard():
+                found.extend(list(row) for row in self.db.execute_sql(sql, chunk).fetchall())
+        return found
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Message]:
         with self._guard():
-            return [self._message(row) for row in query]
+            return [_from_tuple(row) for row in self.db.execute_sql(sql, params).fetchall()]
 
     def _one_for_update(self, message_id: int) -> Message:
         found = self._select_for_update([message_id])
@@ -360,12 +389,11 @@ class Storage:
 
     def due_window(self, phone: str, now: datetime, limit: int) -> list[Message]:
         """Up to `limit` of an account's open messages due by `now`, in send order."""
-        query = (self.Row.select()
-                 .where((self.Row.phone == phone) & self.Row.status.in_(_OPEN)
-                        & (self.Row.available_at <= now))
-                 .order_by(self.Row.priority, self.Row.id).limit(limit))
-        with self._guard():
-            return [self._message(row) for row in query]
+        sql = self._dialect.sql(
+            f"SELECT {_ALL_COLUMNS} FROM message_queue WHERE phone = ? AND status IN (?, ?)"
+            " AND available_at <= ? ORDER BY priority, id LIMIT ?"
+        )
+        return self._fetch(sql, (phone, *_OPEN, to_micros(now), limit))
 
     def next_available_at(self, phone: str, now: datetime) -> datetime | None:
         """When the account's next not-yet-due open message falls due, if it has one."""
@@ -408,6 +436,22 @@ class Storage:
             last_error=row.last_error, completed_at=row.completed_at, updated_at=row.updated_at,
             idempotency_key=row.idempotency_key,
         )
+
+
+def _from_tuple(row: Sequence[Any]) -> Message:
+    """A Message from a row in `_ALL_COLUMNS` order."""
+    return Message(
+        id=row[0], phone=row[1], user_id=row[2], text=bytes(row[3]).decode("utf-8"),
+        attachment=row[4], priority=Priority(row[5]), status=Status(row[6]),
+        created_at=from_micros(row[7]), scheduled_at=_from_micros(row[8]),
+        available_at=from_micros(row[9]), attempts=row[10], max_attempts=row[11],
+        updated_at=from_micros(row[12]), idempotency_key=row[13], last_error=row[14],
+        completed_at=_from_micros(row[15]),
+    )
+
+
+def _from_micros(value: int | None) -> datetime | None:
+    return from_micros(value) if value is not None else None
 
 
 def _micros(value: datetime | None) -> int | None:

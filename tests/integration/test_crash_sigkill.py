@@ -42,3 +42,23 @@ def test_sigkill_at_most_once_never_resends(tmp_path: Path) -> None:
     assert harness.run.drained
     assert verdict.lost == [] and verdict.unexpected == [] and verdict.not_final == []
     assert verdict.duplicates == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigkill_loop_at_scale(tmp_path: Path) -> None:
+    """10,000 messages over 100 accounts, 30 random SIGKILLs, then a clean run: the full oracle holds."""
+    harness = Harness(tmp_path, messages=10_000, accounts=100, seed=2026, failure_rate=0.05,
+                      latency_ms=(1, 20))
+    for _ in range(30):
+        harness.kill_cycle(0.2, 3.0)
+    harness.finish(timeout=600)
+    verdict = harness.verdict()
+    run = harness.run
+    assert run.drained
+    assert sorted(run.acked) == list(range(10_000))
+    assert verdict.lost == [] and verdict.unexpected == [] and verdict.not_final == []
+    assert verdict.order_violations == []
+    assert verdict.duplicated_ids <= run.sent_unrecorded
+    assert verdict.duplicates <= run.in_flight_at_kills
+    assert set(run.integrity) == {"ok"} and len(run.integrity) >= 25

@@ -1,0 +1,8 @@
+"""postroom's command line: `postroom demo` and `postroom status`.
+
+The library never configures logging; this package does, for its own process.
+"""
+
+from postroom_cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,69 @@
+"""The `postroom` command line: `postroom demo` and `postroom status`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+import pykka
+from rich.console import Console
+
+from postroom_cli import demo, status
+from postroom_cli._output import fail
+from postroom_cli.logconfig import FORMATS, LEVELS, configure_logging
+from storage import PostroomError
+
+__all__ = ["build_parser", "main"]
+
+#: A subcommand: parsed arguments and the console for its output in, exit code out.
+Command = Callable[[argparse.Namespace, Console], int]
+
+#: Log level when --log-level is not given: the demo keeps its progress display readable.
+_DEFAULT_LEVELS = {"demo": "warning", "status": "info"}
+_EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format, level=args.log_level or _DEFAULT_LEVELS[args.command])
+    command: Command = args.run
+    try:
+        return command(args, Console(stderr=False))
+    except (PostroomError, OSError, pykka.ActorDeadError, pykka.Timeout) as error:
+        return fail(f"{type(error).__name__}: {error}")
+    except KeyboardInterrupt:
+        return _EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `postroom` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="postroom", description="A durable outbound message queue for bots.")
+    _add_logging_options(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_command(commands, "demo", demo.add_arguments, demo.run,
+                 "run the queue on a SQLite file against a simulated messaging platform")
+    _add_command(commands, "status", status.add_arguments, status.run,
+                 "print counts by status and by account (works beside a running supervisor)")
+    return parser
+
+
+def _add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                 add_arguments: Callable[[argparse.ArgumentParser], None], run: Command,
+                 help_text: str) -> None:
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    # Accepted after the subcommand too (`postroom demo --log-format json`).
+    _add_logging_options(sub, defaults=False)
+    add_arguments(sub)
+    sub.set_defaults(run=run)
+
+
+def _add_logging_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # On subparsers the defaults are suppressed, so they never undo the global option.
+    parser.add_argument("--log-format", choices=FORMATS,
+                        default="auto" if defaults else argparse.SUPPRESS,
+                        help="console in a terminal, JSON lines otherwise (default: auto)")
+    parser.add_argument("--log-level", choices=LEVELS,
+                        default=None if defaults else argparse.SUPPRESS,
+                        help="lowest level logged (default: warning for demo, info otherwise)")

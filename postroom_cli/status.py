@@ -1,0 +1,105 @@
+"""`postroom status`: counts by status and by account, read straight from the database.
+
+No supervisor is started: a running one holds the SQLite file's lock, and status
+must work beside it. A SQLite file that does not exist is reported, never created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from actors.privacy import mask_phone
+from postroom_cli._output import fail
+from storage import QueueStats, Status, Storage, open_database
+from storage.database import sqlite_path
+
+__all__ = ["add_arguments", "read_stats", "run", "stats_to_json"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of `postroom status` to its subparser."""
+    parser.add_argument("--database", required=True, metavar="URL",
+                        help="database URL, e.g. sqlite:///postroom.db")
+    parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    """Print the queue's counts; 2 when the database does not exist."""
+    if _missing_sqlite_file(args.database):
+        return fail(f"no database at {sqlite_path(args.database)}")
+    stats = read_stats(args.database)
+    if args.json:
+        print(json.dumps(stats_to_json(stats), indent=2))
+    else:
+        console.print(_status_table(stats))
+        console.print(_account_table(stats))
+    return 0
+
+
+def read_stats(url: str) -> QueueStats:
+    """The counts, through a connection of our own (no supervisor, no lock)."""
+    store = Storage(open_database(url))
+    try:
+        return store.stats()
+    finally:
+        store.close()
+
+
+def stats_to_json(stats: QueueStats) -> dict[str, Any]:
+    """The counts as plain JSON values; accounts sorted, phones masked."""
+    return {
+        "total": stats.total,
+        "by_status": {status.value: stats.by_status[status] for status in Status},
+        "accounts": [_account_json(phone, counts) for phone, counts in _accounts(stats)],
+    }
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    # open_database creates a missing SQLite file; status must not leave one behind.
+    return url.startswith("sqlite:") and not sqlite_path(url).is_file()
+
+
+def _accounts(stats: QueueStats) -> list[tuple[str, dict[Status, int]]]:
+    # A list, not a dict keyed by masked phone: two phones may mask alike.
+    return sorted(stats.by_account.items())
+
+
+def _account_json(phone: str, counts: dict[Status, int]) -> dict[str, Any]:
+    return {
+        "account": mask_phone(phone),
+        "total": sum(counts.values()),
+        "by_status": {status.value: counts.get(status, 0) for status in Status},
+    }
+
+
+def _status_table(stats: QueueStats) -> Table:
+    table = Table(title=f"Messages by status ({stats.total} in all)", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("status")
+    table.add_column("messages", justify="right")
+    table.add_column("share", justify="right")
+    for status in Status:
+        count = stats.by_status[status]
+        share = f"{100 * count / stats.total:.1f} %" if stats.total else "-"
+        table.add_row(status.value, str(count), share)
+    return table
+
+
+def _account_table(stats: QueueStats) -> Table:
+    # No padding: one column per status must fit in 80 columns (rich's width off a TTY).
+    table = Table(title=f"Messages by account ({len(stats.by_account)} accounts)",
+                  title_justify="left", box=box.SIMPLE_HEAD, padding=0)
+    table.add_column("account", no_wrap=True)
+    for status in Status:
+        table.add_column(status.value, justify="right")
+    table.add_column("total", justify="right")
+    for phone, counts in _accounts(stats):
+        cells = [str(counts.get(status, 0)) for status in Status]
+        table.add_row(mask_phone(phone), *cells, str(sum(counts.values())))
+    return table
