@@ -217,7 +217,7 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """Write attempt outcomes. Answer: {id: Message as written}; stale ones are left out."""
+    """Write attempt outcomes. Answer: the set of ids applied; stale ones are left out."""
 
     transitions: Sequence[Transition]
     """One per finished attempt."""

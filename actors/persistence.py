@@ -119,7 +119,7 @@ class PersistenceActor(DeferredReplyActor):
         claims = [m for m in messages if isinstance(m, Claim)]
         claimed = self.storage.claim([i for c in claims for i in c.ids], now) if claims else {}
         records = [t for m in messages if isinstance(m, Record) for t in m.transitions]
-        written = self.storage.record(records) if records else {}
+        written = self.storage.record(records) if records else set()
         if any(t.status is Status.RETRYING for t in records):
             crash_point("record.retry.mid")
         news = [n for m in messages if isinstance(m, Persist) for n in m.news]
@@ -130,7 +130,7 @@ class PersistenceActor(DeferredReplyActor):
                 case Claim(ids):
                     outcomes.append({i: claimed[i] for i in ids if i in claimed})
                 case Record(transitions):
-                    outcomes.append({t.id: written[t.id] for t in transitions if t.id in written})
+                    outcomes.append({t.id for t in transitions if t.id in written})
                 case Persist(news_of_one):
                     outcomes.append([next(inserted) for _ in news_of_one])
                 case _:

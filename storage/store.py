@@ -242,29 +242,28 @@ class Storage:
         self._executemany(sql, [(r[6], r[10], at, r[0]) for r in rows])
         return {row[0]: _from_tuple(row) for row in rows}
 
-    def record(self, transitions: Sequence[Transition]) -> dict[int, Message]:
+    def record(self, transitions: Sequence[Transition]) -> set[int]:
         """Apply outcomes whose attempt still holds its row (PROCESSING, same attempt number).
 
-        Returns the messages as written; a transition missing from the answer was stale
-        (a late result of an attempt that was already recovered or cancelled).
+        Returns the ids applied; a transition missing from the answer was stale (a late
+        result of an attempt that was already recovered or cancelled). Hot path: only the
+        three columns the check needs are read.
         """
-        current = {m.id: m for m in self._select_for_update([t.id for t in transitions])}
-        written: dict[int, Message] = {}
-        for t in transitions:
-            m = current.get(t.id)
-            if m is None or m.status is not Status.PROCESSING or m.attempts != t.attempt:
-                continue
-            written[t.id] = replace(
-                m,
-                status=t.status,
-                attempts=m.attempts - 1 if t.give_back else m.attempts,
-                last_error=t.error if t.error is not None else m.last_error,
-                available_at=t.available_at or m.available_at,
-                completed_at=t.at if t.status in FINAL_STATUSES else None,
-                updated_at=t.at,
-            )
-        self._write_states(list(written.values()))
-        return written
+        ids = [t.id for t in transitions]
+        held = {row[0]: row[2] for row in self._select_columns("id, status, attempts", ids)
+                if row[1] == Status.PROCESSING.value}
+        applied = [t for t in transitions if held.get(t.id) == t.attempt]
+        sql = self._dialect.sql(
+            "UPDATE message_queue SET status = ?, attempts = ?, last_error = COALESCE(?, last_error),"
+            " available_at = COALESCE(?, available_at), completed_at = ?, updated_at = ? WHERE id = ?"
+        )
+        self._executemany(sql, [
+            (t.status.value, t.attempt - 1 if t.give_back else t.attempt, t.error,
+             _micros(t.available_at), to_micros(t.at) if t.status in FINAL_STATUSES else None,
+             to_micros(t.at), t.id)
+            for t in applied
+        ])
+        return {t.id for t in applied}
 
     def _write_states(self, messages: Sequence[Message]) -> None:
         sql = self._dialect.sql(
@@ -338,12 +337,15 @@ class Storage:
 
     def _select_rows(self, ids: Sequence[int]) -> list[list[Any]]:
         """Raw rows (mutable, `_ALL_COLUMNS` order) by id, locked on PostgreSQL."""
+        return self._select_columns(_ALL_COLUMNS, ids)
+
+    def _select_columns(self, columns: str, ids: Sequence[int]) -> list[list[Any]]:
         found: list[list[Any]] = []
         for start in range(0, len(ids), _ID_CHUNK):
             chunk = list(ids[start:start + _ID_CHUNK])
             marks = ", ".join("?" * len(chunk))
             sql = self._dialect.sql(
-                f"SELECT {_ALL_COLUMNS} FROM message_queue WHERE id IN ({marks})"
+                f"SELECT {columns} FROM message_queue WHERE id IN ({marks})"
             ) + self._dialect.lock_rows()
             with self._guard():
                 found.extend(list(row) for row in self.db.execute_sql(sql, chunk).fetchall())
