@@ -88,7 +88,7 @@ class PersistenceActor(DeferredReplyActor):
         try:
             with self.storage.write_transaction():
                 outcomes = self._apply_batch([request.message for request in batch])
-        except Exception as raised:
+        except Exception as raised:  # noqa: BLE001 - the single writer must not die
             # Whatever went wrong, the single writer must survive and tell every caller.
             error = raised if isinstance(raised, StorageError) else StorageError(
                 f"internal error in the persistence actor: {type(raised).__name__}")

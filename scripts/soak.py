@@ -28,7 +28,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from supervisor import (  # noqa: E402
+from supervisor import (
     AccountSettings,
     BackoffPolicy,
     Enqueue,
