@@ -22,14 +22,15 @@ import structlog
 from actors._faults import crash_point
 from actors.clock import Clock, TimerHandle
 from actors.errors import SendTimeout
+from actors._mailbox import DeferredInbox
 from actors.messages import (
     AccountFailed,
     AccountIdle,
-    Claim,
+    Advance,
+    Advanced,
     Deliver,
     Forget,
     Pump,
-    Record,
     Wake,
 )
 from actors.ordering import SendOrder
@@ -77,6 +78,15 @@ class AccountActor(pykka.ThreadingActor):
     """Owns one phone's queue."""
 
     use_daemon_thread = True  # see DeferredReplyActor
+    actor_inbox: DeferredInbox
+
+    @staticmethod
+    def _create_actor_inbox() -> DeferredInbox:
+        # pykka's own loop gets plain envelopes (wrapping off); `take_nowait` lets a step
+        # read what arrived during a send before it picks the next message.
+        inbox = DeferredInbox()
+        inbox.wrapping = False
+        return inbox
 
     def __init__(self, phone: str, deps: AccountDeps) -> None:
         super().__init__()
@@ -89,6 +99,7 @@ class AccountActor(pykka.ThreadingActor):
         self._paused_until: datetime | None = None
         self._unrecorded: Transition | None = None  # an outcome whose write failed
         self._unrecorded_message: Message | None = None
+        self._claimed: Message | None = None  # claimed with the last outcome, not yet sent
         self._timer: TimerHandle | None = None
         self._timer_at: datetime | None = None
         self._timer_generation = 0
@@ -105,6 +116,7 @@ class AccountActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._cancel_timer()
+        self._give_back_claimed()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
         self.log.info("account.stopped")
@@ -117,6 +129,14 @@ class AccountActor(pykka.ThreadingActor):
                                             exc_type.__name__ if exc_type else "unknown"))
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Pump):
+            self._pump_queued = False
+            self._step()
+        else:
+            self._take(message)
+
+    def _take(self, message: Any) -> None:
+        """Everything but Pump: cheap bookkeeping, safe to run between two sends."""
         match message:
             case Deliver(new):
                 self._deliveries_seen += 1
@@ -124,14 +144,18 @@ class AccountActor(pykka.ThreadingActor):
             case Forget(_, message_id):
                 self.order.discard(message_id)
             case Pump():
-                self._pump_queued = False
-                self._step()
+                self._kick()
             case Wake(generation):
                 if generation == self._timer_generation:
                     self._timer, self._timer_at = None, None
                     self._kick()
             case _:
                 raise TypeError(f"account actor cannot handle {type(message).__name__}")
+
+    def _read_mail(self) -> None:
+        """Take what arrived during the send (a new HIGH message must be seen before the next pick)."""
+        for request in self.actor_inbox.take_nowait(1000):
+            self._take(request.message)
 
     # -- the send loop -------------------------------------------------------------------
 
@@ -143,19 +167,48 @@ class AccountActor(pykka.ThreadingActor):
 
     def _step(self) -> None:
         now = self.deps.clock.now()
-        if self._unrecorded is not None and not self._flush_unrecorded():
+        if self._unrecorded is not None and not self._flush_unrecorded(claim_next=False):
             return
         if self._paused_until is not None and now < self._paused_until:
+            self._give_back_claimed()
             self._arm(self._paused_until)
             return
         self._paused_until = None
-        message = self._next_due(now)
+        message = self._claimed or self._claim_next(now)
+        self._claimed = None
         if message is None:
-            self._rest(now)
             return
         self._idle_since = None
-        self._attempt(message)
+        crash_point("claim.committed")
+        self._unrecorded = self._outcome(message, self._send(message))
+        self._unrecorded_message = message
+        self._read_mail()
+        self._flush_unrecorded(claim_next=True)
         self._kick()
+
+    def _claim_next(self, now: datetime) -> Message | None:
+        candidate = self._next_due(now)
+        if candidate is None:
+            self._rest(now)
+            return None
+        answer = self._advance(Advance(claim=(candidate.id,)), candidate)
+        if answer is None:
+            return None
+        if candidate.id not in answer.claimed:
+            self._kick()  # cancelled or finished since it was loaded: try the next one
+        return answer.claimed.get(candidate.id)
+
+    def _advance(self, request: Advance, candidate: Message | None) -> Advanced | None:
+        """Ask the persistence actor; on a database error keep everything for a retry."""
+        try:
+            answer: Advanced = self.deps.persistence.ask(request, block=True)
+        except StorageError as error:
+            if candidate is not None:
+                self.order.push_back(candidate)
+            self.log.warning("account.write_failed", error=str(error))
+            self._arm(self.deps.clock.now() + timedelta(seconds=self.settings.storage_retry))
+            return None
+        return answer
 
     def _next_due(self, now: datetime) -> Message | None:
         if self._wake_at is not None and self._wake_at <= now:
@@ -197,23 +250,6 @@ class AccountActor(pykka.ThreadingActor):
         idle_check = now + timedelta(seconds=idle - (mono - self._idle_since))
         self._arm(min(idle_check, self._wake_at) if self._wake_at else idle_check)
 
-    def _attempt(self, message: Message) -> None:
-        try:
-            claims: dict[int, Message] = self.deps.persistence.ask(Claim([message.id]), block=True)
-            claimed = claims.get(message.id)
-        except StorageError as error:
-            self.order.push_back(message)
-            self.log.warning("account.claim_failed", message_id=message.id, error=str(error))
-            self._arm(self.deps.clock.now() + timedelta(seconds=self.settings.storage_retry))
-            return
-        if claimed is None:
-            return  # cancelled or already finished since it was loaded
-        crash_point("claim.committed")
-        outcome = self._send(claimed)
-        self._unrecorded = self._outcome(claimed, outcome)
-        self._unrecorded_message = claimed
-        self._flush_unrecorded()
-
     def _send(self, message: Message) -> BaseException | None:
         """Call the user's sender; whatever it raises (SystemExit too) is an outcome, not a crash."""
         timeout = self.settings.send_timeout
@@ -252,21 +288,41 @@ class AccountActor(pykka.ThreadingActor):
         return Transition(message.id, message.attempts, given_back, now, text, decision.at,
                           give_back=True)
 
-    def _flush_unrecorded(self) -> bool:
-        """Write the pending outcome; until it is committed nothing else is sent."""
+    def _flush_unrecorded(self, claim_next: bool) -> bool:
+        """Write the pending outcome, with the claim of the next message if one is due.
+
+        Until the outcome is committed nothing else is sent.
+        """
         transition, message = self._unrecorded, self._unrecorded_message
         assert transition is not None and message is not None
-        try:
-            written = self.deps.persistence.ask(Record([transition]), block=True)
-        except StorageError as error:
-            self.log.warning("account.record_failed", message_id=transition.id, error=str(error))
-            self._arm(self.deps.clock.now() + timedelta(seconds=self.settings.storage_retry))
+        now = self.deps.clock.now()
+        candidate = self._next_due(now) if claim_next and not transition.give_back else None
+        claim = (candidate.id,) if candidate is not None else ()
+        answer = self._advance(Advance(record=(transition,), claim=claim), candidate)
+        if answer is None:
             return False
         self._unrecorded = self._unrecorded_message = None
+        if candidate is not None:
+            self._claimed = answer.claimed.get(candidate.id)
         if transition.status is Status.COMPLETED:
             crash_point("record.completed")
-        self._after_record(transition, message, transition.id in written)
+        self._after_record(transition, message, transition.id in answer.recorded)
         return True
+
+    def _give_back_claimed(self) -> None:
+        """A message claimed but not sent (stopping, or paused) goes back, its attempt uncounted."""
+        message, self._claimed = self._claimed, None
+        if message is None:
+            return
+        now = self.deps.clock.now()
+        status = Status.PENDING if message.attempts <= 1 else Status.RETRYING
+        back = Transition(message.id, message.attempts, status, now, available_at=now,
+                          give_back=True)
+        try:
+            self.deps.persistence.ask(Advance(record=(back,)), block=True)
+        except (StorageError, pykka.ActorDeadError) as error:
+            # Left PROCESSING: the next boot settles it as interrupted.
+            self.log.warning("account.give_back_failed", message_id=message.id, error=str(error))
 
     def _after_record(self, t: Transition, message: Message, applied: bool) -> None:
         log = self.log.bind(message_id=t.id, attempt=t.attempt)

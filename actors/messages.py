@@ -208,19 +208,28 @@ class Cleanup:
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
-    """Mark messages PROCESSING and count the attempt. Answer: {id: claimed Message}."""
+class Advance:
+    """Record finished attempts, then claim the next messages, in one transaction.
 
-    ids: Sequence[int]
-    """Ids the account wants to send; ones no longer open are left out of the answer."""
+    Claiming marks a message PROCESSING and counts the attempt. Answer: `Advanced`.
+    One round trip per message: the outcome of one send and the claim of the next
+    share a commit, and the next send still waits for both.
+    """
+
+    record: Sequence[Transition] = ()
+    """Outcomes to write; one whose attempt no longer holds its row is skipped."""
+    claim: Sequence[int] = ()
+    """Ids to claim; ones no longer open and due are skipped."""
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
-    """Write attempt outcomes. Answer: the set of ids applied; stale ones are left out."""
+class Advanced:
+    """The answer to `Advance`."""
 
-    transitions: Sequence[Transition]
-    """One per finished attempt."""
+    recorded: frozenset[int]
+    """Ids whose outcome was written."""
+    claimed: dict[int, Message]
+    """Claimed messages, as committed (PROCESSING)."""
 
 
 # -- supervisor -> account ----------------------------------------------------------------

@@ -19,13 +19,13 @@ from actors._faults import crash_point
 from actors._mailbox import DeferredReplyActor, Request
 from actors.clock import Clock
 from actors.messages import (
+    Advance,
+    Advanced,
     Cancel,
-    Claim,
     Cleanup,
     Committed,
     Forget,
     Persist,
-    Record,
     Recover,
     Requeue,
 )
@@ -112,25 +112,27 @@ class PersistenceActor(DeferredReplyActor):
     def _apply_batch(self, messages: Sequence[Any]) -> list[Any]:
         """Run a batch inside the open transaction, one statement per kind of write.
 
-        Claims, records and inserts of the whole batch go to storage together (one
-        SELECT and one executemany each); each caller then gets its own share.
+        Records, claims and inserts of the whole batch go to storage together (one
+        SELECT and one executemany each), records before claims; each caller then gets
+        its own share.
         """
         now = self.clock.now()
-        claims = [m for m in messages if isinstance(m, Claim)]
-        claimed = self.storage.claim([i for c in claims for i in c.ids], now) if claims else {}
-        records = [t for m in messages if isinstance(m, Record) for t in m.transitions]
-        written = self.storage.record(records) if records else set()
+        advances = [m for m in messages if isinstance(m, Advance)]
+        records = [t for a in advances for t in a.record]
+        recorded = self.storage.record(records) if records else set()
         if any(t.status is Status.RETRYING for t in records):
             crash_point("record.retry.mid")
+        claim_ids = [i for a in advances for i in a.claim]
+        claimed = self.storage.claim(claim_ids, now) if claim_ids else {}
         news = [n for m in messages if isinstance(m, Persist) for n in m.news]
         inserted = iter(self.storage.insert(news) if news else [])
         outcomes: list[Any] = []
         for message in messages:
             match message:
-                case Claim(ids):
-                    outcomes.append({i: claimed[i] for i in ids if i in claimed})
-                case Record(transitions):
-                    outcomes.append({t.id for t in transitions if t.id in written})
+                case Advance(record, claim):
+                    outcomes.append(Advanced(
+                        recorded=frozenset(t.id for t in record if t.id in recorded),
+                        claimed={i: claimed[i] for i in claim if i in claimed}))
                 case Persist(news_of_one):
                     outcomes.append([next(inserted) for _ in news_of_one])
                 case _:
