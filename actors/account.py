@@ -20,9 +20,9 @@ import pykka
 import structlog
 
 from actors._faults import crash_point
+from actors._mailbox import DeferredInbox
 from actors.clock import Clock, TimerHandle
 from actors.errors import SendTimeout
-from actors._mailbox import DeferredInbox
 from actors.messages import (
     AccountFailed,
     AccountIdle,
