@@ -34,6 +34,7 @@ from actors import (
     AccountFailed,
     AccountIdle,
     AccountSettings,
+    AccountSuspended,
     BackoffPolicy,
     Cancel,
     CancelMessage,
@@ -71,7 +72,9 @@ from actors import (
     SystemClock,
     TransientError,
     WakeAccounts,
+    classify,
     mask_phone,
+    sender_with_adapters,
     validate_enqueue,
 )
 from actors._faults import crash_point
@@ -98,6 +101,7 @@ from storage import (
 
 __all__ = [
     "AccountSettings",
+    "AccountSuspended",
     "BackoffPolicy",
     "CancelMessage",
     "CleanupNow",
@@ -135,6 +139,8 @@ __all__ = [
     "SystemClock",
     "TransientError",
     "ValidationError",
+    "classify",
+    "sender_with_adapters",
 ]
 
 log = structlog.get_logger("postroom.supervisor")

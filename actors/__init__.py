@@ -7,8 +7,16 @@ One module per actor (`account`, `persistence`), one for the messages
 
 from actors._mailbox import DeferredReplyActor, Request
 from actors.account import AccountActor, AccountDeps, AccountSettings, Sender
+from actors.adapters import classify, sender_with_adapters
 from actors.clock import Clock, FakeClock, SystemClock, TimerHandle
-from actors.errors import PermanentError, RateLimited, SendError, SendTimeout, TransientError
+from actors.errors import (
+    AccountSuspended,
+    PermanentError,
+    RateLimited,
+    SendError,
+    SendTimeout,
+    TransientError,
+)
 from actors.messages import (
     AccountFailed,
     AccountIdle,
@@ -51,6 +59,7 @@ __all__ = [
     "AccountFailed",
     "AccountIdle",
     "AccountSettings",
+    "AccountSuspended",
     "Advance",
     "Advanced",
     "BackoffPolicy",
@@ -96,9 +105,11 @@ __all__ = [
     "TransientError",
     "Wake",
     "WakeAccounts",
+    "classify",
     "compute_backoff",
     "decide",
     "describe_error",
     "mask_phone",
+    "sender_with_adapters",
     "validate_enqueue",
 ]

@@ -336,7 +336,9 @@ class AccountActor(pykka.ThreadingActor):
             assert t.available_at is not None
             self._paused_until = t.available_at
             self._note_future(t.available_at)
-            log.warning("account.rate_limited", until=t.available_at.isoformat())
+            suspended = _error_kind(t.error) == "AccountSuspended"
+            log.warning("account.suspended" if suspended else "account.rate_limited",
+                        until=t.available_at.isoformat())
         else:
             assert t.available_at is not None
             self._note_future(t.available_at)

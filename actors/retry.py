@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from actors.errors import PermanentError, RateLimited
+from actors.errors import AccountSuspended, PermanentError, RateLimited
 
 
 class RandomSource(Protocol):
@@ -53,8 +53,11 @@ def decide(
     policy: BackoffPolicy, rng: RandomSource,
 ) -> Decision:
     """Classify a sender's exception into retry, fail or pause."""
-    if isinstance(error, RateLimited):
-        pause = min(max(0.0, error.retry_after), policy.max_retry_after)
+    if isinstance(error, RateLimited | AccountSuspended):
+        # Not the message's fault: the whole account waits and the attempt is given back.
+        # A suspension "until lifted" waits the longest pause allowed, then tries again.
+        wanted = policy.max_retry_after if error.retry_after is None else error.retry_after
+        pause = min(max(0.0, wanted), policy.max_retry_after)
         return Decision("pause", now + timedelta(seconds=pause))
     if isinstance(error, PermanentError) or attempts >= max_attempts:
         return Decision("fail")

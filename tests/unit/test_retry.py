@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from actors.errors import PermanentError, RateLimited, TransientError
+from actors.errors import AccountSuspended, PermanentError, RateLimited, TransientError
 from actors.retry import BackoffPolicy, compute_backoff, decide
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -49,6 +49,8 @@ def test_compute_backoff(attempts: int, rand: float, expected: float) -> None:
         (RateLimited(99999), 1, 3, "pause", 3600.0),  # retry_after capped
         (RateLimited(-5), 1, 3, "pause", 0.0),  # a negative retry_after means now
         (KeyboardInterrupt(), 1, 3, "retry", 1.0),  # BaseException from a sender is transient too
+        (AccountSuspended("peer flood", 600), 1, 3, "pause", 600.0),  # the account waits
+        (AccountSuspended("banned"), 3, 3, "pause", 3600.0),  # until lifted: the longest pause
     ],
 )
 def test_decide(error: BaseException, attempts: int, max_attempts: int, kind: str,
