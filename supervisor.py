@@ -13,6 +13,7 @@ persistence actor (which commits what it holds), then the database.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import heapq
@@ -79,6 +80,7 @@ from actors import (
 )
 from actors._faults import crash_point
 from actors._mailbox import DeferredReplyActor
+from actors.aio import AsyncSender, ask_async, is_coroutine_sender
 from storage import (
     DatabaseLocked,
     Delivery,
@@ -102,6 +104,8 @@ from storage import (
 __all__ = [
     "AccountSettings",
     "AccountSuspended",
+    "AsyncPostroom",
+    "AsyncSender",
     "BackoffPolicy",
     "CancelMessage",
     "CleanupNow",
@@ -173,13 +177,17 @@ class SupervisorSettings:
 class Supervisor(DeferredReplyActor):
     """Routes commands, owns account actors, restarts them, parks crash storms."""
 
-    def __init__(self, database: str | Any, sender: Sender, *,
+    def __init__(self, database: str | Any, sender: Sender | AsyncSender, *,
                  settings: SupervisorSettings | None = None, clock: Clock | None = None,
-                 rng: RandomSource | None = None) -> None:
+                 rng: RandomSource | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__()
+        if is_coroutine_sender(sender) and loop is None:
+            raise ValidationError("an async sender needs loop=, the event loop it belongs to")
         self.settings = settings or SupervisorSettings()
         self.clock: Clock = clock or SystemClock()
         self.sender = sender
+        self.loop = loop
         self.rng: RandomSource = rng or random.Random()
         self.health = HealthState()
         self.accounts: dict[str, pykka.ActorRef[AccountActor]] = {}
@@ -334,7 +342,7 @@ class Supervisor(DeferredReplyActor):
         deps = AccountDeps(
             sender=self.sender, persistence=self.persistence, supervisor=self.actor_ref,
             storage=self.storage, readers=self.readers, clock=self.clock, rng=self.rng,
-            settings=self.settings.account,
+            settings=self.settings.account, loop=self.loop,
         )
         ref = AccountActor.start(phone, deps)
         self.accounts[phone] = ref
@@ -405,6 +413,60 @@ class Supervisor(DeferredReplyActor):
     def _notify(self, message: Any) -> None:
         """Called by the persistence actor after a commit (in its thread)."""
         _tell(self.actor_ref, message)
+
+
+class AsyncPostroom:
+    """The supervisor for asyncio bots: every command is awaitable and never blocks the loop.
+
+        room = await AsyncPostroom.start("sqlite:///postroom.db", send)   # send may be async
+        message_id = await room.enqueue(phone="+15550001", user_id="42", text="hi")
+        await room.stop()
+    """
+
+    def __init__(self, ref: pykka.ActorRef[Supervisor]) -> None:
+        self.ref = ref
+
+    @classmethod
+    async def start(cls, database: str | Any, sender: Sender | AsyncSender,
+                    **options: Any) -> AsyncPostroom:
+        """Start a supervisor whose coroutine sender (if any) runs on the running loop."""
+        loop = asyncio.get_running_loop()
+        # Opening the database and recovering is blocking I/O: once, off the loop.
+        ref = await asyncio.to_thread(Supervisor.start, database, sender, loop=loop, **options)
+        return cls(ref)
+
+    async def ask(self, command: Any) -> Any:
+        """Any command of the supervisor; its answer, or its error raised here."""
+        return await ask_async(self.ref, command)
+
+    async def enqueue(self, phone: str, user_id: str, text: str = "", **fields: Any) -> int:
+        """Queue one message; its id once committed."""
+        return int(await self.ask(Enqueue(phone=phone, user_id=user_id, text=text, **fields)))
+
+    async def enqueue_batch(self, messages: Sequence[Enqueue]) -> list[int]:
+        """Queue many messages in one commit; their ids."""
+        return list(await self.ask(EnqueueBatch(messages)))
+
+    async def get(self, message_id: int) -> Message:
+        """One message."""
+        return await self.ask(GetMessage(message_id))  # type: ignore[no-any-return]
+
+    async def cancel(self, message_id: int) -> Message:
+        """Cancel a pending or retrying message."""
+        return await self.ask(CancelMessage(message_id))  # type: ignore[no-any-return]
+
+    async def stats(self) -> QueueStats:
+        """Counts by status and account."""
+        return await self.ask(GetStats())  # type: ignore[no-any-return]
+
+    async def health(self) -> Health:
+        """Degraded or not, and parked accounts."""
+        return await self.ask(GetHealth())  # type: ignore[no-any-return]
+
+    async def stop(self, timeout: float = 30) -> None:
+        """Stop gracefully: in-flight sends (coroutines on this loop too) finish and are recorded."""
+        if self.ref.is_alive():
+            await asyncio.to_thread(lambda: self.ref.stop(block=True, timeout=timeout))
 
 
 _RUNNING: weakref.WeakSet[pykka.ActorRef[Supervisor]] = weakref.WeakSet()

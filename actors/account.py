@@ -8,6 +8,7 @@ message overtakes queued NORMAL and LOW ones.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ import structlog
 
 from actors._faults import crash_point
 from actors._mailbox import DeferredInbox
+from actors.aio import is_coroutine_sender, submit_to_loop
 from actors.clock import Clock, TimerHandle
 from actors.errors import SendTimeout
 from actors.messages import (
@@ -72,6 +74,8 @@ class AccountDeps:
     clock: Clock
     rng: RandomSource
     settings: AccountSettings
+    loop: asyncio.AbstractEventLoop | None = None
+    """The bot's event loop, where a coroutine sender runs."""
 
 
 class AccountActor(pykka.ThreadingActor):
@@ -253,6 +257,8 @@ class AccountActor(pykka.ThreadingActor):
     def _send(self, message: Message) -> BaseException | None:
         """Call the user's sender; whatever it raises (SystemExit too) is an outcome, not a crash."""
         timeout = self.settings.send_timeout
+        if self.deps.loop is not None and is_coroutine_sender(self.deps.sender):
+            return self._send_on_loop(message, timeout)
         if timeout is None:
             try:
                 self.deps.sender(message)
@@ -271,6 +277,22 @@ class AccountActor(pykka.ThreadingActor):
             self._executor.shutdown(wait=False)
             self._executor = None
             return SendTimeout(f"no answer from the sender within {timeout} s")
+        return None
+
+    def _send_on_loop(self, message: Message, timeout: float | None) -> BaseException | None:
+        """Run a coroutine sender on the bot's loop; past the timeout the task is cancelled."""
+        assert self.deps.loop is not None
+        try:
+            future = submit_to_loop(self.deps.sender, message, self.deps.loop)
+        except RuntimeError as error:  # the loop is closed: the bot is stopping
+            return error
+        try:
+            future.result(timeout=timeout)
+        except BaseException as raised:  # noqa: BLE001 - every outcome is data
+            if future.done():
+                return raised
+            future.cancel()  # outcome unknown: at-least-once sends it again
+            return SendTimeout(f"no answer from the coroutine sender within {timeout} s")
         return None
 
     def _outcome(self, message: Message, error: BaseException | None) -> Transition:
