@@ -53,6 +53,7 @@ from actors import (
     GetStats,
     Health,
     HealthState,
+    LiftPause,
     Limits,
     ListMessages,
     PermanentError,
@@ -72,6 +73,7 @@ from actors import (
     SendTimeout,
     SystemClock,
     TransientError,
+    Unpause,
     WakeAccounts,
     classify,
     mask_phone,
@@ -395,8 +397,13 @@ class Supervisor(DeferredReplyActor):
         self._arm_sleepers()
 
     def _resume(self, phone: str) -> bool:
+        lifted: bool = self.persistence.ask(LiftPause(phone), block=True)
+        if lifted:
+            log.info("account.unpaused", account=mask_phone(phone))
+            if phone in self.accounts:
+                _tell(self.accounts[phone], Unpause())
         if phone not in self.parked:
-            return False
+            return lifted
         self.parked.discard(phone)
         self.restarts.pop(phone, None)
         self.persistence.ask(Recover(self.settings.delivery, phone))

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -33,13 +33,14 @@ from actors.messages import (
     Deliver,
     Forget,
     Pump,
+    Unpause,
     Wake,
 )
 from actors.ordering import SendOrder
 from actors.privacy import describe_error, mask_phone
 from actors.readers import ReaderPool
 from actors.retry import BackoffPolicy, RandomSource, decide
-from storage import Message, Status, Storage, StorageError, Transition
+from storage import AccountPause, Message, Status, Storage, StorageError, Transition
 
 #: The user's delivery code: returns when delivered, raises to say what went wrong.
 Sender = Callable[[Message], Any]
@@ -104,6 +105,7 @@ class AccountActor(pykka.ThreadingActor):
         self._unrecorded: Transition | None = None  # an outcome whose write failed
         self._unrecorded_message: Message | None = None
         self._claimed: Message | None = None  # claimed with the last outcome, not yet sent
+        self._pause_loaded = False  # a pause persisted before a restart still holds
         self._timer: TimerHandle | None = None
         self._timer_at: datetime | None = None
         self._timer_generation = 0
@@ -149,6 +151,9 @@ class AccountActor(pykka.ThreadingActor):
                 self.order.discard(message_id)
             case Pump():
                 self._kick()
+            case Unpause():
+                self._paused_until = None
+                self._kick()
             case Wake(generation):
                 if generation == self._timer_generation:
                     self._timer, self._timer_at = None, None
@@ -171,6 +176,8 @@ class AccountActor(pykka.ThreadingActor):
 
     def _step(self) -> None:
         now = self.deps.clock.now()
+        if not self._pause_loaded and not self._load_pause(now):
+            return
         if self._unrecorded is not None and not self._flush_unrecorded(claim_next=False):
             return
         if self._paused_until is not None and now < self._paused_until:
@@ -189,6 +196,19 @@ class AccountActor(pykka.ThreadingActor):
         self._read_mail()
         self._flush_unrecorded(claim_next=True)
         self._kick()
+
+    def _load_pause(self, now: datetime) -> bool:
+        try:
+            pauses = self.deps.readers.run(self.deps.storage.pauses, now, self.phone)
+        except StorageError as error:
+            self.log.warning("account.read_failed", error=str(error))
+            self._arm(now + timedelta(seconds=self.settings.storage_retry))
+            return False
+        self._pause_loaded = True
+        for pause in pauses:
+            self._paused_until = pause.until
+            self.log.info("account.paused", until=pause.until.isoformat(), reason=pause.reason)
+        return True
 
     def _claim_next(self, now: datetime) -> Message | None:
         candidate = self._next_due(now)
@@ -320,7 +340,13 @@ class AccountActor(pykka.ThreadingActor):
         now = self.deps.clock.now()
         candidate = self._next_due(now) if claim_next and not transition.give_back else None
         claim = (candidate.id,) if candidate is not None else ()
-        answer = self._advance(Advance(record=(transition,), claim=claim), candidate)
+        record, pause = transition, None
+        if transition.give_back and transition.available_at is not None:
+            # The account row holds the pause (it survives a restart and a user can lift it);
+            # the message itself stays due, in its place.
+            pause = AccountPause(self.phone, transition.available_at, _error_kind(transition.error))
+            record = replace(transition, available_at=None)
+        answer = self._advance(Advance(record=(record,), claim=claim, pause=pause), candidate)
         if answer is None:
             return False
         self._unrecorded = self._unrecorded_message = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from storage import Delivery, Message, NewMessage, Priority, Status, Transition
+from storage import AccountPause, Delivery, Message, NewMessage, Priority, Status, Transition
 
 if TYPE_CHECKING:
     from actors._mailbox import Request
@@ -119,7 +119,10 @@ class GetHealth:
 
 @dataclass(frozen=True, slots=True)
 class ResumeAccount:
-    """Start a parked account again (after its crash storm was fixed). Answer: True if it was parked."""
+    """Lift an account's pause (rate limit, suspension) or start it again after it was parked.
+
+    Answer: True if it was paused or parked.
+    """
 
     phone: str
     """The parked account."""
@@ -183,6 +186,14 @@ class Requeue:
 
 
 @dataclass(frozen=True, slots=True)
+class LiftPause:
+    """Supervisor -> persistence (asked): delete an account's persisted pause. Answer: True if any."""
+
+    phone: str
+    """The account."""
+
+
+@dataclass(frozen=True, slots=True)
 class Recover:
     """Settle PROCESSING rows per the delivery policy (asked). Answer: the rows as written."""
 
@@ -220,6 +231,8 @@ class Advance:
     """Outcomes to write; one whose attempt no longer holds its row is skipped."""
     claim: Sequence[int] = ()
     """Ids to claim; ones no longer open and due are skipped."""
+    pause: AccountPause | None = None
+    """An account-wide pause to persist with the outcome that caused it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +264,11 @@ class Forget:
     """Its account (for routing)."""
     message_id: int
     """The cancelled message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unpause:
+    """Supervisor -> account: a user lifted the pause; send again now."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from actors.messages import (
     Cleanup,
     Committed,
     Forget,
+    LiftPause,
     Persist,
     Recover,
     Requeue,
@@ -122,6 +123,8 @@ class PersistenceActor(DeferredReplyActor):
         recorded = self.storage.record(records) if records else set()
         if any(t.status is Status.RETRYING for t in records):
             crash_point("record.retry.mid")
+        for pause in (a.pause for a in advances if a.pause is not None):
+            self.storage.set_pause(pause, now)
         claim_ids = [i for a in advances for i in a.claim]
         claimed = self.storage.claim(claim_ids, now) if claim_ids else {}
         news = [n for m in messages if isinstance(m, Persist) for n in m.news]
@@ -154,6 +157,8 @@ class PersistenceActor(DeferredReplyActor):
                     return settled
                 case Cleanup(cutoff):
                     return self.storage.delete_finished_before(cutoff, self.cleanup_chunk)
+                case LiftPause(phone):
+                    return self.storage.clear_pause(phone)
         except StorageError:
             raise
         except PostroomError as error:

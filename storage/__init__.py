@@ -7,6 +7,7 @@ from storage.database import OwnerLock, SqliteSettings, open_database
 from storage.domain import (
     FINAL_STATUSES,
     OPEN_STATUSES,
+    AccountPause,
     Delivery,
     Message,
     NewMessage,
@@ -29,6 +30,7 @@ from storage.store import Storage, Transition
 __all__ = [
     "FINAL_STATUSES",
     "OPEN_STATUSES",
+    "AccountPause",
     "DatabaseLocked",
     "Delivery",
     "IdempotencyConflict",

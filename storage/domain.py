@@ -130,6 +130,18 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountPause:
+    """An account may not send before `until` (persisted: a restart keeps honouring it)."""
+
+    phone: str
+    """The account."""
+    until: datetime
+    """First instant it may send again."""
+    reason: str
+    """The exception type that caused it ("RateLimited", "AccountSuspended", ...)."""
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """Counts of messages by status, overall and per account."""
 

@@ -72,4 +72,16 @@ class MessageRow(peewee.Model):
         )
 
 
-MODELS: tuple[type[peewee.Model], ...] = (MessageRow,)
+class AccountRow(peewee.Model):
+    """An account-wide pause (rate limit, suspension) that must survive a restart."""
+
+    phone = peewee.CharField(max_length=64, primary_key=True)
+    paused_until = UtcTimestampField(null=True)
+    reason = peewee.TextField(null=True)
+    updated_at = UtcTimestampField()
+
+    class Meta:
+        table_name = "account_state"
+
+
+MODELS: tuple[type[peewee.Model], ...] = (MessageRow, AccountRow)

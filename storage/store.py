@@ -21,6 +21,7 @@ import peewee
 from storage.domain import (
     FINAL_STATUSES,
     OPEN_STATUSES,
+    AccountPause,
     Delivery,
     Message,
     NewMessage,
@@ -35,7 +36,7 @@ from storage.errors import (
     PostroomError,
     StorageError,
 )
-from storage.models import MessageRow, from_micros, to_micros
+from storage.models import AccountRow, MessageRow, from_micros, to_micros
 
 try:
     import psycopg
@@ -123,13 +124,16 @@ class Storage:
         # A subclass per Storage, so two databases in one process never share a binding.
         self.Row: type[MessageRow] = type("MessageRow", (MessageRow,), {"Meta": meta, "__module__": __name__})
         self._dialect = _Dialect(db)
+        account_meta = type("Meta", (), {"database": db, "table_name": "account_state"})
+        self.Account: type[AccountRow] = type("AccountRow", (AccountRow,),
+                                              {"Meta": account_meta, "__module__": __name__})
 
     # -- lifecycle -------------------------------------------------------------------
 
     def create_schema(self) -> None:
         """Create the table, its indexes and (PostgreSQL) the id sequence, if missing."""
         with self._guard():
-            self.db.create_tables([self.Row], safe=True)
+            self.db.create_tables([self.Row, self.Account], safe=True)
             if not self._dialect.is_sqlite:
                 self.db.execute_sql("CREATE SEQUENCE IF NOT EXISTS message_queue_id_seq")
                 self.db.execute_sql(
@@ -313,6 +317,30 @@ class Storage:
         settled = [_settle_interrupted(m, delivery, now) for m in interrupted]
         self._write_states(settled)
         return settled
+
+    def set_pause(self, pause: AccountPause, now: datetime) -> None:
+        """Persist an account-wide pause (replacing an earlier one)."""
+        row = {"phone": pause.phone, "paused_until": pause.until, "reason": pause.reason,
+               "updated_at": now}
+        query = self.Account.insert(**row).on_conflict(
+            conflict_target=[self.Account.phone],
+            update={self.Account.paused_until: pause.until, self.Account.reason: pause.reason,
+                    self.Account.updated_at: now})
+        with self._guard():
+            query.execute()
+
+    def clear_pause(self, phone: str) -> bool:
+        """Lift an account's pause; True if there was one."""
+        with self._guard():
+            return bool(self.Account.delete().where(self.Account.phone == phone).execute())
+
+    def pauses(self, now: datetime, phone: str | None = None) -> list[AccountPause]:
+        """Pauses still in force at `now`, for one account or all."""
+        query = self.Account.select().where(self.Account.paused_until > now)
+        if phone is not None:
+            query = query.where(self.Account.phone == phone)
+        with self._guard():
+            return [AccountPause(row.phone, row.paused_until, row.reason or "") for row in query]
 
     def delete(self, message_id: int) -> bool:
         """Delete one message whatever its status (the seed's `delete`)."""

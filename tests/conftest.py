@@ -43,6 +43,7 @@ def require_postgres() -> None:
 def reset_postgres() -> None:
     db = open_database(POSTGRES_URL)
     db.execute_sql("DROP TABLE IF EXISTS message_queue")
+    db.execute_sql("DROP TABLE IF EXISTS account_state")
     db.execute_sql("DROP SEQUENCE IF EXISTS message_queue_id_seq")
     db.close()
 

@@ -175,12 +175,20 @@ def hold_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.parametrize(("hold", "refused"), [(0.5, False), (2.0, False), (3.0, True)])
+@pytest.mark.parametrize(
+    ("hold", "busy", "refused"),
+    [
+        (0.5, 5.0, False),  # a short lock: the write waits for it
+        (2.0, 5.0, False),  # a long lock, still within the busy timeout
+        (4.0, 1.0, True),  # past the busy timeout: a typed error, then recovery
+    ],
+)
 @pytest.mark.timeout(60)
-def test_another_process_holds_the_write_lock(tmp_path: Path, hold: float, refused: bool) -> None:
-    """Within the busy timeout (2.5 s here) writers wait; past it the caller gets StorageError."""
+def test_another_process_holds_the_write_lock(tmp_path: Path, hold: float, busy: float,
+                                              refused: bool) -> None:
+    """Within the busy timeout writers wait; past it the caller gets StorageError."""
     path = tmp_path / "q.db"
-    db = FaultySqliteDatabase(str(path), busy_timeout=2.5)
+    db = FaultySqliteDatabase(str(path), busy_timeout=busy)
     sender = RecordingSender()
     ref = start(db, sender)
     enqueuer = Enqueuer(ref)

@@ -187,3 +187,19 @@ def test_schema_creation_is_idempotent(storage: Storage) -> None:
     storage.create_schema()
     (second,) = insert(storage, new())
     assert second > first and storage.stats().total == 2
+
+
+def test_account_pause_round_trips(storage: Storage) -> None:
+    """An account pause is stored, replaced, read while in force, and lifted."""
+    from storage import AccountPause
+
+    with storage.write_transaction():
+        storage.set_pause(AccountPause("+1555", NOW + timedelta(seconds=30), "RateLimited"), NOW)
+        storage.set_pause(AccountPause("+1555", NOW + timedelta(hours=6), "AccountSuspended"), NOW)
+    (pause,) = storage.pauses(NOW)
+    assert pause == AccountPause("+1555", NOW + timedelta(hours=6), "AccountSuspended")
+    assert storage.pauses(NOW + timedelta(hours=7)) == []
+    assert storage.pauses(NOW, phone="+other") == []
+    with storage.write_transaction():
+        assert storage.clear_pause("+1555")
+    assert storage.pauses(NOW) == []

@@ -389,3 +389,28 @@ def test_idle_account_stops_and_wakes_for_scheduled_work(sqlite_url: str,
     eventually(lambda: status_of(ref, later) is Status.COMPLETED)
     fresh = enqueue(ref, phone="+15550001", text="new work restarts it")
     eventually(lambda: status_of(ref, fresh) is Status.COMPLETED)
+
+
+@pytest.mark.parametrize("lift", [False, True])
+def test_account_pause_survives_a_restart(sqlite_url: str, lift: bool) -> None:
+    """A rate-limit pause is persisted: a new supervisor sends nothing for that account until it
+    ends, or until ResumeAccount lifts it."""
+    clock = FakeClock()
+    first_sender = RecordingSender(lambda m, n: (_ for _ in ()).throw(RateLimited(600)))
+    first = start(sqlite_url, first_sender, clock=clock)
+    a = enqueue(first, phone="+paused", text="a")
+    b = enqueue(first, phone="+paused", text="b")
+    eventually(lambda: status_of(first, a) is Status.PENDING and len(first_sender.calls) == 1)
+    first.stop()
+
+    clock.advance(10)
+    sender = RecordingSender()
+    second = start(sqlite_url, sender, clock=clock)
+    probe = enqueue(second, phone="+other")
+    eventually(lambda: probe in sender.ids())
+    assert sender.ids("+paused") == []  # the pause outlived the process
+    if lift:
+        assert second.ask(ResumeAccount("+paused")) is True
+    else:
+        clock.advance(590)
+    eventually(lambda: sender.ids("+paused") == [a, b])
