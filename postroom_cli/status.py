@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from actors.privacy import mask_phone
 from postroom_cli._output import fail
-from storage import QueueStats, Status, Storage, open_database
+from storage import AccountPause, QueueStats, Status, Storage, StorageError, open_database
 from storage.database import sqlite_path
 
 __all__ = ["add_arguments", "read_stats", "run", "stats_to_json"]
@@ -34,12 +35,40 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if _missing_sqlite_file(args.database):
         return fail(f"no database at {sqlite_path(args.database)}")
     stats = read_stats(args.database)
+    pauses = read_pauses(args.database)
     if args.json:
-        print(json.dumps(stats_to_json(stats), indent=2))
+        print(json.dumps({**stats_to_json(stats), "paused": _pauses_json(pauses)}, indent=2))
     else:
         console.print(_status_table(stats))
         console.print(_account_table(stats))
+        if pauses:
+            console.print(_pause_table(pauses))
     return 0
+
+
+def read_pauses(url: str) -> list[AccountPause]:
+    """Account-wide pauses in force now (rate limits, suspensions)."""
+    store = Storage(open_database(url))
+    try:
+        return store.pauses(datetime.now(UTC))
+    except StorageError:
+        return []  # a database from before pauses were persisted has no account_state table
+    finally:
+        store.close()
+
+
+def _pauses_json(pauses: list[AccountPause]) -> list[dict[str, str]]:
+    return [{"account": mask_phone(p.phone), "until": p.until.isoformat(), "reason": p.reason}
+            for p in sorted(pauses, key=lambda p: p.phone)]
+
+
+def _pause_table(pauses: list[AccountPause]) -> Table:
+    table = Table(title="Paused accounts", box=box.SIMPLE)
+    for column in ("account", "until (UTC)", "reason"):
+        table.add_column(column)
+    for row in _pauses_json(pauses):
+        table.add_row(row["account"], row["until"], row["reason"])
+    return table
 
 
 def read_stats(url: str) -> QueueStats:
