@@ -20,7 +20,7 @@ import heapq
 import random
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -83,6 +83,7 @@ from actors import (
 from actors._faults import crash_point
 from actors._mailbox import DeferredReplyActor
 from actors.aio import AsyncSender, ask_async, is_coroutine_sender
+from actors.pacing import Pacing
 from storage import (
     DatabaseLocked,
     Delivery,
@@ -126,6 +127,7 @@ __all__ = [
     "ListMessages",
     "Message",
     "MessageNotFound",
+    "Pacing",
     "PermanentError",
     "PostroomError",
     "Priority",
@@ -174,6 +176,10 @@ class SupervisorSettings:
     """synchronous and busy timeout of a SQLite database."""
     readers: int = 4
     """Threads (and connections) serving reads."""
+    pacing: Pacing = field(default_factory=Pacing)
+    """Rate and per-recipient interval of every account (a guard; retry_after always wins)."""
+    pacing_by_account: Mapping[str, Pacing] = field(default_factory=dict)
+    """Per-phone exceptions to `pacing` (a user account paces far slower than a bot)."""
 
 
 class Supervisor(DeferredReplyActor):
@@ -257,6 +263,12 @@ class Supervisor(DeferredReplyActor):
         self.readers.shutdown(self.storage.close)
         self.storage.close()
         self.lock.release()
+
+    def unanswered_error(self, request: Request, error: Exception) -> None:
+        # The supervisor is the root: a bad `tell` is refused and logged, never fatal.
+        event = "command.refused" if isinstance(error, PostroomError) else "command.failed"
+        log.error(event, command=type(request.message).__name__, error=type(error).__name__,
+                  reason=str(error) if isinstance(error, ValidationError) else None)
 
     def on_failure(self, *exc_info: Any) -> None:
         # The supervisor itself failed on a tell: take everything down in order.
@@ -345,6 +357,7 @@ class Supervisor(DeferredReplyActor):
             sender=self.sender, persistence=self.persistence, supervisor=self.actor_ref,
             storage=self.storage, readers=self.readers, clock=self.clock, rng=self.rng,
             settings=self.settings.account, loop=self.loop,
+            pacing=self.settings.pacing_by_account.get(phone, self.settings.pacing),
         )
         ref = AccountActor.start(phone, deps)
         self.accounts[phone] = ref

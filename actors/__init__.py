@@ -49,6 +49,7 @@ from actors.messages import (
     WakeAccounts,
 )
 from actors.ordering import SendOrder
+from actors.pacing import Pacer, Pacing
 from actors.persistence import HealthState, PersistenceActor
 from actors.privacy import describe_error, mask_phone
 from actors.readers import ReaderPool
@@ -86,6 +87,8 @@ __all__ = [
     "LiftPause",
     "Limits",
     "ListMessages",
+    "Pacer",
+    "Pacing",
     "PermanentError",
     "Persist",
     "PersistenceActor",

@@ -126,9 +126,14 @@ class DeferredReplyActor(pykka.ThreadingActor):
         try:
             self.handle(request)
         except Exception as exc:
-            if not request.expects_reply:
-                raise
-            request.fail(exc)
+            if request.expects_reply:
+                request.fail(exc)
+            else:
+                self.unanswered_error(request, exc)
+
+    def unanswered_error(self, request: Request, error: Exception) -> None:
+        """An error nobody waits for (the command came by `tell`); by default the actor fails."""
+        raise error
 
     def handle(self, request: Request) -> None:
         """Handle one request; answer it now or later."""

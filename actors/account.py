@@ -37,6 +37,7 @@ from actors.messages import (
     Wake,
 )
 from actors.ordering import SendOrder
+from actors.pacing import Pacer, Pacing
 from actors.privacy import describe_error, mask_phone
 from actors.readers import ReaderPool
 from actors.retry import BackoffPolicy, RandomSource, decide
@@ -77,6 +78,8 @@ class AccountDeps:
     settings: AccountSettings
     loop: asyncio.AbstractEventLoop | None = None
     """The bot's event loop, where a coroutine sender runs."""
+    pacing: Pacing = field(default_factory=Pacing)
+    """This account's rate and per-recipient interval."""
 
 
 class AccountActor(pykka.ThreadingActor):
@@ -106,6 +109,8 @@ class AccountActor(pykka.ThreadingActor):
         self._unrecorded_message: Message | None = None
         self._claimed: Message | None = None  # claimed with the last outcome, not yet sent
         self._pause_loaded = False  # a pause persisted before a restart still holds
+        self.pacer = Pacer(deps.pacing, deps.clock.monotonic())
+        self._paced = False  # the last pick found work, but pacing made it wait
         self._timer: TimerHandle | None = None
         self._timer_at: datetime | None = None
         self._timer_generation = 0
@@ -191,7 +196,9 @@ class AccountActor(pykka.ThreadingActor):
             return
         self._idle_since = None
         crash_point("claim.committed")
-        self._unrecorded = self._outcome(message, self._send(message))
+        outcome = self._send(message)
+        self.pacer.sent(message.user_id, self.deps.clock.monotonic())
+        self._unrecorded = self._outcome(message, outcome)
         self._unrecorded_message = message
         self._read_mail()
         self._flush_unrecorded(claim_next=True)
@@ -213,7 +220,9 @@ class AccountActor(pykka.ThreadingActor):
     def _claim_next(self, now: datetime) -> Message | None:
         candidate = self._next_due(now)
         if candidate is None:
-            self._rest(now)
+            if not self._paced:
+                self._rest(now)
+            self._paced = False
             return None
         answer = self._advance(Advance(claim=(candidate.id,)), candidate)
         if answer is None:
@@ -240,7 +249,21 @@ class AccountActor(pykka.ThreadingActor):
             self.order.invalidate()  # something fell due in the DB: reload in full order
         if not len(self.order) and not self.order.complete and not self._refill(now):
             return None
-        return self.order.pop()
+        return self._paced_pop(now)
+
+    def _paced_pop(self, now: datetime) -> Message | None:
+        """The next message pacing allows; if pacing holds work back, a timer for it."""
+        mono = self.deps.clock.monotonic()
+        wait = self.pacer.token_wait(mono)
+        if wait == 0.0:
+            message = self.order.pop_first(
+                lambda m: self.pacer.recipient_wait(m.user_id, mono) == 0.0)
+            if message is not None or not len(self.order):
+                return message
+            wait = min(self.pacer.recipient_wait(m.user_id, mono) for m in self.order.messages())
+        self._paced = True
+        self._arm(now + timedelta(seconds=wait))
+        return None
 
     def _refill(self, now: datetime) -> bool:
         storage = self.deps.storage
@@ -339,6 +362,7 @@ class AccountActor(pykka.ThreadingActor):
         assert transition is not None and message is not None
         now = self.deps.clock.now()
         candidate = self._next_due(now) if claim_next and not transition.give_back else None
+        self._paced = False  # a paced pick armed its timer; the step goes on recording
         claim = (candidate.id,) if candidate is not None else ()
         record, pause = transition, None
         if transition.give_back and transition.available_at is not None:

@@ -9,7 +9,7 @@ reload finds fewer than `capacity` rows.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from storage import Message
 
@@ -50,6 +50,20 @@ class SendOrder:
             return None
         _, message_id = self._keys.pop(0)
         return self._messages.pop(message_id)
+
+    def pop_first(self, eligible: Callable[[Message], bool]) -> Message | None:
+        """The first message in send order that `eligible` accepts (pacing by recipient)."""
+        for index, (_, message_id) in enumerate(self._keys):
+            message = self._messages[message_id]
+            if eligible(message):
+                del self._keys[index]
+                del self._messages[message_id]
+                return message
+        return None
+
+    def messages(self) -> list[Message]:
+        """The window in send order."""
+        return [self._messages[message_id] for _, message_id in self._keys]
 
     def push_back(self, message: Message) -> None:
         """Return a message that could not be attempted (it keeps its place)."""

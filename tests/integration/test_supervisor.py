@@ -414,3 +414,28 @@ def test_account_pause_survives_a_restart(sqlite_url: str, lift: bool) -> None:
     else:
         clock.advance(590)
     eventually(lambda: sender.ids("+paused") == [a, b])
+
+
+def test_pacing_rate_and_per_recipient_interval(sqlite_url: str) -> None:
+    """An account paced at 1/s sends one message per second; a recipient waits its interval
+    while other recipients go first; other accounts are not paced."""
+    from actors.pacing import Pacing
+
+    clock = FakeClock()
+    sender = RecordingSender()
+    settings = SupervisorSettings(
+        account=__import__("actors").AccountSettings(idle_timeout=None),
+        pacing_by_account={"+slow": Pacing(rate=1.0), "+chatty": Pacing(per_recipient_interval=1.0)},
+    )
+    ref = start_with(sqlite_url, sender, settings, clock=clock)
+    slow = [enqueue(ref, phone="+slow", text=str(i)) for i in range(3)]
+    chat = [enqueue(ref, phone="+chatty", user_id=u) for u in ("chat-1", "chat-1", "chat-2")]
+    free = [enqueue(ref, phone="+free", text=str(i)) for i in range(3)]
+    eventually(lambda: sender.ids("+free") == free)  # unpaced: all at once
+    eventually(lambda: sender.ids("+chatty") == [chat[0], chat[2]])
+    eventually(lambda: sender.ids("+slow") == [slow[0]])
+    clock.advance(1)
+    eventually(lambda: sender.ids("+slow") == slow[:2])
+    eventually(lambda: sender.ids("+chatty") == [chat[0], chat[2], chat[1]])
+    clock.advance(1)
+    eventually(lambda: sender.ids("+slow") == slow)
