@@ -125,7 +125,7 @@ class DeferredReplyActor(pykka.ThreadingActor):
         request: Request = message
         try:
             self.handle(request)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - goes to the caller or to unanswered_error
             if request.expects_reply:
                 request.fail(exc)
             else:
