@@ -1,0 +1,195 @@
+"""Runs that need a process of their own: boot and memory (a fresh heap), database work (strace).
+
+`run_child("boot", {...})` runs `python -m bench._run boot '<json>'` (see `bench._run`),
+which calls `boot` or `work` below and prints the result as JSON on its last line.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from bench._common import Deliveries, rss_mb, spread, temp_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- the parent's side --------------------------------------------------------------------
+
+
+def run_child(task: str, args: dict[str, Any], timeout: float, strace: bool = False) -> dict[str, Any]:
+    """Run `task` in a fresh interpreter (under strace if asked); its JSON result."""
+    command = [sys.executable, "-m", "bench._run", task, json.dumps(args)]
+    trace_file = None
+    if strace:
+        trace_file = tempfile.NamedTemporaryFile(prefix="bench-strace-", delete=False)  # noqa: SIM115
+        trace_file.close()
+        # --seccomp-bpf: only the traced calls stop the child, not every syscall.
+        command = ["strace", "-f", "--seccomp-bpf", "-qq", "-o", trace_file.name,
+                   "-e", "trace=fsync,fdatasync,sched_yield", *command]
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0 or not done.stdout.strip():
+            sys.stderr.write(done.stderr[-5000:])
+            raise ChildFailed(f"{task} exited {done.returncode}: {_last_error(done.stderr)}")
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        if trace_file is not None:
+            result["fsyncs"] = count_fsyncs(Path(trace_file.name))
+        return result
+    finally:
+        if trace_file is not None:
+            os.unlink(trace_file.name)
+
+
+class ChildFailed(RuntimeError):
+    """A child run exited without a result; the message is its exit code and last error line."""
+
+
+def _last_error(stderr: str) -> str:
+    """The last line that names an exception, else the last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b", line)]
+    return (named or lines or ["no output"])[-1]
+
+
+@functools.cache
+def strace_available() -> bool:
+    """strace is installed and may trace a child here (containers may forbid ptrace)."""
+    if shutil.which("strace") is None:
+        return False
+    probe = ["strace", "-f", "--seccomp-bpf", "-qq", "-o", os.devnull, "-e", "trace=sched_yield", "true"]
+    return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+
+
+def count_fsyncs(trace: Path) -> int:
+    """fsync/fdatasync calls between the child's two sched_yield markers."""
+    inside, count = False, 0
+    for line in trace.read_text().splitlines():
+        if "sched_yield(" in line and "resumed" not in line:
+            inside = not inside
+        elif inside and ("fsync(" in line or "fdatasync(" in line) and "resumed" not in line:
+            count += 1
+    return count
+
+
+# -- boot and memory ------------------------------------------------------------------------
+
+
+def boot(args: dict[str, Any]) -> dict[str, Any]:
+    """Start a system on an existing file; time the first send and every account's first send."""
+    from bench.huey_baseline import HueyQueue
+    from bench.seed import SeedQueue
+    from supervisor import Message, Supervisor
+
+    system, path, accounts = args["system"], Path(args["path"]), int(args["accounts"])
+    deliveries = Deliveries(expected=1 << 62, accounts=accounts)
+    before, _ = rss_mb()
+    start = time.perf_counter()
+    if system == "postroom":
+        def send(message: Message) -> None:
+            deliveries.record(int(message.text), message.phone)
+
+        ref = Supervisor.start(database=f"sqlite:///{path}", sender=send)
+        stop: Callable[[], object] = ref.stop
+    elif system == "seed":
+        seed = SeedQueue(path, deliveries)
+        threading.Thread(target=seed.boot, daemon=True).start()  # the seed's boot, off the clock thread
+        stop = seed.stop
+    else:
+        huey = HueyQueue(path, deliveries)
+        huey.start()
+        stop = huey.stop
+    return _observe(deliveries, start, before, stop, args)
+
+
+def _observe(deliveries: Deliveries, start: float, before: float, stop: Callable[[], object],
+             args: dict[str, Any]) -> dict[str, Any]:
+    """Wait for every account's first send (or the first send), read RSS, stop; what was seen.
+
+    Past `timeout` the figures so far are returned with `timed_out`, so that a slow boot
+    is reported with how far it got rather than as a crash.
+    """
+    timeout = float(args["timeout"])
+    waited = deliveries.all_accounts.wait(timeout) if deliveries.accounts else _first(deliveries, timeout)
+    if waited:
+        time.sleep(float(args.get("settle", 0.0)))
+    rss, peak = rss_mb()
+    sent, accounts_sent = deliveries.count, deliveries.accounts_seen
+    stop_s = _timed(stop, timeout) if waited else None
+    return {
+        "first_send_s": None if deliveries.first_at is None else deliveries.first_at - start,
+        "all_accounts_s": None if deliveries.all_accounts_at is None else deliveries.all_accounts_at - start,
+        "rss_mb": rss, "peak_rss_mb": peak, "rss_before_mb": before, "sent": sent,
+        "accounts_sent": accounts_sent, "timed_out": not waited, "stop_s": stop_s,
+    }
+
+
+def _first(deliveries: Deliveries, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while deliveries.first_at is None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def _timed(action: Callable[[], object], timeout: float) -> float | None:
+    """Seconds `action` took on a helper thread, or None if it did not finish within `timeout`."""
+    start = time.perf_counter()
+    worker = threading.Thread(target=action, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return None if worker.is_alive() else time.perf_counter() - start
+
+
+# -- database work per message ----------------------------------------------------------------
+
+
+class CountingConnection(sqlite3.Connection):
+    """A sqlite3 connection that counts every statement SQLite runs on it, by first keyword."""
+
+    counts: ClassVar[Counter[str]] = Counter()
+    lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_trace_callback(_count)
+
+
+def _count(sql: str) -> None:
+    keyword = sql.split(None, 1)[0].upper() if sql.strip() else "?"
+    with CountingConnection.lock:
+        CountingConnection.counts[keyword] += 1
+
+
+def work(args: dict[str, Any]) -> dict[str, Any]:
+    """The end-to-end workload of scenario (a), counting statements and commits (and fsyncs, by strace)."""
+    from bench.systems import open_system
+
+    items = spread(int(args["messages"]), int(args["accounts"]))
+    deliveries = Deliveries(len(items))
+    with temp_dir() as directory, open_system(args["system"], directory, deliveries,
+                                              batch=int(args["batch"]), factory=CountingConnection) as queue:
+        CountingConnection.counts.clear()
+        os.sched_yield()  # marker for strace: counting starts
+        queue.enqueue_all(items)
+        deliveries.wait(float(args["timeout"]))
+        queue.wait_finished(len(items), float(args["timeout"]))
+        os.sched_yield()  # marker: counting ends
+        counts = dict(CountingConnection.counts)
+    return {"counts": counts, "messages": len(items)}

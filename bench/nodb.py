@@ -1,0 +1,169 @@
+"""postroom's actor pipeline without a database, to show the database's share of scenario (a).
+
+`MemorySupervisor` is the real `Supervisor` with the real `PersistenceActor`,
+`AccountActor`s, reader pool and messages; only the `Storage` behind the
+persistence actor is swapped for `MemoryStore`, which keeps rows in dicts and
+answers at once (no SQL, no transaction, no fsync). The difference between a
+postroom run and a no-database run is therefore what SQLite costs.
+
+This reaches into `Supervisor._open_storage`, a private method: if the core
+changes it, the benchmark's quick run (which CI executes) fails and says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, cast
+
+from actors import PersistenceActor, ReaderPool
+from storage import (
+    FINAL_STATUSES,
+    OPEN_STATUSES,
+    AccountPause,
+    Delivery,
+    Message,
+    NewMessage,
+    OwnerLock,
+    QueueStats,
+    Status,
+    Storage,
+    Transition,
+)
+from supervisor import Supervisor
+
+__all__ = ["MemoryStore", "MemorySupervisor"]
+
+
+class MemoryStore:
+    """The part of the storage contract the send pipeline uses, over dicts (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: dict[int, Message] = {}
+        self._open: dict[str, dict[int, Message]] = {}
+        self._next_id = 1
+        self._pauses: dict[str, AccountPause] = {}
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[None]:
+        yield
+
+    def create_schema(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def insert(self, news: Sequence[NewMessage]) -> list[Message]:
+        with self._lock:
+            first, self._next_id = self._next_id, self._next_id + len(news)
+            created = [_pending(first + n, new) for n, new in enumerate(news)]
+            for message in created:
+                self._put(message)
+        return created
+
+    def claim(self, ids: Sequence[int], now: datetime) -> dict[int, Message]:
+        claimed: dict[int, Message] = {}
+        with self._lock:
+            for message_id in ids:
+                m = self._rows.get(message_id)
+                if m is not None and m.status in OPEN_STATUSES and m.available_at <= now:
+                    claimed[m.id] = replace(m, status=Status.PROCESSING, attempts=m.attempts + 1,
+                                            updated_at=now)
+                    self._put(claimed[m.id])
+        return claimed
+
+    def record(self, transitions: Sequence[Transition]) -> set[int]:
+        applied: set[int] = set()
+        with self._lock:
+            for t in transitions:
+                m = self._rows.get(t.id)
+                if m is None or m.status is not Status.PROCESSING or m.attempts != t.attempt:
+                    continue
+                self._put(replace(
+                    m, status=t.status, attempts=m.attempts - 1 if t.give_back else m.attempts,
+                    last_error=t.error or m.last_error, available_at=t.available_at or m.available_at,
+                    completed_at=t.at if t.status in FINAL_STATUSES else None, updated_at=t.at))
+                applied.add(t.id)
+        return applied
+
+    def pauses(self, now: datetime, phone: str | None = None) -> list[AccountPause]:
+        with self._lock:
+            return [p for p in self._pauses.values()
+                    if p.until > now and (phone is None or p.phone == phone)]
+
+    def set_pause(self, pause: AccountPause, now: datetime) -> None:
+        with self._lock:
+            self._pauses[pause.phone] = pause
+
+    def clear_pause(self, phone: str) -> bool:
+        with self._lock:
+            return self._pauses.pop(phone, None) is not None
+
+    def recover_interrupted(self, delivery: Delivery, now: datetime,
+                            phone: str | None = None) -> list[Message]:
+        return []  # nothing survives a restart of memory
+
+    def delete_finished_before(self, cutoff: datetime, limit: int) -> int:
+        return 0
+
+    def due_window(self, phone: str, now: datetime, limit: int) -> list[Message]:
+        with self._lock:
+            due = [m for m in self._open.get(phone, {}).values() if m.available_at <= now]
+        return sorted(due, key=lambda m: m.order_key)[:limit]
+
+    def next_available_at(self, phone: str, now: datetime) -> datetime | None:
+        with self._lock:
+            future = [m.available_at for m in self._open.get(phone, {}).values() if m.available_at > now]
+        return min(future, default=None)
+
+    def phones_with_open_work(self) -> list[str]:
+        with self._lock:
+            return [phone for phone, messages in self._open.items() if messages]
+
+    def stats(self) -> QueueStats:
+        by_status = dict.fromkeys(Status, 0)
+        by_account: dict[str, dict[Status, int]] = {}
+        with self._lock:
+            for m in self._rows.values():
+                by_status[m.status] += 1
+                counts = by_account.setdefault(m.phone, {})
+                counts[m.status] = counts.get(m.status, 0) + 1
+        return QueueStats(by_status=by_status, by_account=by_account)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for a method this stand-in lacks: say so, rather than a bare AttributeError.
+        raise NotImplementedError(f"bench's MemoryStore has no Storage.{name}: the storage contract "
+                                  "changed; add it to bench/nodb.py")
+
+    def _put(self, message: Message) -> None:
+        self._rows[message.id] = message
+        open_here = self._open.setdefault(message.phone, {})
+        if message.status in OPEN_STATUSES:
+            open_here[message.id] = message
+        else:
+            open_here.pop(message.id, None)
+
+
+class MemorySupervisor(Supervisor):
+    """The real supervisor and actors over a `MemoryStore` (the `database` argument is ignored)."""
+
+    def _open_storage(self, database: Any) -> None:
+        self.lock = OwnerLock(cast(Any, None))  # no file, nothing to lock
+        self.storage = cast(Storage, MemoryStore())
+        self.readers = ReaderPool(self.settings.readers)
+        self.persistence = PersistenceActor.start(self.storage, self.clock, self._notify, self.health)
+
+
+def _pending(message_id: int, new: NewMessage) -> Message:
+    return Message(
+        id=message_id, phone=new.phone, user_id=new.user_id, text=new.text, attachment=new.attachment,
+        priority=new.priority, status=Status.PENDING, created_at=new.created_at,
+        scheduled_at=new.scheduled_at, available_at=new.scheduled_at or new.created_at, attempts=0,
+        max_attempts=new.max_attempts, last_error=None, completed_at=None,
+        updated_at=new.created_at, idempotency_key=new.idempotency_key,
+    )

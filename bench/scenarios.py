@@ -1,0 +1,405 @@
+"""The scenarios of issue #4, one function each, returning figures measured side by side.
+
+Each run of each system gets a fresh temporary directory with a real SQLite file
+(synchronous=FULL everywhere), and the runs of one scenario interleave the
+systems (postroom, seed, huey, postroom, seed, huey, ...) so that drift of the
+machine hits them alike; figures are medians over `Params.runs` runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import threading
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench._child import ChildFailed, run_child, strace_available
+from bench._common import (
+    Deliveries,
+    create_postroom_file,
+    median,
+    percentile,
+    phone,
+    spread,
+    temp_dir,
+    write_rows,
+)
+from bench.huey_baseline import HueyQueue
+from bench.report import Figure
+from bench.systems import open_system
+
+__all__ = ["ALL_SYSTEMS", "QUICK", "SCENARIOS", "Params", "Samples"]
+
+ALL_SYSTEMS = ("postroom", "nodb", "seed", "huey")
+
+
+@dataclass
+class Samples:
+    """Every run's values per system and figure key, and the runs that failed."""
+
+    values: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
+    """system -> figure key -> one value per successful run."""
+    failures: dict[str, list[str]] = field(default_factory=dict)
+    """system -> why each failed run failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Sizes of every scenario (the command line's options)."""
+
+    runs: int = 3
+    """Runs per system; figures are medians."""
+    systems: tuple[str, ...] = ALL_SYSTEMS
+    """Which systems run (a scenario skips those it does not apply to)."""
+    messages: int = 100_000
+    """(a) messages delivered end to end."""
+    accounts: int = 100
+    """(a), (b), (c), (f) sending accounts."""
+    batch: int = 1_000
+    """(a), (f) messages per `EnqueueBatch` (postroom's bulk path)."""
+    enqueue_messages: int = 16_000
+    """(b) single enqueues, spread over `enqueue_threads` threads."""
+    enqueue_threads: int = 16
+    """(b) threads enqueueing one message at a time."""
+    bulk_messages: int = 100_000
+    """(b) messages in one `EnqueueBatch`."""
+    rate: float = 1_000.0
+    """(c) offered load, messages per second."""
+    latency_seconds: float = 10.0
+    """(c) how long the load is offered."""
+    producers: int = 8
+    """(c) producer threads, each blocking on its durable enqueue."""
+    boot_rows: int = 1_000_000
+    """(d) pending rows at boot; (e) the backlog."""
+    boot_accounts: int = 10_000
+    """(d) accounts owning them; (e) accounts in the many-accounts case."""
+    busy_accounts: int = 100
+    """(e) busy accounts; they own the whole backlog in the backlog case."""
+    busy_backlog: int = 200
+    """(e) pending messages per busy account in the many-accounts case."""
+    work_messages: int = 10_000
+    """(f) messages whose database work is counted."""
+    settle: float = 1.0
+    """(e) seconds after every account has sent before RSS is read."""
+    boot_timeout: float = 600.0
+    """(d), (e) seconds a boot may take to get every account sending; past it, how far it got."""
+    timeout: float = 900.0
+    """Seconds any one run may take before it counts as failed."""
+
+
+QUICK = Params(runs=1, messages=2_000, accounts=20, enqueue_messages=1_600, bulk_messages=5_000,
+               rate=250.0, latency_seconds=2.0, boot_rows=10_000, boot_accounts=100, busy_accounts=10,
+               busy_backlog=50, work_messages=1_000, settle=0.5, boot_timeout=60.0, timeout=120.0)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def collect(p: Params, systems: Sequence[str], measure: Callable[[str], dict[str, float | None]]) -> Samples:
+    """Run `measure(system)` `p.runs` times per chosen system, interleaved; a failed run is noted."""
+    samples = Samples()
+    for _ in range(p.runs):
+        for system in (s for s in systems if s in p.systems):
+            try:
+                measured = measure(system)
+            except Exception as error:  # noqa: BLE001 - one system failing must not hide the others
+                traceback.print_exc()
+                samples.failures.setdefault(system, []).append(_summary(error))
+                continue
+            for key, value in measured.items():
+                samples.values.setdefault(system, defaultdict(list))[key].append(value)
+    return samples
+
+
+def figure(scenario: str, key: str, samples: Samples, name: str, unit: str, **extra: Any) -> Figure:
+    """The figure `key` from every system that measured it; none from a system with a failed run."""
+    per_system = {s: values[key] for s, values in samples.values.items() if key in values}
+    medians = {s: None if s in samples.failures else median(v) for s, v in per_system.items()}
+    failures = [f"{s} failed: {why[0]}" for s, why in samples.failures.items()]
+    return Figure(scenario, name, unit, medians, per_system, failures=failures, **extra)
+
+
+def _summary(error: Exception) -> str:
+    text = str(error) if isinstance(error, ChildFailed) else f"{type(error).__name__}: {error}"
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _at_least(value: float | None, bound: float) -> bool:
+    return value is not None and value >= bound
+
+
+def _below(value: float | None, bound: float) -> bool:
+    return value is not None and value < bound
+
+
+# -- (a) end to end ---------------------------------------------------------------------------
+
+
+def end_to_end(p: Params) -> list[Figure]:
+    """Delivered messages/s: enqueue by each system's bulk path while it sends, until all are recorded."""
+    samples = collect(p, ("postroom", "nodb", "seed", "huey"), lambda s: _end_to_end(s, p))
+    rate = figure("a", "rate", samples, f"delivered end to end, {p.messages:,} msgs, {p.accounts} accounts",
+                  "msg/s", target=">= 6x seed, >= 3x huey")
+    seed, huey = rate.ratio("seed"), rate.ratio("huey")
+    rate.met = None if seed is None or huey is None else seed >= 6 and huey >= 3
+    ours, free = rate.values.get("postroom"), rate.values.get("nodb")
+    share = 100 * (1 - ours / free) if ours and free else None
+    return [rate, Figure("a", "database share of postroom's time (1 - postroom/no-db)", "%",
+                         {"postroom": share}, higher_is_better=False)]
+
+
+def _end_to_end(system: str, p: Params) -> dict[str, float | None]:
+    items = spread(p.messages, p.accounts)
+    deliveries = Deliveries(len(items))
+    with temp_dir() as directory, open_system(system, directory, deliveries, batch=p.batch) as queue:
+        start = time.perf_counter()
+        queue.enqueue_all(items)
+        deliveries.wait(p.timeout)
+        queue.wait_finished(len(items), p.timeout)
+        elapsed = time.perf_counter() - start
+    return {"rate": len(items) / elapsed}
+
+
+# -- (b) durable enqueue --------------------------------------------------------------------------
+
+
+def enqueue(p: Params) -> list[Figure]:
+    """Durable enqueue rates: one at a time from 16 threads and from 1, and postroom's bulk command."""
+    samples = collect(p, ("postroom", "seed", "huey"), lambda s: _enqueue(s, p))
+    many = figure("b", "threads", samples, f"single enqueues, {p.enqueue_threads} threads", "msg/s",
+                  target=">= 3x per-commit rate")
+    one = figure("b", "one", samples, "single enqueues, 1 thread (seed: the per-commit rate)", "msg/s")
+    per_commit = one.values.get("seed")
+    many.met = None if per_commit is None else _at_least(many.values.get("postroom"), 3 * per_commit)
+    bulk = figure("b", "bulk", samples, f"bulk enqueue of {p.bulk_messages:,} (seed, huey: none; "
+                  "one commit each, at their 1-thread rate)", "s", higher_is_better=False, target="< 1 s")
+    bulk.met = _below(bulk.values.get("postroom"), 1.0) if p.bulk_messages >= 100_000 else None
+    return [many, one, bulk]
+
+
+def _enqueue(system: str, p: Params) -> dict[str, float | None]:
+    threads = _threaded_rate(system, p.enqueue_messages, p.enqueue_threads, p)
+    one = _threaded_rate(system, max(1, p.enqueue_messages // 4), 1, p)
+    bulk = _bulk_seconds(p) if system == "postroom" else p.bulk_messages / one
+    return {"threads": threads, "one": one, "bulk": bulk}
+
+
+def _threaded_rate(system: str, count: int, threads: int, p: Params) -> float:
+    items = spread(count, p.accounts)
+    with temp_dir() as directory, open_system(system, directory, Deliveries(count), scheduled_ahead=True,
+                                              consume=False) as queue:
+        start = time.perf_counter()
+        def produce(k: int) -> None:
+            for index, account in items[k::threads]:
+                queue.enqueue_one(index, account)
+
+        _in_threads(threads, produce)
+        return count / (time.perf_counter() - start)
+
+
+def _in_threads(count: int, work: Callable[[int], object]) -> None:
+    """Run `work(k)` for k in range(count) on as many threads; re-raise the first error."""
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            work(k)
+        except BaseException as error:  # noqa: BLE001 - re-raised after the join
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _bulk_seconds(p: Params) -> float:
+    items = spread(p.bulk_messages, p.accounts)
+    with temp_dir() as directory, open_system("postroom", directory, Deliveries(len(items)),
+                                              batch=len(items), scheduled_ahead=True) as queue:
+        start = time.perf_counter()
+        queue.enqueue_all(items)  # one EnqueueBatch: answered once committed
+        return time.perf_counter() - start
+
+
+# -- (c) latency under a steady load ---------------------------------------------------------------
+
+
+def latency(p: Params) -> list[Figure]:
+    """Enqueue-to-send latency at a steady offered load, from the instant each enqueue was due."""
+    samples = collect(p, ("postroom", "seed", "huey"), lambda s: _latency(s, p))
+    load = f"{p.rate:,.0f} msg/s for {p.latency_seconds:g} s, {p.accounts} accounts"
+    p99 = figure("c", "p99", samples, f"latency p99, {load}", "ms", higher_is_better=False, target="< 20 ms")
+    p99.met = _below(p99.values.get("postroom"), 20.0)
+    return [figure("c", "p50", samples, f"latency p50, {load}", "ms", higher_is_better=False), p99,
+            figure("c", "max", samples, f"latency max, {load}", "ms", higher_is_better=False)]
+
+
+def _latency(system: str, p: Params) -> dict[str, float | None]:
+    items = spread(int(p.rate * p.latency_seconds), p.accounts)
+    with temp_dir() as directory:
+        start = time.perf_counter() + 0.5  # the system is started by then
+        intended = [start + i / p.rate for i, _ in items]
+        deliveries = Deliveries(len(items), intended=intended)
+        with open_system(system, directory, deliveries) as queue:
+            _offer(queue.enqueue_one, items, intended, p.producers)
+            deliveries.wait(p.timeout)
+    ms = [1000 * x for x in deliveries.latencies]
+    return {"p50": percentile(ms, 0.5), "p99": percentile(ms, 0.99), "max": max(ms)}
+
+
+def _offer(enqueue_one: Callable[[int, str], None], items: Sequence[tuple[int, str]],
+           intended: Sequence[float], producers: int) -> None:
+    """Each producer thread takes every `producers`-th message and enqueues it when it is due."""
+
+    def produce(k: int) -> None:
+        for index, account in items[k::producers]:
+            delay = intended[index] - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            enqueue_one(index, account)
+
+    _in_threads(producers, produce)
+
+
+# -- (d) boot and (e) memory --------------------------------------------------------------------
+
+
+def boot(p: Params) -> list[Figure]:
+    """Start on a file with `boot_rows` pending rows over `boot_accounts` accounts (a fresh process)."""
+    rows = spread(p.boot_rows, p.boot_accounts)
+    samples = _boot_runs(rows, p.boot_accounts, ("postroom", "seed", "huey"), p)
+    where = f"{p.boot_rows:,} pending rows, {p.boot_accounts:,} accounts"
+    first = figure("d", "first_send_s", samples, f"boot to first send, {where}", "s",
+                   higher_is_better=False, target="< 2 s")
+    every = figure("d", "all_accounts_s", samples,
+                   f"boot to every account sending (each has sent once), {where}", "s",
+                   higher_is_better=False, target="< 10 s")
+    first.met, every.met = _below(first.values.get("postroom"), 2), _below(every.values.get("postroom"), 10)
+    every.note = _timeouts(samples, p.boot_accounts, p.boot_timeout)
+    peak = figure("d", "peak_rss_mb", samples, f"peak RSS during that boot, {where}", "MiB",
+                  higher_is_better=False)
+    stop = figure("d", "stop_s", samples, "then a graceful stop", "s", higher_is_better=False)
+    return [first, every, peak, stop]
+
+
+def memory(p: Params) -> list[Figure]:
+    """RSS once every account has sent, with many mostly idle accounts, and with a large backlog."""
+    idle = p.boot_accounts - p.busy_accounts
+    rows = spread(p.busy_accounts * p.busy_backlog, p.busy_accounts)
+    rows += [(len(rows) + a, phone(p.busy_accounts + a)) for a in range(idle)]
+    many = _boot_runs(rows, p.boot_accounts, ("postroom", "seed"), p)
+    backlog = _boot_runs(spread(p.boot_rows, p.busy_accounts), p.busy_accounts,
+                         ("postroom", "seed", "huey"), p)
+    return [
+        figure("e", "rss_mb", many, f"RSS, {p.boot_accounts:,} accounts of which {p.busy_accounts} busy "
+               f"({p.busy_backlog} msgs each)", "MiB", higher_is_better=False,
+               note=_timeouts(many, p.boot_accounts, p.boot_timeout)),
+        figure("e", "rss_mb", backlog,
+               f"RSS, {p.boot_rows:,}-message backlog over {p.busy_accounts} accounts", "MiB",
+               higher_is_better=False, note=_timeouts(backlog, p.busy_accounts, p.boot_timeout)),
+        figure("e", "rss_before_mb", backlog, "RSS of the bare interpreter with the imports, for reference",
+               "MiB", higher_is_better=False),
+    ]
+
+
+def _boot_runs(rows: Sequence[tuple[int, str]], accounts: int, systems: Sequence[str], p: Params) -> Samples:
+    with temp_dir() as directory:
+        postroom_file = _template(directory, "postroom", rows)  # the seed reads the same table
+        huey_file = _template(directory, "huey", rows) if "huey" in systems and "huey" in p.systems else None
+        templates = {"postroom": postroom_file, "seed": postroom_file, "huey": huey_file}
+
+        def measure(system: str) -> dict[str, float | None]:
+            run = directory / f"run-{system}.db"
+            template = templates[system]
+            assert template is not None
+            shutil.copyfile(template, run)
+            try:
+                args = {"system": system, "path": str(run), "accounts": 0 if system == "huey" else accounts,
+                        "timeout": p.boot_timeout, "settle": p.settle}
+                return run_child("boot", args, timeout=2 * p.boot_timeout + 120)
+            finally:
+                for suffix in ("", "-wal", "-shm", ".lock"):
+                    Path(f"{run}{suffix}").unlink(missing_ok=True)
+
+        return collect(p, systems, measure)
+
+
+def _timeouts(samples: Samples, accounts: int, timeout: float) -> str:
+    """Which systems' boots timed out, and how many accounts had sent by then."""
+    said = []
+    for system, values in samples.values.items():
+        for timed_out, seen in zip(values["timed_out"], values["accounts_sent"], strict=True):
+            if timed_out:
+                said.append(f"{system} timed out: {seen:,.0f} of {accounts:,} accounts had sent after "
+                            f"{timeout:g} s")
+    return "; ".join(said)
+
+
+def _template(directory: Path, system: str, rows: Sequence[tuple[int, str]]) -> Path:
+    """The start file: postroom's table (postroom, seed) or huey's task table, with `rows` pending."""
+    path = directory / f"template-{system}.db"
+    if system != "huey":
+        create_postroom_file(path)
+        write_rows(path, rows)
+        return path
+    huey = HueyQueue(path, Deliveries(0))
+    blob, name = huey.task_blob(0, rows[0][1]), huey.huey.storage.name
+    huey.stop()
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("BEGIN")
+        connection.executemany("INSERT INTO task (queue, data, priority) VALUES (?, ?, 0)",
+                               ((name, blob) for _ in rows))
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+    return path
+
+
+# -- (f) database work per message --------------------------------------------------------------
+
+
+def database_work(p: Params) -> list[Figure]:
+    """Statements, transactions and fsyncs per message over scenario (a)'s workload."""
+    traced = strace_available()
+    samples = collect(p, ("postroom", "seed", "huey"), lambda s: _work(s, p, traced))
+    where = f"{p.work_messages:,} msgs end to end, {p.accounts} accounts"
+    fsync_name = f"fsyncs per message, {where}" + ("" if traced else " (ESTIMATED = transactions: no strace)")
+    fsyncs = figure("f", "fsyncs", samples, fsync_name, "per msg", higher_is_better=False, target="< 0.1")
+    fsyncs.met = _below(fsyncs.values.get("postroom"), 0.1)
+    return [
+        figure("f", "statements", samples, f"SQL statements per message (BEGIN/COMMIT excluded), {where}",
+               "per msg", higher_is_better=False),
+        figure("f", "writes", samples, "  of which INSERT/UPDATE/DELETE", "per msg", higher_is_better=False),
+        figure("f", "transactions", samples, f"transactions (COMMITs) per message, {where}", "per msg",
+               higher_is_better=False),
+        fsyncs,
+    ]
+
+
+def _work(system: str, p: Params, traced: bool) -> dict[str, float | None]:
+    args = {"system": system, "messages": p.work_messages, "accounts": p.accounts, "batch": p.batch,
+            "timeout": p.timeout}
+    result = run_child("work", args, timeout=p.timeout + 120, strace=traced)
+    counts: dict[str, int] = result["counts"]
+    n = result["messages"]
+    commits = counts.get("COMMIT", 0)
+    statements = sum(v for k, v in counts.items() if k not in ("BEGIN", "COMMIT", "ROLLBACK"))
+    writes = sum(counts.get(k, 0) for k in ("INSERT", "UPDATE", "DELETE"))
+    return {"statements": statements / n, "writes": writes / n, "transactions": commits / n,
+            "fsyncs": (result["fsyncs"] if traced else commits) / n}
+
+
+SCENARIOS: dict[str, Callable[[Params], list[Figure]]] = {
+    "a": end_to_end, "b": enqueue, "c": latency, "d": boot, "e": memory, "f": database_work,
+}
