@@ -18,14 +18,16 @@ class Limits:
     default_max_attempts: int = 5
     """For an `Enqueue` that does not say."""
     max_field_length: int = 255
-    """For phone, user_id, attachment and idempotency_key."""
+    """For user_id and idempotency_key (their columns hold 255)."""
+    max_phone_length: int = 64
+    """For phone (its column holds 64: PostgreSQL refuses longer, so the door must too)."""
 
 
 def validate_enqueue(command: Enqueue, now: datetime, limits: Limits) -> NewMessage:
     """The `NewMessage` to write, or `ValidationError` saying what is wrong."""
     if not isinstance(command, Enqueue):
         raise ValidationError(f"expected Enqueue, got {type(command).__name__}")
-    _identifier("phone", command.phone, limits)
+    _identifier("phone", command.phone, limits, max_length=limits.max_phone_length)
     _identifier("user_id", command.user_id, limits)
     _text(command.text, command.attachment, limits)
     if command.attachment is not None:

@@ -1,10 +1,14 @@
 """A child process whose sender kills it on one message (a poison message).
 
-`python -m tests.integration.poison_child <sqlite file>` starts a supervisor on the
-file, enqueues `PLAN` (idempotency keys, so a restarted child re-enqueues nothing),
-and waits until no row is open. Its sender SIGKILLs the whole process when it is
-handed the text "poison"; every other message is delivered. On a clean finish it
-prints `DRAINED` and exits 0.
+`python -m tests.integration.poison_child <sqlite file> [--bystander]` starts a
+supervisor on the file, enqueues its plan (idempotency keys, so a restarted child
+re-enqueues nothing), and waits until no row is open. Its sender SIGKILLs the whole
+process when it is handed the text "poison"; every other message is delivered. On a
+clean finish it prints `DRAINED` and exits 0.
+
+`PLAN` keeps the poison's neighbours on its own account, so the poison is the only
+message in flight when the process dies. `BYSTANDER_PLAN` adds a message on another
+account whose (slow) send is under way whenever the poison kills the process.
 """
 
 from __future__ import annotations
@@ -12,31 +16,40 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+POISON_PHONE = "+15550100"
 
-#: (phone, text): the poison message sits between ordinary ones of its account.
-PLAN = [
-    ("+15550100", "a1"),
-    ("+15550100", "poison"),
-    ("+15550100", "a2"),
-    ("+15550200", "b1"),
-    ("+15550100", "a3"),
-    ("+15550200", "b2"),
-    ("+15550300", "c1"),
-]
+#: (phone, text): the poison sits between ordinary messages of its own account.
+PLAN = [(POISON_PHONE, text) for text in ("a1", "poison", "a2", "a3", "a4")]
+#: The poison and a bystander on another account, in flight together at every death.
+BYSTANDER_PLAN = [(POISON_PHONE, "poison"), ("+15550200", "bystander")]
 MAX_ATTEMPTS = 3
 
 
-def poison_sender(message: object) -> None:
+def make_sender(with_bystander: bool) -> Callable[[object], None]:
     """Delivers everything but "poison", which takes the process down with it."""
-    if getattr(message, "text", None) == "poison":
-        os.kill(os.getpid(), signal.SIGKILL)
+    bystander_inside = threading.Event()
+    never = threading.Event()
+
+    def send(message: object) -> None:
+        text = getattr(message, "text", None)
+        if text == "bystander":
+            bystander_inside.set()
+            never.wait(3)  # a slow send, still under way when the poison strikes
+        elif text == "poison":
+            if with_bystander:
+                bystander_inside.wait(10)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return send
 
 
-def main(database_file: str) -> int:
+def main(database_file: str, with_bystander: bool) -> int:
     sys.path.insert(0, str(ROOT))
     import structlog
 
@@ -51,9 +64,10 @@ def main(database_file: str) -> int:
     )
 
     settings = SupervisorSettings(account=AccountSettings(idle_timeout=None))
-    ref = Supervisor.start(database=f"sqlite:///{database_file}", sender=poison_sender,
-                           settings=settings)
-    for index, (phone, text) in enumerate(PLAN):
+    ref = Supervisor.start(database=f"sqlite:///{database_file}",
+                           sender=make_sender(with_bystander), settings=settings)
+    plan = BYSTANDER_PLAN if with_bystander else PLAN
+    for index, (phone, text) in enumerate(plan):
         ref.ask(Enqueue(phone=phone, user_id=f"user-{index}", text=text,
                         max_attempts=MAX_ATTEMPTS, idempotency_key=f"poison-plan-{index}"))
     open_states = (Status.PENDING, Status.RETRYING, Status.PROCESSING)
@@ -69,4 +83,4 @@ def main(database_file: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1]))
+    raise SystemExit(main(sys.argv[1], with_bystander="--bystander" in sys.argv[2:]))

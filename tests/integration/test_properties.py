@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors.validation import Limits
 from storage import Message
 from supervisor import (
     Enqueue,
@@ -252,3 +253,17 @@ def test_invalid_enqueue_sent_with_tell_does_not_stop_the_supervisor(tmp_path: P
     finally:
         if own.is_alive():
             own.stop()
+
+
+@pytest.mark.postgres
+def test_longest_phone_the_door_accepts_is_stored_on_postgres(postgres_url: str) -> None:
+    """The longest phone the door accepts round-trips on PostgreSQL; one more is refused."""
+    own = start(postgres_url, never_delivers, clock=FakeClock(CLOCK_START))
+    try:
+        phone = "+" + "1" * (Limits().max_phone_length - 1)
+        message_id = own.ask(Enqueue(phone=phone, user_id="42", text="x"), timeout=10)
+        assert own.ask(GetMessage(message_id), timeout=10).phone == phone
+        with pytest.raises(ValidationError):
+            own.ask(Enqueue(phone=phone + "1", user_id="42", text="x"), timeout=10)
+    finally:
+        own.stop()

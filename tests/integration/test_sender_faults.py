@@ -32,7 +32,7 @@ from supervisor import (
 )
 from tests.conftest import eventually
 from tests.integration.helpers import RecordingSender, account_ref, start, status_of
-from tests.integration.poison_child import MAX_ATTEMPTS, PLAN
+from tests.integration.poison_child import BYSTANDER_PLAN, MAX_ATTEMPTS, PLAN
 
 ROOT = Path(__file__).resolve().parents[2]
 OTHER_ACCOUNTS = [f"+1555020{n}" for n in range(5)]
@@ -115,9 +115,8 @@ def test_hung_sender_times_out_and_its_late_return_changes_nothing(sqlite_url: s
     assert timed_out.available_at == clock.now() + timedelta(seconds=1)
 
     others = enqueue_others(ref, per_account=50)
-    eventually(lambda: completed(ref, len(others)), timeout=60)
-    assert not returned.is_set(), "the hung call must still be stuck while the others delivered"
-    assert all(status_of(ref, i) is Status.COMPLETED for i in others)
+    eventually(lambda: set(others) <= set(sender.ids()), timeout=60)  # each one handed over
+    assert not returned.is_set(), "the hung call must still be stuck while the others sent"
 
     gate.set()
     assert returned.wait(15)
@@ -126,10 +125,11 @@ def test_hung_sender_times_out_and_its_late_return_changes_nothing(sqlite_url: s
     assert (late.status, late.attempts, late.last_error) == (
         Status.RETRYING, 1, timed_out.last_error)  # the retry is not due yet: nothing moved
 
-    clock.advance(1)
+    clock.advance(1)  # (also retries any of the others a loaded machine made time out)
     done = row_where(ref, hung, lambda m: m.status is Status.COMPLETED)
     assert done.attempts == 2
     assert sender.ids("+15550001") == [hung, hung]
+    eventually(lambda: completed(ref, len(others) + 1))
 
 
 def test_hung_sender_without_timeout_blocks_only_its_own_account(sqlite_url: str) -> None:
@@ -191,40 +191,65 @@ def test_base_exception_from_sender_is_transient_and_kills_nothing(
 # -- a sender that kills the process ---------------------------------------------------------
 
 
-def run_poison_child(db_file: Path) -> subprocess.CompletedProcess[str]:
+def run_poison_child(db_file: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "POSTROOM_CRASH_AT"}
     env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "tests.integration.poison_child", str(db_file)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.integration.poison_child", str(db_file), *flags],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=90, check=False)
+
+
+def run_until_drained(db_file: Path, *flags: str, starts: int = 10) -> int:
+    """Restart the child after each death (at most `starts` runs); returns the number of deaths."""
+    deaths = 0
+    for _ in range(starts):
+        child = run_poison_child(db_file, *flags)
+        if child.returncode == -signal.SIGKILL:
+            deaths += 1
+            continue
+        assert child.returncode == 0, child.stderr[-3000:]
+        assert "DRAINED" in child.stdout
+        return deaths
+    pytest.fail(f"the child never drained its queue ({deaths} deaths in {starts} starts)")
+
+
+def stored(db_file: Path, plan: list[tuple[str, str]]) -> dict[str, Message]:
+    """The rows of `plan`, by text, read from the file the child left."""
+    storage = Storage(open_database(f"sqlite:///{db_file}"))
+    try:
+        rows = [m for phone in sorted({p for p, _ in plan}) for m in storage.list_messages(phone)]
+    finally:
+        storage.close()
+    assert sorted(m.text for m in rows) == sorted(text for _, text in plan)
+    return {m.text: m for m in rows}
 
 
 @pytest.mark.timeout(300)
 def test_poison_message_that_kills_the_process_ends_failed(tmp_path: Path) -> None:
     """A message whose send SIGKILLs the process ends failed (interrupted) within max_attempts deaths."""
     db_file = tmp_path / "poison.db"
-    deaths = 0
-    for _ in range(10):
-        child = run_poison_child(db_file)
-        if child.returncode == -signal.SIGKILL:
-            deaths += 1
-            continue
-        assert child.returncode == 0, child.stderr[-3000:]
-        assert "DRAINED" in child.stdout
-        break
-    else:
-        pytest.fail(f"the child never drained its queue ({deaths} deaths in 10 starts)")
-
+    deaths = run_until_drained(db_file)
+    rows = stored(db_file, PLAN)
+    poison = rows.pop("poison")
     assert 1 <= deaths <= MAX_ATTEMPTS
-    storage = Storage(open_database(f"sqlite:///{db_file}"))
-    try:
-        rows = [m for phone in sorted({p for p, _ in PLAN}) for m in storage.list_messages(phone)]
-    finally:
-        storage.close()
-    assert len(rows) == len(PLAN)
-    (poison,) = [m for m in rows if m.text == "poison"]
     assert poison.status is Status.FAILED
     assert "interrupted" in (poison.last_error or "")
     assert poison.attempts == deaths  # every death was one of its attempts
-    assert {m.text: m.status for m in rows if m.text != "poison"} == {
-        text: Status.COMPLETED for _, text in PLAN if text != "poison"}
+    assert {text: m.status for text, m in rows.items()} == dict.fromkeys(rows, Status.COMPLETED)
+    assert all(m.attempts == 1 for m in rows.values())
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.xfail(strict=True, reason=(
+    "core bug: recovery charges the interrupted attempt to every row left PROCESSING "
+    "(Storage.recover_interrupted / _settle_interrupted), so a message of another account that "
+    "was merely in flight when the poison killed the process also reaches max_attempts and ends "
+    "failed 'interrupted' although it never killed anything"))
+def test_poison_message_does_not_fail_a_bystander_in_flight(tmp_path: Path) -> None:
+    """A message of another account in flight at each poison death is still delivered, not failed."""
+    db_file = tmp_path / "bystander.db"
+    deaths = run_until_drained(db_file, "--bystander")
+    rows = stored(db_file, BYSTANDER_PLAN)
+    assert rows["poison"].status is Status.FAILED and 1 <= deaths <= MAX_ATTEMPTS
+    assert rows["bystander"].status is Status.COMPLETED, (
+        rows["bystander"].attempts, rows["bystander"].last_error)
