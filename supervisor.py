@@ -81,7 +81,7 @@ from actors import (
     validate_enqueue,
 )
 from actors._faults import crash_point
-from actors._mailbox import DeferredReplyActor
+from actors._mailbox import DeferredReplyActor, tell_if_alive
 from actors.aio import AsyncSender, ask_async, is_coroutine_sender
 from actors.pacing import Pacing
 from storage import (
@@ -311,7 +311,7 @@ class Supervisor(DeferredReplyActor):
                 self._route(messages)
             case Forget(phone) as forget:
                 if phone in self.accounts:
-                    _tell(self.accounts[phone], forget)
+                    tell_if_alive(self.accounts[phone], forget)
             case AccountFailed(phone, urn, error):
                 self._account_failed(phone, urn, error)
             case AccountIdle(phone, urn, wake_at, seen):
@@ -341,7 +341,7 @@ class Supervisor(DeferredReplyActor):
             ref = self._ensure_account(message.phone)
             if ref is not None:
                 self.routed[message.phone] += 1
-                _tell(ref, Deliver(message))
+                tell_if_alive(ref, Deliver(message))
 
     def _ensure_account(self, phone: str) -> pykka.ActorRef[AccountActor] | None:
         if phone in self.parked:
@@ -400,7 +400,7 @@ class Supervisor(DeferredReplyActor):
         if self.sleepers:
             delay = (self.sleepers[0][0] - self.clock.now()).total_seconds()
             ref = self.actor_ref
-            self._sleeper_timer = self.clock.call_later(delay, lambda: _tell(ref, WakeAccounts()))
+            self._sleeper_timer = self.clock.call_later(delay, lambda: tell_if_alive(ref, WakeAccounts()))
 
     def _wake_sleepers(self) -> None:
         now = self.clock.now()
@@ -414,7 +414,7 @@ class Supervisor(DeferredReplyActor):
         if lifted:
             log.info("account.unpaused", account=mask_phone(phone))
             if phone in self.accounts:
-                _tell(self.accounts[phone], Unpause())
+                tell_if_alive(self.accounts[phone], Unpause())
         if phone not in self.parked:
             return lifted
         self.parked.discard(phone)
@@ -428,11 +428,11 @@ class Supervisor(DeferredReplyActor):
         interval = self.settings.cleanup_interval
         if interval is not None:
             ref = self.actor_ref
-            self._cleanup_timer = self.clock.call_later(interval, lambda: _tell(ref, RunCleanup()))
+            self._cleanup_timer = self.clock.call_later(interval, lambda: tell_if_alive(ref, RunCleanup()))
 
     def _notify(self, message: Any) -> None:
         """Called by the persistence actor after a commit (in its thread)."""
-        _tell(self.actor_ref, message)
+        tell_if_alive(self.actor_ref, message)
 
 
 class AsyncPostroom:
@@ -498,12 +498,6 @@ def _stop_forgotten_supervisors() -> None:
     for ref in list(_RUNNING):
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             ref.stop(timeout=10)
-
-
-def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
-    # Stopping: the database holds the work, and the next start picks it up.
-    with contextlib.suppress(pykka.ActorDeadError):
-        ref.tell(message)
 
 
 def _settle_future(request: Request, done: Future[Any]) -> None:

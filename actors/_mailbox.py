@@ -12,6 +12,7 @@ implementors of actor types: pykka's major version is pinned in pyproject.toml.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from typing import Any
@@ -143,3 +144,12 @@ class DeferredReplyActor(pykka.ThreadingActor):
         # Whatever arrives from now on gets pykka's ActorDeadError, not silence.
         self.actor_inbox.wrapping = False
 
+
+def tell_if_alive(ref: pykka.ActorRef[Any], message: Any) -> None:
+    """`tell`, ignoring a target that has stopped.
+
+    Timers, crash reports and routing may outlive their target during shutdown; the
+    database holds the work, and the next start picks it up.
+    """
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)

@@ -9,7 +9,6 @@ message overtakes queued NORMAL and LOW ones.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -21,7 +20,7 @@ import pykka
 import structlog
 
 from actors._faults import crash_point
-from actors._mailbox import DeferredInbox
+from actors._mailbox import DeferredInbox, tell_if_alive
 from actors.aio import is_coroutine_sender, submit_to_loop
 from actors.clock import Clock, TimerHandle
 from actors.errors import SendTimeout
@@ -432,7 +431,7 @@ class AccountActor(pykka.ThreadingActor):
         generation, ref = self._timer_generation, self.actor_ref
         delay = (at - self.deps.clock.now()).total_seconds()
         self._timer_at = at
-        self._timer = self.deps.clock.call_later(delay, lambda: _tell(ref, Wake(generation)))
+        self._timer = self.deps.clock.call_later(delay, lambda: tell_if_alive(ref, Wake(generation)))
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -445,13 +444,7 @@ class AccountActor(pykka.ThreadingActor):
             self.actor_ref.tell(Pump())
 
     def _tell_supervisor(self, message: Any) -> None:
-        _tell(self.deps.supervisor, message)
-
-
-def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
-    # Timers and crash reports may outlive their target during shutdown; that is fine.
-    with contextlib.suppress(pykka.ActorDeadError):
-        ref.tell(message)
+        tell_if_alive(self.deps.supervisor, message)
 
 
 def _error_kind(error: str | None) -> str:
