@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from tests.integration.crash_harness import Harness  # noqa: E402
+from tests.integration.crash_harness import Harness
 
 
 def main() -> None:
