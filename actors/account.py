@@ -55,8 +55,9 @@ class AccountSettings:
     send_timeout: float | None = 60.0
     """Seconds a send may take; past that the outcome is unknown and it is retried. None: no limit
     (and no extra thread per account)."""
-    window: int = 500
-    """Due messages held in memory per account; the rest stay in the database."""
+    window: int = 64
+    """Due messages held in memory per account; the rest stay in the database (10,000 accounts
+    hold at most 640,000 in memory; a refill is one indexed read per window sent)."""
     storage_retry: float = 1.0
     """Seconds before retrying a database operation that failed."""
     idle_timeout: float | None = 30.0
@@ -180,7 +181,7 @@ class AccountActor(pykka.ThreadingActor):
 
     def _step(self) -> None:
         now = self.deps.clock.now()
-        if not self._pause_loaded and not self._load_pause(now):
+        if not self._pause_loaded and not self._refill(now):  # the first load brings the pause
             return
         if self._unrecorded is not None and not self._flush_unrecorded(claim_next=False):
             return
@@ -202,19 +203,6 @@ class AccountActor(pykka.ThreadingActor):
         self._read_mail()
         self._flush_unrecorded(claim_next=True)
         self._kick()
-
-    def _load_pause(self, now: datetime) -> bool:
-        try:
-            pauses = self.deps.readers.run(self.deps.storage.pauses, now, self.phone)
-        except StorageError as error:
-            self.log.warning("account.read_failed", error=str(error))
-            self._arm(now + timedelta(seconds=self.settings.storage_retry))
-            return False
-        self._pause_loaded = True
-        for pause in pauses:
-            self._paused_until = pause.until
-            self.log.info("account.paused", until=pause.until.isoformat(), reason=pause.reason)
-        return True
 
     def _claim_next(self, now: datetime) -> Message | None:
         candidate = self._next_due(now)
@@ -265,17 +253,23 @@ class AccountActor(pykka.ThreadingActor):
         return None
 
     def _refill(self, now: datetime) -> bool:
-        storage = self.deps.storage
         try:
-            window = self.deps.readers.run(storage.due_window, self.phone, now, self.order.capacity)
-            future = self.deps.readers.run(storage.next_available_at, self.phone, now)
+            view = self.deps.readers.run(self.deps.storage.account_view, self.phone, now,
+                                         self.order.capacity)
         except StorageError as error:
             self.log.warning("account.read_failed", error=str(error))
             self._arm(now + timedelta(seconds=self.settings.storage_retry))
             return False
-        self.order.replace(window)
-        if future is not None:
-            self._note_future(future)
+        if not self._pause_loaded:
+            # Later pauses are this actor's own outcomes: only a restart must read one back.
+            self._pause_loaded = True
+            if view.pause is not None:
+                self._paused_until = view.pause.until
+                self.log.info("account.paused", until=view.pause.until.isoformat(),
+                              reason=view.pause.reason)
+        self.order.replace(view.due)
+        if view.next_due_at is not None:
+            self._note_future(view.next_due_at)
         return True
 
     def _rest(self, now: datetime) -> None:

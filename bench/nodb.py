@@ -24,6 +24,7 @@ from storage import (
     FINAL_STATUSES,
     OPEN_STATUSES,
     AccountPause,
+    AccountView,
     Delivery,
     Message,
     NewMessage,
@@ -91,11 +92,6 @@ class MemoryStore:
                 applied.add(t.id)
         return applied
 
-    def pauses(self, now: datetime, phone: str | None = None) -> list[AccountPause]:
-        with self._lock:
-            return [p for p in self._pauses.values()
-                    if p.until > now and (phone is None or p.phone == phone)]
-
     def set_pause(self, pause: AccountPause, now: datetime) -> None:
         with self._lock:
             self._pauses[pause.phone] = pause
@@ -111,15 +107,14 @@ class MemoryStore:
     def delete_finished_before(self, cutoff: datetime, limit: int) -> int:
         return 0
 
-    def due_window(self, phone: str, now: datetime, limit: int) -> list[Message]:
+    def account_view(self, phone: str, now: datetime, limit: int) -> AccountView:
         with self._lock:
-            due = [m for m in self._open.get(phone, {}).values() if m.available_at <= now]
-        return sorted(due, key=lambda m: m.order_key)[:limit]
-
-    def next_available_at(self, phone: str, now: datetime) -> datetime | None:
-        with self._lock:
-            future = [m.available_at for m in self._open.get(phone, {}).values() if m.available_at > now]
-        return min(future, default=None)
+            messages = list(self._open.get(phone, {}).values())
+            pause = self._pauses.get(phone)
+        due = sorted((m for m in messages if m.available_at <= now), key=lambda m: m.order_key)[:limit]
+        return AccountView(pause=pause if pause is not None and pause.until > now else None, due=due,
+                           next_due_at=min((m.available_at for m in messages if m.available_at > now),
+                                           default=None))
 
     def phones_with_open_work(self) -> list[str]:
         with self._lock:

@@ -142,6 +142,18 @@ class AccountPause:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountView:
+    """What an account actor loads from the database in one read: its start or its next page."""
+
+    pause: AccountPause | None
+    """The pause in force, if any."""
+    due: list[Message]
+    """Up to a window of due open messages, in send order."""
+    next_due_at: datetime | None
+    """When the first not-yet-due open message falls due."""
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """Counts of messages by status, overall and per account."""
 

@@ -51,7 +51,25 @@ def test_due_window_orders_by_priority_then_id(storage: Storage) -> None:
     window = storage.due_window("+1555", NOW, limit=10)
     assert [m.id for m in window] == [ids[2], ids[1], ids[3], ids[0]]
     assert [m.id for m in storage.due_window("+1555", NOW, limit=2)] == [ids[2], ids[1]]
-    assert storage.next_available_at("+1555", NOW) == NOW + timedelta(hours=1)
+
+
+def test_account_view_loads_pause_window_and_next_due(storage: Storage) -> None:
+    """One read gives an account's start: its pause, its first due messages, its next due instant."""
+    from storage import AccountPause
+
+    ids = insert(storage, new(priority=Priority.LOW), new(), new(scheduled_at=NOW + timedelta(hours=1)),
+                 new(scheduled_at=NOW + timedelta(hours=2)), new(phone="+other"))
+    view = storage.account_view("+1555", NOW, limit=1)
+    assert view.pause is None and [m.id for m in view.due] == [ids[1]]
+    assert view.next_due_at == NOW + timedelta(hours=1)
+    with storage.write_transaction():
+        storage.set_pause(AccountPause("+1555", NOW + timedelta(minutes=5), "RateLimited"), NOW)
+    view = storage.account_view("+1555", NOW, limit=10)
+    assert view.pause == AccountPause("+1555", NOW + timedelta(minutes=5), "RateLimited")
+    assert [m.id for m in view.due] == [ids[1], ids[0]]
+    assert storage.account_view("+1555", NOW + timedelta(minutes=5), limit=10).pause is None
+    empty = storage.account_view("+nobody", NOW, limit=10)
+    assert empty.pause is None and empty.due == [] and empty.next_due_at is None
 
 
 def test_claim_then_record_completed(storage: Storage) -> None:
@@ -199,7 +217,6 @@ def test_account_pause_round_trips(storage: Storage) -> None:
     (pause,) = storage.pauses(NOW)
     assert pause == AccountPause("+1555", NOW + timedelta(hours=6), "AccountSuspended")
     assert storage.pauses(NOW + timedelta(hours=7)) == []
-    assert storage.pauses(NOW, phone="+other") == []
     with storage.write_transaction():
         assert storage.clear_pause("+1555")
     assert storage.pauses(NOW) == []
