@@ -84,6 +84,7 @@ from actors._faults import crash_point
 from actors._mailbox import DeferredReplyActor, tell_if_alive
 from actors.aio import AsyncSender, ask_async, is_coroutine_sender
 from actors.pacing import Pacing
+from actors.sending import SendPool
 from storage import (
     DatabaseLocked,
     Delivery,
@@ -225,6 +226,7 @@ class Supervisor(DeferredReplyActor):
             self.lock.release()
             raise
         self.readers = ReaderPool(self.settings.readers)
+        self.send_pool = SendPool()
         self.persistence = PersistenceActor.start(self.storage, self.clock, self._notify, self.health)
 
     def _recover(self) -> list[str]:
@@ -261,6 +263,7 @@ class Supervisor(DeferredReplyActor):
         """Stop the writer (it commits what it holds), the readers, then release the file."""
         self.persistence.stop()
         self.readers.shutdown(self.storage.close)
+        self.send_pool.shutdown()
         self.storage.close()
         self.lock.release()
 
@@ -355,8 +358,8 @@ class Supervisor(DeferredReplyActor):
     def _start_account(self, phone: str) -> pykka.ActorRef[AccountActor]:
         deps = AccountDeps(
             sender=self.sender, persistence=self.persistence, supervisor=self.actor_ref,
-            storage=self.storage, readers=self.readers, clock=self.clock, rng=self.rng,
-            settings=self.settings.account, loop=self.loop,
+            storage=self.storage, readers=self.readers, send_pool=self.send_pool, clock=self.clock,
+            rng=self.rng, settings=self.settings.account, loop=self.loop,
             pacing=self.settings.pacing_by_account.get(phone, self.settings.pacing),
         )
         ref = AccountActor.start(phone, deps)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -40,6 +39,7 @@ from actors.pacing import Pacer, Pacing
 from actors.privacy import describe_error, mask_phone
 from actors.readers import ReaderPool
 from actors.retry import BackoffPolicy, RandomSource, decide
+from actors.sending import SendPool
 from storage import AccountPause, Message, Status, Storage, StorageError, Transition
 
 #: The user's delivery code: returns when delivered, raises to say what went wrong.
@@ -53,8 +53,8 @@ class AccountSettings:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     """Retry delays and the cap on a rate limit's pause."""
     send_timeout: float | None = 60.0
-    """Seconds a send may take; past that the outcome is unknown and it is retried. None: no limit
-    (and no extra thread per account)."""
+    """Seconds a send may take; past that the outcome is unknown and it is retried. None: no limit,
+    and the sender runs on the account's own thread (no hand-over to the shared send pool)."""
     window: int = 64
     """Due messages held in memory per account; the rest stay in the database (10,000 accounts
     hold at most 640,000 in memory; a refill is one indexed read per window sent)."""
@@ -73,6 +73,8 @@ class AccountDeps:
     supervisor: pykka.ActorRef[Any]
     storage: Storage
     readers: ReaderPool
+    send_pool: SendPool
+    """Where a sender runs when a send timeout is set."""
     clock: Clock
     rng: RandomSource
     settings: AccountSettings
@@ -117,7 +119,6 @@ class AccountActor(pykka.ThreadingActor):
         self._pump_queued = False
         self._idle_since: float | None = None
         self._deliveries_seen = 0
-        self._executor: ThreadPoolExecutor | None = None
 
     # -- pykka hooks -------------------------------------------------------------------
 
@@ -128,8 +129,6 @@ class AccountActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self._cancel_timer()
         self._give_back_claimed()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
         self.log.info("account.stopped")
 
     def on_failure(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -301,17 +300,13 @@ class AccountActor(pykka.ThreadingActor):
             except BaseException as error:  # noqa: BLE001 - a sender must not kill the actor system
                 return error
             return None
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="postroom-send")
-        future = self._executor.submit(self.deps.sender, message)
+        future = self.deps.send_pool.submit(self.deps.sender, message)
         try:
             future.result(timeout=timeout)
         except BaseException as raised:  # noqa: BLE001
             if future.done():
                 return raised
-            # The sender is stuck: abandon its thread; a late return changes nothing.
-            self._executor.shutdown(wait=False)
-            self._executor = None
+            # The sender is stuck: its thread is left to it; a late return changes nothing.
             return SendTimeout(f"no answer from the sender within {timeout} s")
         return None
 
