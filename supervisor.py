@@ -418,6 +418,8 @@ class Supervisor(DeferredReplyActor):
             log.info("account.unpaused", account=mask_phone(phone))
             if phone in self.accounts:
                 tell_if_alive(self.accounts[phone], Unpause())
+            else:
+                self._ensure_account(phone)  # a disabled account may have stopped while idle
         if phone not in self.parked:
             return lifted
         self.parked.discard(phone)

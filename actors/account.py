@@ -107,6 +107,7 @@ class AccountActor(pykka.ThreadingActor):
         self.log = structlog.get_logger("postroom.account").bind(account=mask_phone(phone))
         self._wake_at: datetime | None = None  # earliest future message known to be in the DB
         self._paused_until: datetime | None = None
+        self._disabled = False  # suspended until a user lifts it: nothing is sent, no timer
         self._unrecorded: Transition | None = None  # an outcome whose write failed
         self._unrecorded_message: Message | None = None
         self._claimed: Message | None = None  # claimed with the last outcome, not yet sent
@@ -156,7 +157,7 @@ class AccountActor(pykka.ThreadingActor):
             case Pump():
                 self._kick()
             case Unpause():
-                self._paused_until = None
+                self._paused_until, self._disabled = None, False
                 self._kick()
             case Wake(generation):
                 if generation == self._timer_generation:
@@ -183,6 +184,10 @@ class AccountActor(pykka.ThreadingActor):
         if not self._pause_loaded and not self._refill(now):  # the first load brings the pause
             return
         if self._unrecorded is not None and not self._flush_unrecorded(claim_next=False):
+            return
+        if self._disabled:
+            self._give_back_claimed()
+            self._rest(now)  # it may stop when idle; a restart reads the suspension back
             return
         if self._paused_until is not None and now < self._paused_until:
             self._give_back_claimed()
@@ -264,8 +269,8 @@ class AccountActor(pykka.ThreadingActor):
             self._pause_loaded = True
             if view.pause is not None:
                 self._paused_until = view.pause.until
-                self.log.info("account.paused", until=view.pause.until.isoformat(),
-                              reason=view.pause.reason)
+                self._disabled = view.pause.until is None
+                self.log.info("account.paused", until=_until(view.pause.until), reason=view.pause.reason)
         self.order.replace(view.due)
         if view.next_due_at is not None:
             self._note_future(view.next_due_at)
@@ -337,6 +342,7 @@ class AccountActor(pykka.ThreadingActor):
             return Transition(message.id, message.attempts, Status.RETRYING, now, text, decision.at)
         if decision.kind == "fail":
             return Transition(message.id, message.attempts, Status.FAILED, now, text)
+        # "pause" or "disable": the account stops, the message keeps its place and its attempts.
         given_back = Status.PENDING if message.attempts <= 1 else Status.RETRYING
         return Transition(message.id, message.attempts, given_back, now, text, decision.at,
                           give_back=True)
@@ -353,9 +359,9 @@ class AccountActor(pykka.ThreadingActor):
         self._paced = False  # a paced pick armed its timer; the step goes on recording
         claim = (candidate.id,) if candidate is not None else ()
         record, pause = transition, None
-        if transition.give_back and transition.available_at is not None:
+        if transition.give_back:
             # The account row holds the pause (it survives a restart and a user can lift it);
-            # the message itself stays due, in its place.
+            # the message itself stays due, in its place. No end (None): disabled until lifted.
             pause = AccountPause(self.phone, transition.available_at, _error_kind(transition.error))
             record = replace(transition, available_at=None)
         answer = self._advance(Advance(record=(record,), claim=claim, pause=pause), candidate)
@@ -392,13 +398,16 @@ class AccountActor(pykka.ThreadingActor):
             log.info("message.sent")
         elif t.status is Status.FAILED:
             log.warning("message.failed", error=_error_kind(t.error))
+        elif t.give_back and t.available_at is None:
+            self._disabled = True
+            log.error("account.disabled", until=_until(None), error=_error_kind(t.error))
         elif t.give_back:
             assert t.available_at is not None
             self._paused_until = t.available_at
             self._note_future(t.available_at)
             suspended = _error_kind(t.error) == "AccountSuspended"
             log.warning("account.suspended" if suspended else "account.rate_limited",
-                        until=t.available_at.isoformat())
+                        until=_until(t.available_at))
         else:
             assert t.available_at is not None
             self._note_future(t.available_at)
@@ -434,6 +443,10 @@ class AccountActor(pykka.ThreadingActor):
 
     def _tell_supervisor(self, message: Any) -> None:
         tell_if_alive(self.deps.supervisor, message)
+
+
+def _until(at: datetime | None) -> str:
+    return "lifted" if at is None else at.isoformat()
 
 
 def _error_kind(error: str | None) -> str:

@@ -43,7 +43,8 @@ class Decision:
     """What to write after a failed attempt."""
 
     kind: str
-    """"retry", "fail", or "pause" (rate limited: the attempt is given back)."""
+    """"retry", "fail", "pause" (rate limited or suspended for a while: the attempt is given
+    back), or "disable" (suspended until a user lifts it: the attempt is given back)."""
     at: datetime | None = None
     """When the message (or, for "pause", the whole account) may be tried again."""
 
@@ -53,11 +54,13 @@ def decide(
     policy: BackoffPolicy, rng: RandomSource,
 ) -> Decision:
     """Classify a sender's exception into retry, fail or pause."""
+    if isinstance(error, AccountSuspended) and error.retry_after is None:
+        # Banned, or the session revoked: waiting cannot help, only a person can.
+        return Decision("disable")
     if isinstance(error, RateLimited | AccountSuspended):
         # Not the message's fault: the whole account waits and the attempt is given back.
-        # A suspension "until lifted" waits the longest pause allowed, then tries again.
-        wanted = policy.max_retry_after if error.retry_after is None else error.retry_after
-        pause = min(max(0.0, wanted), policy.max_retry_after)
+        assert error.retry_after is not None
+        pause = min(max(0.0, error.retry_after), policy.max_retry_after)
         return Decision("pause", now + timedelta(seconds=pause))
     if isinstance(error, PermanentError) or attempts >= max_attempts:
         return Decision("fail")

@@ -58,7 +58,8 @@ def read_pauses(url: str) -> list[AccountPause]:
 
 
 def _pauses_json(pauses: list[AccountPause]) -> list[dict[str, str]]:
-    return [{"account": mask_phone(p.phone), "until": p.until.isoformat(), "reason": p.reason}
+    return [{"account": mask_phone(p.phone), "until": "lifted" if p.until is None else p.until.isoformat(),
+             "reason": p.reason}
             for p in sorted(pauses, key=lambda p: p.phone)]
 
 

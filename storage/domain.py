@@ -135,8 +135,8 @@ class AccountPause:
 
     phone: str
     """The account."""
-    until: datetime
-    """First instant it may send again."""
+    until: datetime | None
+    """First instant it may send again; None: disabled until a user lifts it (ResumeAccount)."""
     reason: str
     """The exception type that caused it ("RateLimited", "AccountSuspended", ...)."""
 

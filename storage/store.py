@@ -337,7 +337,8 @@ class Storage:
 
     def pauses(self, now: datetime) -> list[AccountPause]:
         """Every pause still in force at `now`."""
-        query = self.Account.select().where(self.Account.paused_until > now)
+        query = self.Account.select().where(
+            (self.Account.paused_until > now) | self.Account.paused_until.is_null())
         with self._guard():
             return [AccountPause(row.phone, row.paused_until, row.reason or "") for row in query]
 
@@ -434,13 +435,15 @@ class Storage:
         with self._guard():
             pause = self.db.execute_sql(
                 self._dialect.sql("SELECT paused_until, reason FROM account_state"
-                                  " WHERE phone = ? AND paused_until > ?"), (phone, micros)).fetchone()
+                                  " WHERE phone = ? AND (paused_until > ? OR paused_until IS NULL)"),
+                (phone, micros)).fetchone()
             due = self.due_window(phone, now, limit)
             (next_due,) = self.db.execute_sql(self._dialect.sql(
                 "SELECT MIN(available_at) FROM message_queue WHERE phone = ? AND status IN (?, ?)"
                 " AND available_at > ?"), (phone, *_OPEN, micros)).fetchone()
         return AccountView(
-            pause=None if pause is None else AccountPause(phone, from_micros(pause[0]), pause[1] or ""),
+            pause=None if pause is None else AccountPause(
+                phone, None if pause[0] is None else from_micros(pause[0]), pause[1] or ""),
             due=due, next_due_at=None if next_due is None else from_micros(next_due))
 
     def phones_with_open_work(self) -> list[str]:

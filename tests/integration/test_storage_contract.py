@@ -220,3 +220,18 @@ def test_account_pause_round_trips(storage: Storage) -> None:
     with storage.write_transaction():
         assert storage.clear_pause("+1555")
     assert storage.pauses(NOW) == []
+
+
+def test_account_disabled_until_lifted(storage: Storage) -> None:
+    """A pause without an end (banned, session revoked) holds at any time until it is lifted."""
+    from storage import AccountPause
+
+    with storage.write_transaction():
+        storage.set_pause(AccountPause("+1555", None, "AccountSuspended"), NOW)
+    years_later = NOW + timedelta(days=3650)
+    assert storage.pauses(years_later) == [AccountPause("+1555", None, "AccountSuspended")]
+    assert storage.account_view("+1555", years_later, limit=1).pause == AccountPause(
+        "+1555", None, "AccountSuspended")
+    with storage.write_transaction():
+        assert storage.clear_pause("+1555")
+    assert storage.account_view("+1555", NOW, limit=1).pause is None

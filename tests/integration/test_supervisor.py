@@ -416,6 +416,53 @@ def test_account_pause_survives_a_restart(sqlite_url: str, lift: bool) -> None:
     eventually(lambda: sender.ids("+paused") == [a, b])
 
 
+@pytest.mark.parametrize("idle_timeout", [None, 5.0], ids=["running", "stopped-while-idle"])
+def test_suspension_until_lifted_disables_the_account_across_restarts(
+        sqlite_url: str, idle_timeout: float | None) -> None:
+    """AccountSuspended without a duration (banned, session revoked): the account sends nothing,
+    however long we wait and across a restart, its messages stay pending with their attempts
+    uncounted, `postroom status` shows it, other accounts go on, and ResumeAccount lifts it."""
+    from actors.errors import AccountSuspended
+    from postroom_cli.status import read_pauses
+    from storage import AccountPause
+
+    clock = FakeClock()
+    def revoke(message: Message, _: int) -> None:
+        if message.phone == "+banned":
+            raise AccountSuspended("session revoked")
+
+    revoked = RecordingSender(revoke)
+    first = start(sqlite_url, revoked, clock=clock, idle_timeout=idle_timeout)
+    a = enqueue(first, phone="+banned", text="a")
+    b = enqueue(first, phone="+banned", text="b")
+    eventually(lambda: len(revoked.calls) == 1 and status_of(first, a) is Status.PENDING)
+    assert read_pauses(sqlite_url) == [AccountPause("+banned", None, "AccountSuspended")]
+    clock.advance(10 * 3600)  # far past BackoffPolicy.max_retry_after: a timed pause would have ended
+    c = enqueue(first, phone="+banned", text="c, enqueued while disabled")
+    probe = enqueue(first, phone="+other")
+    eventually(lambda: status_of(first, probe) is Status.COMPLETED)
+    assert [m.id for m in revoked.calls if m.phone == "+banned"] == [a]
+    assert first.ask(GetMessage(a)).attempts == 0
+    first.stop()
+
+    sender = RecordingSender()
+    second = start(sqlite_url, sender, clock=clock, idle_timeout=idle_timeout)
+    probe = enqueue(second, phone="+other")
+    eventually(lambda: probe in sender.ids())
+    clock.advance(10 * 3600)
+    probe = enqueue(second, phone="+other")
+    eventually(lambda: probe in sender.ids())
+    assert sender.ids("+banned") == []  # the suspension outlived the process
+    if idle_timeout is not None:
+        clock.advance(idle_timeout + 1)
+        # A disabled account frees its thread like any idle one; lifting starts it again.
+        eventually(lambda: second.ask(GetHealth()).accounts_running == 0)
+    assert second.ask(ResumeAccount("+banned")) is True
+    eventually(lambda: sender.ids("+banned") == [a, b, c])
+    assert read_pauses(sqlite_url) == []
+    assert second.ask(ResumeAccount("+banned")) is False  # nothing left to lift
+
+
 def test_pacing_rate_and_per_recipient_interval(sqlite_url: str) -> None:
     """An account paced at 1/s sends one message per second; a recipient waits its interval
     while other recipients go first; other accounts are not paced."""

@@ -50,7 +50,7 @@ def test_compute_backoff(attempts: int, rand: float, expected: float) -> None:
         (RateLimited(-5), 1, 3, "pause", 0.0),  # a negative retry_after means now
         (KeyboardInterrupt(), 1, 3, "retry", 1.0),  # BaseException from a sender is transient too
         (AccountSuspended("peer flood", 600), 1, 3, "pause", 600.0),  # the account waits
-        (AccountSuspended("banned"), 3, 3, "pause", 3600.0),  # until lifted: the longest pause
+        (AccountSuspended("banned"), 3, 3, "disable", None),  # until a user lifts it, whatever the attempt
     ],
 )
 def test_decide(error: BaseException, attempts: int, max_attempts: int, kind: str,
