@@ -206,6 +206,7 @@ class Supervisor(DeferredReplyActor):
         self.sleepers: list[tuple[datetime, str]] = []  # idle accounts with future work
         self._sleeper_timer: Any = None
         self._cleanup_timer: Any = None
+        self.send_pool = SendPool()
         self._open_storage(database)
         try:
             self._boot_phones = self._recover()
@@ -226,7 +227,6 @@ class Supervisor(DeferredReplyActor):
             self.lock.release()
             raise
         self.readers = ReaderPool(self.settings.readers)
-        self.send_pool = SendPool()
         self.persistence = PersistenceActor.start(self.storage, self.clock, self._notify, self.health)
 
     def _recover(self) -> list[str]:
@@ -256,6 +256,7 @@ class Supervisor(DeferredReplyActor):
                 timer.cancel()
         pykka.get_all([ref.stop(block=False) for ref in self.accounts.values()])
         self.accounts.clear()
+        self.send_pool.shutdown()
         self._close_storage()
         log.info("supervisor.stopped")
 
@@ -263,7 +264,6 @@ class Supervisor(DeferredReplyActor):
         """Stop the writer (it commits what it holds), the readers, then release the file."""
         self.persistence.stop()
         self.readers.shutdown(self.storage.close)
-        self.send_pool.shutdown()
         self.storage.close()
         self.lock.release()
 
