@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench._child import ROOT, strace_available
+from bench._child import ROOT, fsync_counter
 from bench._common import quiet_logging
 from bench.report import Figure, print_report, write_json
 from bench.scenarios import ALL_SYSTEMS, QUICK, SCENARIOS, Params
@@ -107,9 +107,9 @@ def _notes(p: Params, seconds: float, load: str) -> list[str]:
         "(d)(e) each run in a fresh process on a pre-written file; (e) RSS read "
         f"{p.settle:g} s after every account has sent once.",
         "(f) statements counted with sqlite3's trace callback, transactions = COMMITs; fsyncs = "
-        + ("fsync+fdatasync calls counted by strace (which slows each one, so group commit may batch "
-           "more than untraced)." if strace_available()
-           else "not measured (strace missing): = transactions."),
+        + ("fsync+fdatasync calls counted in the process by a preloaded shim (bench/fsync_counter.c, "
+           "built with the system C compiler; unlike strace it does not stop the process at each call)."
+           if fsync_counter() is not None else "not measured (no C compiler): = transactions."),
     ]
 
 

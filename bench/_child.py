@@ -1,4 +1,4 @@
-"""Runs that need a process of their own: boot and memory (a fresh heap), database work (strace).
+"""Runs that need a process of their own: boot and memory (a fresh heap), database work (fsync counter).
 
 `run_child("boot", {...})` runs `python -m bench._run boot '<json>'` (see `bench._run`),
 which calls `boot` or `work` below and prints the result as JSON on its last line.
@@ -6,6 +6,8 @@ which calls `boot` or `work` below and prints the result as JSON on its last lin
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import functools
 import json
 import os
@@ -30,30 +32,20 @@ ROOT = Path(__file__).resolve().parent.parent
 # -- the parent's side --------------------------------------------------------------------
 
 
-def run_child(task: str, args: dict[str, Any], timeout: float, strace: bool = False) -> dict[str, Any]:
-    """Run `task` in a fresh interpreter (under strace if asked); its JSON result."""
+def run_child(task: str, args: dict[str, Any], timeout: float, count_fsyncs: bool = False) -> dict[str, Any]:
+    """Run `task` in a fresh interpreter (with the fsync counter preloaded if asked); its JSON result."""
     command = [sys.executable, "-m", "bench._run", task, json.dumps(args)]
-    trace_file = None
-    if strace:
-        trace_file = tempfile.NamedTemporaryFile(prefix="bench-strace-", delete=False)  # noqa: SIM115
-        trace_file.close()
-        # --seccomp-bpf: only the traced calls stop the child, not every syscall.
-        command = ["strace", "-f", "--seccomp-bpf", "-qq", "-o", trace_file.name,
-                   "-e", "trace=fsync,fdatasync,sched_yield", *command]
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
-    try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0 or not done.stdout.strip():
-            sys.stderr.write(done.stderr[-5000:])
-            raise ChildFailed(f"{task} exited {done.returncode}: {_last_error(done.stderr)}")
-        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        if trace_file is not None:
-            result["fsyncs"] = count_fsyncs(Path(trace_file.name))
-        return result
-    finally:
-        if trace_file is not None:
-            os.unlink(trace_file.name)
+    counter = fsync_counter() if count_fsyncs else None
+    if counter is not None:
+        env["LD_PRELOAD"] = " ".join(filter(None, [str(counter), os.environ.get("LD_PRELOAD")]))
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0 or not done.stdout.strip():
+        sys.stderr.write(done.stderr[-5000:])
+        raise ChildFailed(f"{task} exited {done.returncode}: {_last_error(done.stderr)}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 class ChildFailed(RuntimeError):
@@ -68,23 +60,27 @@ def _last_error(stderr: str) -> str:
 
 
 @functools.cache
-def strace_available() -> bool:
-    """strace is installed and may trace a child here (containers may forbid ptrace)."""
-    if shutil.which("strace") is None:
-        return False
-    probe = ["strace", "-f", "--seccomp-bpf", "-qq", "-o", os.devnull, "-e", "trace=sched_yield", "true"]
-    return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+def fsync_counter() -> Path | None:
+    """bench/fsync_counter.c built into a shared library (once per run), or None without a compiler."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None or not sys.platform.startswith("linux"):
+        return None
+    directory = tempfile.mkdtemp(prefix="bench-fsync-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    target = Path(directory) / "fsync_counter.so"
+    source = ROOT / "bench" / "fsync_counter.c"
+    build = [compiler, "-shared", "-fPIC", "-O2", "-o", str(target), str(source), "-ldl"]
+    if subprocess.run(build, capture_output=True, timeout=120).returncode != 0:
+        return None
+    return target
 
 
-def count_fsyncs(trace: Path) -> int:
-    """fsync/fdatasync calls between the child's two sched_yield markers."""
-    inside, count = False, 0
-    for line in trace.read_text().splitlines():
-        if "sched_yield(" in line and "resumed" not in line:
-            inside = not inside
-        elif inside and ("fsync(" in line or "fdatasync(" in line) and "resumed" not in line:
-            count += 1
-    return count
+def fsyncs_so_far() -> int | None:
+    """fsync + fdatasync calls of this process so far, if the counter is preloaded."""
+    try:
+        return int(ctypes.CDLL(None).bench_fsync_calls())
+    except AttributeError:
+        return None
 
 
 # -- boot and memory ------------------------------------------------------------------------
@@ -178,7 +174,7 @@ def _count(sql: str) -> None:
 
 
 def work(args: dict[str, Any]) -> dict[str, Any]:
-    """The end-to-end workload of scenario (a), counting statements and commits (and fsyncs, by strace)."""
+    """Scenario (a)'s workload, counting statements, commits and (with the counter preloaded) fsyncs."""
     from bench.systems import open_system
 
     items = spread(int(args["messages"]), int(args["accounts"]))
@@ -186,10 +182,11 @@ def work(args: dict[str, Any]) -> dict[str, Any]:
     with temp_dir() as directory, open_system(args["system"], directory, deliveries,
                                               batch=int(args["batch"]), factory=CountingConnection) as queue:
         CountingConnection.counts.clear()
-        os.sched_yield()  # marker for strace: counting starts
+        fsyncs_before = fsyncs_so_far()
         queue.enqueue_all(items)
         deliveries.wait(float(args["timeout"]))
         queue.wait_finished(len(items), float(args["timeout"]))
-        os.sched_yield()  # marker: counting ends
+        fsyncs_after = fsyncs_so_far()
         counts = dict(CountingConnection.counts)
-    return {"counts": counts, "messages": len(items)}
+    fsyncs = None if fsyncs_before is None or fsyncs_after is None else fsyncs_after - fsyncs_before
+    return {"counts": counts, "messages": len(items), "fsyncs": fsyncs}

@@ -151,7 +151,8 @@ class MemorySupervisor(Supervisor):
         self.lock = OwnerLock(cast(Any, None))  # no file, nothing to lock
         self.storage = cast(Storage, MemoryStore())
         self.readers = ReaderPool(self.settings.readers)
-        self.persistence = PersistenceActor.start(self.storage, self.clock, self._notify, self.health)
+        self.persistence = PersistenceActor.start(self.storage, self.clock, self._notify, self.health,
+                                                  commit_delay=self.settings.commit_delay)
 
 
 def _pending(message_id: int, new: NewMessage) -> Message:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._child import ChildFailed, run_child, strace_available
+from bench._child import ChildFailed, fsync_counter, run_child
 from bench._common import (
     Deliveries,
     create_postroom_file,
@@ -371,10 +371,11 @@ def _template(directory: Path, system: str, rows: Sequence[tuple[int, str]]) -> 
 
 def database_work(p: Params) -> list[Figure]:
     """Statements, transactions and fsyncs per message over scenario (a)'s workload."""
-    traced = strace_available()
-    samples = collect(p, ("postroom", "seed", "huey"), lambda s: _work(s, p, traced))
+    counted = fsync_counter() is not None
+    samples = collect(p, ("postroom", "seed", "huey"), lambda s: _work(s, p, counted))
     where = f"{p.work_messages:,} msgs end to end, {p.accounts} accounts"
-    fsync_name = f"fsyncs per message, {where}" + ("" if traced else " (ESTIMATED = transactions: no strace)")
+    estimated = " (ESTIMATED = transactions: no C compiler)"
+    fsync_name = f"fsyncs per message, {where}" + ("" if counted else estimated)
     fsyncs = figure("f", "fsyncs", samples, fsync_name, "per msg", higher_is_better=False, target="< 0.1")
     fsyncs.met = _below(fsyncs.values.get("postroom"), 0.1)
     return [
@@ -387,17 +388,17 @@ def database_work(p: Params) -> list[Figure]:
     ]
 
 
-def _work(system: str, p: Params, traced: bool) -> dict[str, float | None]:
+def _work(system: str, p: Params, counted: bool) -> dict[str, float | None]:
     args = {"system": system, "messages": p.work_messages, "accounts": p.accounts, "batch": p.batch,
             "timeout": p.timeout}
-    result = run_child("work", args, timeout=p.timeout + 120, strace=traced)
+    result = run_child("work", args, timeout=p.timeout + 120, count_fsyncs=counted)
     counts: dict[str, int] = result["counts"]
     n = result["messages"]
     commits = counts.get("COMMIT", 0)
     statements = sum(v for k, v in counts.items() if k not in ("BEGIN", "COMMIT", "ROLLBACK"))
     writes = sum(counts.get(k, 0) for k in ("INSERT", "UPDATE", "DELETE"))
     return {"statements": statements / n, "writes": writes / n, "transactions": commits / n,
-            "fsyncs": (result["fsyncs"] if traced else commits) / n}
+            "fsyncs": (result["fsyncs"] if counted else commits) / n}
 
 
 SCENARIOS: dict[str, Callable[[Params], list[Figure]]] = {
