@@ -4,19 +4,21 @@ A sender can let python-telegram-bot, aiogram 3, Telethon, Pyrogram (and forks) 
 HTTP client's exception escape; `classify` reads it by class names along its MRO and by
 attributes, so none of those libraries is a dependency. The outcome's message carries
 only the library's class name and numbers: `str(error)` often holds the chat id or text.
+`sender_with_adapters` wraps a plain or an `async def` sender alike.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import Enum
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
+from actors.aio import is_coroutine_sender
 from actors.clock import SystemClock
 from actors.errors import (
     AccountSuspended,
@@ -61,12 +63,13 @@ class Rule:
     seconds: str | None = None
     """RATE_LIMITED: the attribute holding the wait (int, float or timedelta)."""
     reason: str = ""
-    """SUSPENDED: why, in a few words."""
+    """SUSPENDED: why, in a few words; PERMANENT: what to say instead of "not deliverable"."""
     pause: float | None = None
     """SUSPENDED: seconds until the account may try again; None: until a user lifts it."""
 
 
 _PTB, _AIOGRAM, _TELETHON, _PYROGRAM = "TelegramError", "TelegramAPIError", "RPCError", "RPCError"
+_MOVED = "the chat moved to a new id (a group upgraded to a supergroup); send there instead"
 
 RULES: tuple[Rule, ...] = (
     # python-telegram-bot (telegram.error); BadRequest and TimedOut subclass NetworkError.
@@ -76,13 +79,17 @@ RULES: tuple[Rule, ...] = (
     Rule(_PTB, ("TimedOut",), Outcome.UNKNOWN),
     Rule(_PTB, ("NetworkError",), Outcome.TRANSIENT),
     Rule(_PTB, ("InvalidToken",), Outcome.SUSPENDED, reason="invalid token"),
+    # The group became a supergroup: this chat id is dead (the new one, in new_chat_id, is not logged).
+    Rule(_PTB, ("ChatMigrated",), Outcome.PERMANENT, reason=_MOVED),
     # aiogram 3 (aiogram.exceptions); TelegramEntityTooLarge (413) subclasses TelegramNetworkError.
     Rule(_AIOGRAM, ("TelegramRetryAfter",), Outcome.RATE_LIMITED, seconds="retry_after"),
     Rule(
         _AIOGRAM,
-        ("TelegramForbiddenError", "TelegramBadRequest", "TelegramEntityTooLarge"),
+        ("TelegramForbiddenError", "TelegramBadRequest", "TelegramNotFound", "TelegramEntityTooLarge"),
         Outcome.PERMANENT,
     ),
+    # As PTB's ChatMigrated; the new id is in migrate_to_chat_id.
+    Rule(_AIOGRAM, ("TelegramMigrateToChat",), Outcome.PERMANENT, reason=_MOVED),
     Rule(_AIOGRAM, ("TelegramNetworkError", "TelegramServerError"), Outcome.TRANSIENT),
     Rule(_AIOGRAM, ("TelegramUnauthorizedError",), Outcome.SUSPENDED, reason="unauthorized"),
     # Telethon (telethon.errors); PeerFloodError subclasses BadRequestError.
@@ -133,25 +140,63 @@ def classify(
     return outcome
 
 
+@overload
+def sender_with_adapters(
+    sender: Callable[P, Coroutine[Any, Any, R]],
+    *,
+    now: Callable[[], datetime] = ...,
+    rules: tuple[Rule, ...] = ...,
+) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+
+@overload
 def sender_with_adapters(
     sender: Callable[P, R],
     *,
+    now: Callable[[], datetime] = ...,
+    rules: tuple[Rule, ...] = ...,
+) -> Callable[P, R]: ...
+
+
+def sender_with_adapters(
+    sender: Callable[P, Any],
+    *,
     now: Callable[[], datetime] = _SYSTEM_CLOCK.now,
     rules: tuple[Rule, ...] = RULES,
-) -> Callable[P, R]:
-    """Wrap a (synchronous) sender so what it raises is re-raised classified, from the original."""
+) -> Callable[P, Any]:
+    """Wrap a sender so what it raises is re-raised classified, from the original.
+
+    An `async def` sender gets an `async def` wrapper: postroom must still see a coroutine
+    function to run it on the bot's loop, and the exception only appears when it is awaited.
+    """
+    if is_coroutine_sender(sender):
+
+        @functools.wraps(sender)
+        async def send_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+            try:
+                return await sender(*args, **kwargs)
+            except Exception as error:  # CancelledError (a send timeout) is a BaseException: not ours
+                _reraise_classified(error, now, rules)
+                raise
+
+        return send_async
 
     @functools.wraps(sender)
-    def send(*args: P.args, **kwargs: P.kwargs) -> R:
+    def send(*args: P.args, **kwargs: P.kwargs) -> Any:
         try:
             return sender(*args, **kwargs)
         except Exception as error:  # KeyboardInterrupt and friends are never a send outcome
-            classified = classify(error, now=now, rules=rules)
-            if classified is error:
-                raise
-            raise classified from error
+            _reraise_classified(error, now, rules)
+            raise
 
     return send
+
+
+def _reraise_classified(error: Exception, now: Callable[[], datetime], rules: tuple[Rule, ...]) -> None:
+    """Raise `error`'s outcome from it; return (so the caller re-raises) when it has none."""
+    classified = classify(error, now=now, rules=rules)
+    if classified is not error:
+        raise classified from error
 
 
 def _match(error: BaseException, rules: tuple[Rule, ...]) -> Rule | None:
@@ -176,7 +221,7 @@ def _from_rule(error: BaseException, rule: Rule) -> SendError:
     if rule.outcome is Outcome.UNKNOWN:
         return SendTimeout(f"{name}: timed out; the message may have been sent")
     if rule.outcome is Outcome.PERMANENT:
-        return PermanentError(f"{name}: not deliverable")
+        return PermanentError(f"{name}: {rule.reason or 'not deliverable'}")
     return TransientError(f"{name}: temporary failure")
 
 

@@ -6,7 +6,9 @@ library so same-named classes (PTB's and Pyrogram's BadRequest) can coexist.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +26,8 @@ from actors.errors import (
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 #: What senders' exception texts tend to hold; it must never reach a classified outcome.
 CANARY = "chat_id=987654321 text='meet me at 5'"
+#: The new id of a migrated chat: a chat id, so it must not reach the outcome's text either.
+MOVED_TO = -1001234567890
 
 
 def fixed_now() -> datetime:
@@ -47,7 +51,12 @@ class PTB:
 
     class InvalidToken(TelegramError): ...
 
-    class ChatMigrated(TelegramError): ...
+    class Conflict(TelegramError): ...
+
+    class ChatMigrated(TelegramError):
+        def __init__(self, new_chat_id: int) -> None:
+            super().__init__(f"Group migrated to supergroup. New chat id: {new_chat_id}")
+            self.new_chat_id = new_chat_id
 
     class RetryAfter(TelegramError):
         def __init__(self, retry_after: int | timedelta) -> None:
@@ -73,6 +82,13 @@ class Aiogram:
     class TelegramBadRequest(TelegramAPIError): ...
 
     class TelegramForbiddenError(TelegramAPIError): ...
+
+    class TelegramNotFound(TelegramAPIError): ...
+
+    class TelegramMigrateToChat(TelegramAPIError):
+        def __init__(self, migrate_to_chat_id: int) -> None:
+            super().__init__(f"The group has been migrated to a supergroup with id {migrate_to_chat_id}")
+            self.migrate_to_chat_id = migrate_to_chat_id
 
     class TelegramUnauthorizedError(TelegramAPIError): ...
 
@@ -221,10 +237,13 @@ CASES: list[tuple[BaseException, Expected]] = [
     (PTB.TimedOut(), (SendTimeout, None, None)),  # may have been sent: transient, outcome unknown
     (PTB.NetworkError(), (TransientError, None, None)),  # connection trouble
     (PTB.InvalidToken(), (AccountSuspended, None, "invalid token")),  # the bot token is dead
+    (PTB.ChatMigrated(MOVED_TO), (PermanentError, None, None)),  # the group became a supergroup
     # aiogram 3
     (Aiogram.TelegramRetryAfter(7), (RateLimited, 7.0, None)),  # flood control
     (Aiogram.TelegramForbiddenError(), (PermanentError, None, None)),  # bot blocked by the user
     (Aiogram.TelegramBadRequest(), (PermanentError, None, None)),  # chat not found, bad text
+    (Aiogram.TelegramNotFound(), (PermanentError, None, None)),  # 404
+    (Aiogram.TelegramMigrateToChat(MOVED_TO), (PermanentError, None, None)),  # became a supergroup
     (Aiogram.TelegramEntityTooLarge(), (PermanentError, None, None)),  # 413, though a network error
     (Aiogram.TelegramNetworkError(), (TransientError, None, None)),  # connection trouble
     (Aiogram.TelegramServerError(), (TransientError, None, None)),  # 5xx
@@ -287,7 +306,7 @@ UNCHANGED: list[BaseException] = [
     ValueError(CANARY),  # an ordinary bug
     TimeoutError(CANARY),  # unknown to the table
     InvalidToken(CANARY),  # PTB's name, another library: no TelegramError in its MRO
-    PTB.ChatMigrated(),  # a PTB error without a rule
+    PTB.Conflict(),  # a PTB error without a rule
     Pyrogram.BadRequest(),  # a generic RPC error without a rule
     HTTPStatusError(None),  # requests: HTTPError without a response
     http(302),  # a redirect: not an error we classify
@@ -349,6 +368,15 @@ def test_message_carries_the_numbers() -> None:
     assert str(classify(http(404))) == "HTTPStatusError: HTTP 404; not deliverable"
 
 
+@pytest.mark.parametrize("error", [PTB.ChatMigrated(MOVED_TO), Aiogram.TelegramMigrateToChat(MOVED_TO)])
+def test_migrated_chat_says_it_moved_without_the_new_id(error: BaseException) -> None:
+    """A migrated chat fails for good with a text that says why, and names no chat id."""
+    text = str(classify(error))
+    assert "chat moved" in text
+    assert str(MOVED_TO) not in text
+    assert str(abs(MOVED_TO)) not in text
+
+
 def test_header_wins_over_body() -> None:
     """With both a Retry-After header and a Bot API body, the header decides."""
     error = http(429, {"Retry-After": "2"}, {"ok": False, "parameters": {"retry_after": 50}})
@@ -407,3 +435,59 @@ def test_sender_with_adapters_uses_the_injected_now() -> None:
     with pytest.raises(RateLimited) as caught:
         sender_with_adapters(sender, now=fixed_now)("hello")
     assert caught.value.retry_after == 30.0
+
+
+def test_sender_with_adapters_keeps_an_async_sender_async() -> None:
+    """An `async def` sender is wrapped by an `async def`: postroom awaits it on the bot's loop."""
+
+    async def send(message: str) -> str:
+        return message
+
+    wrapped = sender_with_adapters(send)
+    assert inspect.iscoroutinefunction(wrapped)
+    assert asyncio.run(wrapped("hi")) == "hi"
+
+
+def test_sender_with_adapters_classifies_what_an_async_sender_raises() -> None:
+    """The awaited exception is classified, chained to the original."""
+    original = Aiogram.TelegramRetryAfter(7)
+
+    async def send(message: str) -> None:
+        raise original
+
+    with pytest.raises(RateLimited) as caught:
+        asyncio.run(sender_with_adapters(send)("hi"))
+    assert caught.value.retry_after == 7.0
+    assert caught.value.__cause__ is original
+
+
+def test_sender_with_adapters_wraps_an_async_callable_object() -> None:
+    """An object whose `__call__` is `async def` is awaited too, not returned as a coroutine."""
+
+    class Send:
+        async def __call__(self, message: str) -> None:
+            raise Telethon.UserIsBlockedError()
+
+    wrapped = sender_with_adapters(Send())
+    assert inspect.iscoroutinefunction(wrapped)
+    with pytest.raises(PermanentError):
+        asyncio.run(wrapped("hi"))
+
+
+def test_sender_with_adapters_lets_cancellation_through() -> None:
+    """A cancelled async send (postroom's send timeout) stays a cancellation."""
+
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def send(message: str) -> None:
+            started.set()
+            await asyncio.sleep(3600)
+
+        task = asyncio.ensure_future(sender_with_adapters(send)("hi"))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
