@@ -6,9 +6,10 @@ routes new rows to their accounts. One fsync serves the whole batch.
 
 Under load the writes arrive back to back, each account a little after the last
 commit answered it; committing the first one or two at once would spend an fsync
-on each. So when work is waiting right after a commit, the writer gathers for
-`commit_delay` seconds first (PostgreSQL's commit_delay, for the same reason). An
-idle writer commits at once: a lone enqueue never waits.
+on each. So when work arrives right after a commit that served several callers,
+the writer gathers for `commit_delay` seconds first (PostgreSQL's commit_delay,
+with its commit_siblings). An idle writer, or one serving a single caller in a
+loop, commits at once: a lone enqueue never waits.
 """
 
 from __future__ import annotations
@@ -85,17 +86,19 @@ class PersistenceActor(DeferredReplyActor):
         self.cleanup_chunk = cleanup_chunk
         self.commit_delay = commit_delay
         self._last_commit = 0.0  # time.monotonic() when the last batch was answered
+        self._last_batch = 0  # requests it served
 
     def on_stop(self) -> None:
         super().on_stop()
         self.storage.close()
 
     def handle(self, request: Request) -> None:
-        if self.commit_delay and time.monotonic() - self._last_commit < self.commit_delay:
+        if (self.commit_delay and self._last_batch > 1
+                and time.monotonic() - self._last_commit < self.commit_delay):
             time.sleep(self.commit_delay)  # back to back: let the others answered last time catch up
         batch = [request, *self.actor_inbox.take_nowait(self.max_batch - 1)]
         self._commit(batch)
-        self._last_commit = time.monotonic()
+        self._last_commit, self._last_batch = time.monotonic(), len(batch)
 
     def _commit(self, batch: Sequence[Request]) -> None:
         try:
