@@ -37,7 +37,7 @@ from tests.integration.helpers import account_ref, start_with
 ACCOUNTS = [f"+1555{n:07d}" for n in range(100)]
 VICTIM = ACCOUNTS[0]
 OTHERS = ACCOUNTS[1:]
-PER_ACCOUNT = 600  # more than any account can send in the whole test: nobody runs dry
+PER_ACCOUNT = 1500  # more than any account can send in the whole test (~600 seen): nobody runs dry
 WINDOW = 1.5  # seconds, for every window
 MAX_RESTARTS = 3
 ROUNDS = 6  # storm windows, each between two baseline windows
@@ -184,7 +184,8 @@ def test_crash_storm_parks_one_account_and_others_keep_their_throughput(
     assert len(logs.events("account.crashed")) == ROUNDS * (MAX_RESTARTS + 1)
     assert len(logs.events("account.restarted")) == ROUNDS * MAX_RESTARTS
     assert max(delays) < 1.0, delays
-    assert all(left[p] < PER_ACCOUNT for p in OTHERS), "an account ran dry: windows not comparable"
+    assert all(left[p] < PER_ACCOUNT for p in OTHERS), (
+        f"an account ran dry (most sent: {max(left[p] for p in OTHERS)}): windows not comparable")
     assert all(during[p] > 0 for during in storms for p in OTHERS)
     base = [sum(b.values()) for b in baselines]
     expected = [(before + after) / 2 for before, after in itertools.pairwise(base)]
