@@ -391,27 +391,27 @@ class AccountActor(pykka.ThreadingActor):
             self.log.warning("account.give_back_failed", message_id=message.id, error=str(error))
 
     def _after_record(self, t: Transition, message: Message, applied: bool) -> None:
-        log = self.log.bind(message_id=t.id, attempt=t.attempt)
+        log, ids = self.log, {"message_id": t.id, "attempt": t.attempt}  # no bind: it copies per message
         if not applied:
-            log.warning("message.stale_outcome", status=t.status.value)
+            log.warning("message.stale_outcome", status=t.status.value, **ids)
         elif t.status is Status.COMPLETED:
-            log.info("message.sent")
+            log.info("message.sent", **ids)
         elif t.status is Status.FAILED:
-            log.warning("message.failed", error=_error_kind(t.error))
+            log.warning("message.failed", error=_error_kind(t.error), **ids)
         elif t.give_back and t.available_at is None:
             self._disabled = True
-            log.error("account.disabled", until=_until(None), error=_error_kind(t.error))
+            log.error("account.disabled", until=_until(None), error=_error_kind(t.error), **ids)
         elif t.give_back:
             assert t.available_at is not None
             self._paused_until = t.available_at
             self._note_future(t.available_at)
             suspended = _error_kind(t.error) == "AccountSuspended"
             log.warning("account.suspended" if suspended else "account.rate_limited",
-                        until=_until(t.available_at))
+                        until=_until(t.available_at), **ids)
         else:
             assert t.available_at is not None
             self._note_future(t.available_at)
-            log.info("message.retrying", at=t.available_at.isoformat(), error=_error_kind(t.error))
+            log.info("message.retrying", at=t.available_at.isoformat(), error=_error_kind(t.error), **ids)
 
     # -- timers ------------------------------------------------------------------------
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from actors.messages import Enqueue
 from storage import NewMessage, Priority, ValidationError
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # a broadcast checks 100,000 ids: scanned in C, not char by char
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +55,7 @@ def _identifier(name: str, value: object, limits: Limits, max_length: int | None
         raise ValidationError(f"{name} must be a non-empty string")
     if len(value) > (max_length or limits.max_field_length):
         raise ValidationError(f"{name} is longer than {max_length or limits.max_field_length}")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if _CONTROL.search(value):
         raise ValidationError(f"{name} must not contain control characters")
     _encodable(name, value)
 

@@ -9,6 +9,7 @@ leaves this module as `StorageError`, with the driver's exception as its cause.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -206,19 +207,21 @@ class Storage:
                 fresh.append(new)
         ids = self._dialect.allocate_ids(len(fresh)) if fresh else []
         created = [_pending_message(i, new) for i, new in zip(ids, fresh, strict=True)]
-        self._insert_rows(created)
+        self._insert_pending(created)
         return [created[step] if isinstance(step, int) else step for step in plan]
 
-    def _insert_rows(self, messages: Sequence[Message]) -> None:
+    def _insert_pending(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
         marks = ", ".join("?" * 14)
         sql = self._dialect.sql(f"INSERT INTO message_queue ({_INSERT_COLUMNS}) VALUES ({marks})")
+        # A batch shares one enqueue instant (and a broadcast often one schedule): convert each once.
+        micros = functools.lru_cache(maxsize=64)(_micros)
+        pending = Status.PENDING.value
         params = [
             (m.id, m.phone, m.user_id, m.text.encode("utf-8"), m.attachment, int(m.priority),
-             m.status.value, to_micros(m.created_at), _micros(m.scheduled_at),
-             to_micros(m.available_at), m.attempts, m.max_attempts, to_micros(m.updated_at),
-             m.idempotency_key)
+             pending, micros(m.created_at), micros(m.scheduled_at), micros(m.available_at), 0,
+             m.max_attempts, micros(m.updated_at), m.idempotency_key)
             for m in messages
         ]
         with self._guard():
