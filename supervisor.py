@@ -206,7 +206,8 @@ class Supervisor(DeferredReplyActor):
         self.routed: dict[str, int] = {}  # Delivers sent to the current incarnation
         self.restarts: dict[str, deque[float]] = {}
         self.parked: set[str] = set()
-        self.sleepers: list[tuple[datetime, str]] = []  # idle accounts with future work
+        self.sleepers: list[tuple[datetime, str]] = []  # stopped accounts with future work
+        self._sleeping_until: dict[str, datetime] = {}  # the earliest entry of each in `sleepers`
         self._sleeper_timer: Any = None
         self._cleanup_timer: Any = None
         self.send_pool = SendPool()
@@ -344,11 +345,18 @@ class Supervisor(DeferredReplyActor):
     # -- account lifecycle -------------------------------------------------------------------
 
     def _route(self, messages: Sequence[Message]) -> None:
+        now, slept = self.clock.now(), False
         for message in messages:
+            if message.available_at > now and message.phone not in self.accounts:
+                # Scheduled work for a stopped account costs no thread until it falls due.
+                slept = self._sleep(message.phone, message.available_at) or slept
+                continue
             ref = self._ensure_account(message.phone)
             if ref is not None:
                 self.routed[message.phone] += 1
                 tell_if_alive(ref, Deliver(message))
+        if slept:
+            self._arm_sleepers()
 
     def _ensure_account(self, phone: str) -> pykka.ActorRef[AccountActor] | None:
         if phone in self.parked:
@@ -397,9 +405,17 @@ class Supervisor(DeferredReplyActor):
             return  # something was routed to it since: it is not idle after all
         del self.accounts[phone]
         current.stop(block=False)
-        if wake_at is not None:
-            heapq.heappush(self.sleepers, (wake_at, phone))
+        if wake_at is not None and self._sleep(phone, wake_at):
             self._arm_sleepers()
+
+    def _sleep(self, phone: str, until: datetime) -> bool:
+        """Wake `phone` at `until` unless it is already due to wake earlier; True if that is new."""
+        known = self._sleeping_until.get(phone)
+        if known is not None and known <= until:
+            return False  # one entry per account, however many messages a broadcast scheduled
+        self._sleeping_until[phone] = until
+        heapq.heappush(self.sleepers, (until, phone))
+        return True
 
     def _arm_sleepers(self) -> None:
         if self._sleeper_timer is not None:
@@ -412,7 +428,9 @@ class Supervisor(DeferredReplyActor):
     def _wake_sleepers(self) -> None:
         now = self.clock.now()
         while self.sleepers and self.sleepers[0][0] <= now:
-            _, phone = heapq.heappop(self.sleepers)
+            at, phone = heapq.heappop(self.sleepers)
+            if self._sleeping_until.get(phone) == at:
+                del self._sleeping_until[phone]
             self._ensure_account(phone)
         self._arm_sleepers()
 

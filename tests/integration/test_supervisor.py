@@ -371,6 +371,23 @@ def test_stop_is_graceful_and_refuses_later_commands(sqlite_url: str) -> None:
         ref.ask(GetStats())
 
 
+def test_scheduled_work_for_a_stopped_account_starts_no_thread_until_due(sqlite_url: str) -> None:
+    """A message scheduled ahead for an account that is not running waits in the supervisor's
+    timer heap, not in a thread; it is sent when it falls due, and a due one still goes at once."""
+    clock = FakeClock()
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender, clock=clock, idle_timeout=30)
+    later = ref.ask(EnqueueBatch([Enqueue(phone=f"+1555000{n}", user_id="42", text="later",
+                                          scheduled_at=clock.now() + timedelta(hours=1))
+                                  for n in range(5)]))
+    assert ref.ask(GetHealth()).accounts_running == 0
+    clock.advance(1800)
+    assert ref.ask(GetHealth()).accounts_running == 0 and sender.calls == []
+    clock.advance(1800)
+    eventually(lambda: sorted(sender.ids()) == sorted(later))
+    assert ref.ask(GetHealth()).accounts_running == 5
+
+
 def test_idle_account_stops_and_wakes_for_scheduled_work(sqlite_url: str,
                                                          logs: LogCapture) -> None:
     """An account with nothing due stops after the idle timeout; its scheduled message still goes."""
