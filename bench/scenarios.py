@@ -8,6 +8,7 @@ machine hits them alike; figures are medians over `Params.runs` runs.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sqlite3
 import threading
@@ -28,6 +29,7 @@ from bench._common import (
     phone,
     spread,
     temp_dir,
+    write_finished_rows,
     write_rows,
 )
 from bench.huey_baseline import HueyQueue
@@ -85,6 +87,8 @@ class Params:
     """(e) pending messages per busy account in the many-accounts case."""
     work_messages: int = 10_000
     """(f) messages whose database work is counted."""
+    cleanup_rows: int = 1_000_000
+    """(g) finished rows past retention that cleanup deletes while accounts send."""
     settle: float = 1.0
     """(e) seconds after every account has sent before RSS is read."""
     boot_timeout: float = 600.0
@@ -95,7 +99,8 @@ class Params:
 
 QUICK = Params(runs=1, messages=2_000, accounts=20, enqueue_messages=1_600, bulk_messages=5_000,
                rate=250.0, latency_seconds=2.0, boot_rows=10_000, boot_accounts=100, busy_accounts=10,
-               busy_backlog=50, work_messages=1_000, settle=0.5, boot_timeout=60.0, timeout=120.0)
+               busy_backlog=50, work_messages=1_000, cleanup_rows=20_000, settle=0.5, boot_timeout=60.0,
+               timeout=120.0)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -401,6 +406,73 @@ def _work(system: str, p: Params, counted: bool) -> dict[str, float | None]:
             "fsyncs": (result["fsyncs"] if counted else commits) / n}
 
 
+# -- (g) cleanup beside sending --------------------------------------------------------------
+
+
+def cleanup(p: Params) -> list[Figure]:
+    """Delete `cleanup_rows` old finished rows while 100 paced accounts send; the longest pause."""
+    samples = collect(p, ("postroom",), lambda _: _cleanup(p))
+    where = f"{p.cleanup_rows:,} finished rows, {p.accounts} accounts sending ~1,000 msg/s"
+    longest = figure("g", "gap_cleanup_ms", samples,
+                     f"longest pause between two sends during cleanup, {where}", "ms", higher_is_better=False)
+    return [
+        figure("g", "cleanup_s", samples, f"cleanup of {p.cleanup_rows:,} rows (1,000 per transaction)", "s",
+               higher_is_better=False),
+        longest,
+        figure("g", "gap_baseline_ms", samples, "longest pause between two sends in the 0.9 s before it",
+               "ms", higher_is_better=False),
+        figure("g", "sends_during", samples, "sends during the cleanup", "msgs"),
+    ]
+
+
+def _cleanup(p: Params) -> dict[str, float | None]:
+    from datetime import UTC, datetime, timedelta
+
+    from supervisor import (
+        AccountSettings,
+        CleanupNow,
+        Enqueue,
+        EnqueueBatch,
+        Pacing,
+        Supervisor,
+        SupervisorSettings,
+    )
+
+    sent: list[float] = []
+    with temp_dir() as directory:
+        path = directory / "cleanup.db"
+        create_postroom_file(path)
+        write_finished_rows(path, p.cleanup_rows, datetime.now(UTC) - timedelta(days=30))
+        rate = 1_000 / p.accounts  # per account: together a steady 1,000 msg/s
+        settings = SupervisorSettings(account=AccountSettings(send_timeout=None, idle_timeout=None),
+                                      cleanup_interval=None, pacing=Pacing(rate=rate, burst=1))
+        ref = Supervisor.start(database=f"sqlite:///{path}",
+                               sender=lambda _: sent.append(time.perf_counter()), settings=settings)
+        try:
+            per_account = int((p.cleanup_rows / 20_000 + 5) * rate)  # outlasts a cleanup at >= 20,000 rows/s
+            for start in range(0, per_account, 50):
+                ref.ask(EnqueueBatch([Enqueue(phone=phone(a), user_id=str(i), text="x")
+                                      for a in range(p.accounts) for i in range(start, start + 50)]))
+            time.sleep(1.0)  # every account is sending
+            began = time.perf_counter()
+            ref.ask(CleanupNow(), timeout=p.timeout)
+            ended = time.perf_counter()
+            time.sleep(0.1)
+        finally:
+            ref.stop()
+    during = [t for t in sent if began <= t <= ended]
+    before = [t for t in sent if began - 0.9 <= t < began]
+    if not during or sent[-1] < ended:
+        raise RuntimeError("sending stopped before the cleanup ended: the pause cannot be measured")
+    return {"cleanup_s": ended - began, "gap_cleanup_ms": _longest_gap([began, *during, ended]) * 1000,
+            "gap_baseline_ms": _longest_gap(before) * 1000 if len(before) > 1 else None,
+            "sends_during": float(len(during))}
+
+
+def _longest_gap(times: Sequence[float]) -> float:
+    return max(b - a for a, b in itertools.pairwise(times))
+
+
 SCENARIOS: dict[str, Callable[[Params], list[Figure]]] = {
-    "a": end_to_end, "b": enqueue, "c": latency, "d": boot, "e": memory, "f": database_work,
+    "a": end_to_end, "b": enqueue, "c": latency, "d": boot, "e": memory, "f": database_work, "g": cleanup,
 }

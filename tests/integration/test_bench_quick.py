@@ -25,6 +25,7 @@ def test_quick_benchmark_runs_every_scenario_and_prints_the_table(tmp_path: Path
     for header in HEADERS:
         assert header in done.stdout
     for figure in ("delivered end to end", "single enqueues", "latency p99", "boot to first send",
-                   "RSS,", "fsyncs per message"):  # one of each scenario (a) to (f)
+                   "RSS,", "fsyncs per message", "longest pause between two sends during cleanup"):
+        # one of each scenario (a) to (g)
         assert figure in done.stdout
     assert (tmp_path / "bench.json").exists()
