@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.persistence import CLEANUP_CHUNK
 from bench._child import ChildFailed, fsync_counter, run_child
 from bench._common import (
     Deliveries,
@@ -416,7 +417,8 @@ def cleanup(p: Params) -> list[Figure]:
     longest = figure("g", "gap_cleanup_ms", samples,
                      f"longest pause between two sends during cleanup, {where}", "ms", higher_is_better=False)
     return [
-        figure("g", "cleanup_s", samples, f"cleanup of {p.cleanup_rows:,} rows (1,000 per transaction)", "s",
+        figure("g", "cleanup_s", samples,
+               f"cleanup of {p.cleanup_rows:,} rows ({CLEANUP_CHUNK:,} per transaction)", "s",
                higher_is_better=False),
         longest,
         figure("g", "gap_baseline_ms", samples, "longest pause between two sends in the 0.9 s before it",

@@ -323,6 +323,31 @@ def test_cleanup_removes_only_old_finished_rows(sqlite_url: str) -> None:
     assert [m.id for m in ref.ask(ListMessages("+15550001"))] == [scheduled]
 
 
+def test_cleanup_deletes_in_chunks_and_counts_them_all(sqlite_url: str) -> None:
+    """More finished rows than one chunk: CleanupNow goes on chunk after chunk and answers the total;
+    open work is untouched and keeps flowing."""
+    from actors import AccountSettings
+    from actors.persistence import CLEANUP_CHUNK
+
+    clock = FakeClock()
+    sender = RecordingSender()
+    # No hourly cleanup: it would share the rows with CleanupNow (each answers for its own).
+    settings = SupervisorSettings(cleanup_interval=None, account=AccountSettings(idle_timeout=None))
+    ref = start_with(sqlite_url, sender, settings, clock=clock)
+    count = 2 * CLEANUP_CHUNK + 17
+    ids = ref.ask(EnqueueBatch([Enqueue(phone=f"+1555000{n % 3}", user_id="42", text=str(n))
+                                for n in range(count)]))
+    sender.wait_for(count)
+    eventually(lambda: ref.ask(GetStats()).by_status[Status.COMPLETED] == count)
+    open_id = enqueue(ref, scheduled_at=clock.now() + timedelta(days=30))
+    clock.advance(8 * 86400)  # past the 7-day retention
+    assert ref.ask(CleanupNow()) == count
+    assert ref.ask(GetStats()).total == 1
+    assert status_of(ref, open_id) is Status.PENDING
+    with pytest.raises(Exception, match=str(ids[0])):
+        ref.ask(GetMessage(ids[0]))
+
+
 def test_database_error_reaches_the_caller_and_clears(sqlite_url: str) -> None:
     """With the table gone, enqueue raises StorageError and health is degraded; then it recovers."""
     sender = RecordingSender()
