@@ -60,6 +60,9 @@ _INSERT_COLUMNS = (
 # Every column, in the order `_from_tuple` reads them (the hot paths skip peewee's builder).
 _ALL_COLUMNS = _INSERT_COLUMNS + ", last_error, completed_at"
 _ID_CHUNK = 500  # ids per IN (...) list, far below every backend's parameter limit
+# An account_state row pauses its account until paused_until, or (NULL) until it is lifted.
+_PAUSES_IN_FORCE = ("SELECT phone, paused_until, reason FROM account_state"
+                    " WHERE (paused_until > ? OR paused_until IS NULL)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,10 +343,9 @@ class Storage:
 
     def pauses(self, now: datetime) -> list[AccountPause]:
         """Every pause still in force at `now`."""
-        query = self.Account.select().where(
-            (self.Account.paused_until > now) | self.Account.paused_until.is_null())
         with self._guard():
-            return [AccountPause(row.phone, row.paused_until, row.reason or "") for row in query]
+            rows = self.db.execute_sql(self._dialect.sql(_PAUSES_IN_FORCE), (to_micros(now),)).fetchall()
+        return [_pause_from_row(row) for row in rows]
 
     def delete(self, message_id: int) -> bool:
         """Delete one message whatever its status (the seed's `delete`)."""
@@ -436,18 +438,14 @@ class Storage:
         """
         micros = to_micros(now)
         with self._guard():
-            pause = self.db.execute_sql(
-                self._dialect.sql("SELECT paused_until, reason FROM account_state"
-                                  " WHERE phone = ? AND (paused_until > ? OR paused_until IS NULL)"),
-                (phone, micros)).fetchone()
+            pause = self.db.execute_sql(self._dialect.sql(_PAUSES_IN_FORCE + " AND phone = ?"),
+                                        (micros, phone)).fetchone()
             due = self.due_window(phone, now, limit)
             (next_due,) = self.db.execute_sql(self._dialect.sql(
                 "SELECT MIN(available_at) FROM message_queue WHERE phone = ? AND status IN (?, ?)"
                 " AND available_at > ?"), (phone, *_OPEN, micros)).fetchone()
-        return AccountView(
-            pause=None if pause is None else AccountPause(
-                phone, None if pause[0] is None else from_micros(pause[0]), pause[1] or ""),
-            due=due, next_due_at=None if next_due is None else from_micros(next_due))
+        return AccountView(pause=None if pause is None else _pause_from_row(pause), due=due,
+                           next_due_at=_from_micros(next_due))
 
     def phones_with_open_work(self) -> list[str]:
         """Every account with a pending or retrying message."""
@@ -493,6 +491,11 @@ def _from_tuple(row: Sequence[Any]) -> Message:
         updated_at=from_micros(row[12]), idempotency_key=row[13], last_error=row[14],
         completed_at=_from_micros(row[15]),
     )
+
+
+def _pause_from_row(row: Sequence[Any]) -> AccountPause:
+    """An AccountPause from a row in `_PAUSES_IN_FORCE` order."""
+    return AccountPause(row[0], _from_micros(row[1]), row[2] or "")
 
 
 def _from_micros(value: int | None) -> datetime | None:
