@@ -40,7 +40,7 @@ from actors.privacy import describe_error, mask_phone
 from actors.readers import ReaderPool
 from actors.retry import BackoffPolicy, RandomSource, decide
 from actors.sending import SendPool
-from storage import AccountPause, Message, Status, Storage, StorageError, Transition
+from storage import AccountPause, Message, Status, Storage, StorageError, Transition, pause_end_text
 
 #: The user's delivery code: returns when delivered, raises to say what went wrong.
 Sender = Callable[[Message], Any]
@@ -270,7 +270,8 @@ class AccountActor(pykka.ThreadingActor):
             if view.pause is not None:
                 self._paused_until = view.pause.until
                 self._disabled = view.pause.until is None
-                self.log.info("account.paused", until=_until(view.pause.until), reason=view.pause.reason)
+                self.log.info("account.paused", until=pause_end_text(view.pause.until),
+                              reason=view.pause.reason)
         self.order.replace(view.due)
         if view.next_due_at is not None:
             self._note_future(view.next_due_at)
@@ -400,14 +401,14 @@ class AccountActor(pykka.ThreadingActor):
             log.warning("message.failed", error=_error_kind(t.error), **ids)
         elif t.give_back and t.available_at is None:
             self._disabled = True
-            log.error("account.disabled", until=_until(None), error=_error_kind(t.error), **ids)
+            log.error("account.disabled", until=pause_end_text(None), error=_error_kind(t.error), **ids)
         elif t.give_back:
             assert t.available_at is not None
             self._paused_until = t.available_at
             self._note_future(t.available_at)
             suspended = _error_kind(t.error) == "AccountSuspended"
             log.warning("account.suspended" if suspended else "account.rate_limited",
-                        until=_until(t.available_at), **ids)
+                        until=pause_end_text(t.available_at), **ids)
         else:
             assert t.available_at is not None
             self._note_future(t.available_at)
@@ -443,10 +444,6 @@ class AccountActor(pykka.ThreadingActor):
 
     def _tell_supervisor(self, message: Any) -> None:
         tell_if_alive(self.deps.supervisor, message)
-
-
-def _until(at: datetime | None) -> str:
-    return "lifted" if at is None else at.isoformat()
 
 
 def _error_kind(error: str | None) -> str:

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from actors.privacy import mask_phone
 from postroom_cli._output import fail
-from storage import AccountPause, QueueStats, Status, Storage, StorageError, open_database
+from storage import AccountPause, QueueStats, Status, Storage, StorageError, open_database, pause_end_text
 from storage.database import sqlite_path
 
 __all__ = ["add_arguments", "read_stats", "run", "stats_to_json"]
@@ -58,8 +58,7 @@ def read_pauses(url: str) -> list[AccountPause]:
 
 
 def _pauses_json(pauses: list[AccountPause]) -> list[dict[str, str]]:
-    return [{"account": mask_phone(p.phone), "until": "lifted" if p.until is None else p.until.isoformat(),
-             "reason": p.reason}
+    return [{"account": mask_phone(p.phone), "until": pause_end_text(p.until), "reason": p.reason}
             for p in sorted(pauses, key=lambda p: p.phone)]
 
 

@@ -15,6 +15,7 @@ from storage.domain import (
     Priority,
     QueueStats,
     Status,
+    pause_end_text,
 )
 from storage.errors import (
     DatabaseLocked,
@@ -52,4 +53,5 @@ __all__ = [
     "Transition",
     "ValidationError",
     "open_database",
+    "pause_end_text",
 ]

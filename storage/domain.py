@@ -141,6 +141,11 @@ class AccountPause:
     """The exception type that caused it ("RateLimited", "AccountSuspended", ...)."""
 
 
+def pause_end_text(until: datetime | None) -> str:
+    """How logs and `postroom status` say when a pause ends ("lifted": only by ResumeAccount)."""
+    return "lifted" if until is None else until.isoformat()
+
+
 @dataclass(frozen=True, slots=True)
 class AccountView:
     """What an account actor loads from the database in one read: its start or its next page."""
