@@ -12,7 +12,8 @@ import pytest
 import structlog
 
 from postroom_cli.main import main
-from storage import FINAL_STATUSES, QueueStats, Status, Storage, open_database
+from postroom_cli.status import read_stats
+from storage import FINAL_STATUSES, Status
 from supervisor import Enqueue, Supervisor
 
 
@@ -27,14 +28,6 @@ def _isolate_globals() -> Iterator[None]:
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
     pykka_logger.setLevel(saved[2])
-
-
-def _stats(url: str) -> QueueStats:
-    store = Storage(open_database(url))
-    try:
-        return store.stats()
-    finally:
-        store.close()
 
 
 def _demo(url: str, *extra: str) -> int:
@@ -54,7 +47,7 @@ def test_demo_finishes_every_message_and_status_reports_the_same_counts(
     """The demo ends every message (exit 0) and `status --json` reads the counts it left."""
     url = f"sqlite:///{tmp_path}/demo.db"
     assert _demo(url, "--messages", "200") == 0
-    stats = _stats(url)
+    stats = read_stats(url)
     assert stats.total == 200
     assert stats.by_status[Status.COMPLETED] + stats.by_status[Status.FAILED] == 200
     assert stats.by_status[Status.COMPLETED] > 0
@@ -72,9 +65,9 @@ def test_demo_starts_from_an_empty_file_unless_told_to_keep(tmp_path: Path) -> N
     url = f"sqlite:///{tmp_path}/demo.db"
     assert _demo(url, "--messages", "20") == 0
     assert _demo(url, "--messages", "20") == 0
-    assert _stats(url).total == 20
+    assert read_stats(url).total == 20
     assert _demo(url, "--messages", "20", "--keep") == 0
-    assert _stats(url).total == 40
+    assert read_stats(url).total == 40
 
 
 def test_status_on_a_missing_file_fails_without_creating_it(
@@ -109,5 +102,5 @@ def test_demo_exits_1_when_messages_are_still_open_at_the_timeout(tmp_path: Path
     """With a timeout shorter than the scheduled messages' delay, the demo exits 1."""
     url = f"sqlite:///{tmp_path}/demo.db"
     assert _demo(url, "--messages", "200", "--timeout", "0.01") == 1
-    stats = _stats(url)
+    stats = read_stats(url)
     assert sum(stats.by_status[s] for s in FINAL_STATUSES) < stats.total
