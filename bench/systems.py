@@ -85,15 +85,22 @@ class PostroomQueue:
         return int(stats.by_status[Status.COMPLETED])
 
 
-class SeedAdapter:
+class _OneAtATime:
+    """A system with no bulk path: enqueueing many is enqueueing each, one commit each."""
+
+    def enqueue_one(self, index: int, phone: str) -> None:
+        raise NotImplementedError
+
+    def enqueue_all(self, items: Sequence[tuple[int, str]]) -> None:
+        for index, phone in items:
+            self.enqueue_one(index, phone)
+
+
+class SeedAdapter(_OneAtATime):
     """The seed has no bulk path: everything is one committed insert after another."""
 
     def __init__(self, seed: SeedQueue) -> None:
         self.seed = seed
-
-    def enqueue_all(self, items: Sequence[tuple[int, str]]) -> None:
-        for index, phone in items:
-            self.seed.enqueue(index, phone)
 
     def enqueue_one(self, index: int, phone: str) -> None:
         self.seed.enqueue(index, phone)
@@ -102,15 +109,11 @@ class SeedAdapter:
         wait_until(lambda: self.seed.completed() >= count, timeout, f"{count} completed rows")
 
 
-class HueyAdapter:
+class HueyAdapter(_OneAtATime):
     """huey has no bulk enqueue and no completion record: a task is done when it ran."""
 
     def __init__(self, huey: HueyQueue) -> None:
         self.huey = huey
-
-    def enqueue_all(self, items: Sequence[tuple[int, str]]) -> None:
-        for index, phone in items:
-            self.huey.enqueue(index, phone)
 
     def enqueue_one(self, index: int, phone: str) -> None:
         self.huey.enqueue(index, phone)
