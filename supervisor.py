@@ -84,6 +84,7 @@ from actors._faults import crash_point
 from actors._mailbox import DeferredReplyActor, tell_if_alive
 from actors.aio import AsyncSender, ask_async, is_coroutine_sender
 from actors.pacing import Pacing
+from actors.pool import DaemonPool
 from actors.sending import SendPool
 from storage import (
     DatabaseLocked,
@@ -177,6 +178,10 @@ class SupervisorSettings:
     """synchronous and busy timeout of a SQLite database."""
     readers: int = 4
     """Threads (and connections) serving reads."""
+    account_threads: int = 32
+    """Threads the account actors take turns on (an account costs no thread of its own). A send
+    with `send_timeout` set waits on one of them; with `send_timeout=None` it runs on one, so
+    this many hung senders would stall every account."""
     commit_delay: float = 0.001
     """Seconds the writer gathers more writes before a commit when they arrive back to back
     (group commit under load: fewer fsyncs per message); 0: commit at once, always."""
@@ -211,6 +216,7 @@ class Supervisor(DeferredReplyActor):
         self._sleeper_timer: Any = None
         self._cleanup_timer: Any = None
         self.send_pool = SendPool()
+        self.turns = DaemonPool("postroom-account", self.settings.account_threads)
         self._open_storage(database)
         try:
             self._boot_phones = self._recover()
@@ -262,6 +268,7 @@ class Supervisor(DeferredReplyActor):
         pykka.get_all([ref.stop(block=False) for ref in self.accounts.values()])
         self.accounts.clear()
         self.send_pool.shutdown()
+        self.turns.shutdown()
         self._close_storage()
         log.info("supervisor.stopped")
 
@@ -370,8 +377,8 @@ class Supervisor(DeferredReplyActor):
     def _start_account(self, phone: str) -> pykka.ActorRef[AccountActor]:
         deps = AccountDeps(
             sender=self.sender, persistence=self.persistence, supervisor=self.actor_ref,
-            storage=self.storage, readers=self.readers, send_pool=self.send_pool, clock=self.clock,
-            rng=self.rng, settings=self.settings.account, loop=self.loop,
+            storage=self.storage, readers=self.readers, send_pool=self.send_pool, turns=self.turns,
+            clock=self.clock, rng=self.rng, settings=self.settings.account, loop=self.loop,
             pacing=self.settings.pacing_by_account.get(phone, self.settings.pacing),
         )
         ref = AccountActor.start(phone, deps)
