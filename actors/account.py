@@ -94,9 +94,6 @@ class AccountActor(PooledActor):
 
     def __init__(self, phone: str, deps: AccountDeps) -> None:
         super().__init__(deps.turns)
-        # Plain envelopes (wrapping off); `take_nowait` lets a step read what arrived
-        # during a send before it picks the next message.
-        self.actor_inbox.wrapping = False
         self.phone = phone
         self.deps = deps
         self.settings = deps.settings

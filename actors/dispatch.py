@@ -29,10 +29,15 @@ from actors.pool import DaemonPool
 
 
 class TurnInbox(DeferredInbox):
-    """An inbox that asks for a turn when a message arrives and no turn is pending."""
+    """An inbox that asks for a turn when a message arrives and no turn is pending.
+
+    Plain pykka envelopes (no `Request` wrapping): a handler's return value answers an ask,
+    and `take_nowait` still lets a handler read what arrived while it was busy.
+    """
 
     def __init__(self) -> None:
         super().__init__()
+        self.wrapping = False
         self._schedule: Any = None  # set by the actor when it starts
         self._scheduled = False
         self._closed = False

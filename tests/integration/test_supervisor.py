@@ -12,6 +12,7 @@ import pytest
 from actors.errors import PermanentError, RateLimited, TransientError
 from storage import Storage, open_database
 from supervisor import (
+    AccountSettings,
     CancelMessage,
     CleanupNow,
     Enqueue,
@@ -411,6 +412,27 @@ def test_scheduled_work_for_a_stopped_account_starts_no_thread_until_due(sqlite_
     clock.advance(1800)
     eventually(lambda: sorted(sender.ids()) == sorted(later))
     assert ref.ask(GetHealth()).accounts_running == 5
+
+
+def test_many_accounts_take_turns_on_a_few_threads(sqlite_url: str) -> None:
+    """300 accounts with 3 messages each run on 4 account threads: every message is sent, in
+    order per account, no account waits for another to finish, and no thread per account."""
+    sender = RecordingSender()
+    settings = SupervisorSettings(account_threads=4, account=AccountSettings(idle_timeout=None))
+    ref = start_with(sqlite_url, sender, settings)
+    phones = [f"+1555{n:06d}" for n in range(300)]
+    ids = ref.ask(EnqueueBatch([Enqueue(phone=p, user_id="42", text=f"{k}") for k in range(3)
+                                for p in phones]))
+    eventually(lambda: len(sender.calls) == len(ids), timeout=60)
+    assert sorted(sender.ids()) == sorted(ids)
+    for phone in phones:
+        assert [m.text for m in sender.calls if m.phone == phone] == ["0", "1", "2"]
+    # One send per turn: every account sent its first message before any sent its third.
+    firsts = {m.phone: n for n, m in reversed(list(enumerate(sender.calls)))}
+    thirds = [n for n, m in enumerate(sender.calls) if m.text == "2"]
+    assert max(firsts.values()) < min(thirds)
+    assert ref.ask(GetHealth()).accounts_running == 300
+    assert sum(t.name == "postroom-account" for t in threading.enumerate()) <= 4
 
 
 def test_idle_account_stops_and_wakes_for_scheduled_work(sqlite_url: str,

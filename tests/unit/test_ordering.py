@@ -93,3 +93,16 @@ def test_invalidate_forgets_the_window() -> None:
     order.replace([msg(1)])
     order.invalidate()
     assert len(order) == 0 and not order.complete
+
+
+def test_reads_start_with_a_small_page_and_double_up_to_the_window() -> None:
+    """At a boot with thousands of accounts each needs one row first; a busy one soon reads full pages."""
+    order = SendOrder(capacity=20)
+    pages = []
+    for _ in range(5):
+        pages.append(order.page)
+        order.replace([msg(n) for n in range(order.page)])  # a full page: more may be waiting
+        assert not order.complete
+    assert pages == [4, 8, 16, 20, 20]
+    order.replace([msg(1)])  # fewer rows than asked for: every due message is in memory
+    assert order.complete
