@@ -145,6 +145,46 @@ class DeferredReplyActor(pykka.ThreadingActor):
         self.actor_inbox.wrapping = False
 
 
+class MailedReply(pykka.ThreadingFuture[Any]):
+    """An ask's future that, once answered, is also mailed to the asking actor as `Answered`.
+
+    An actor that must not block its thread on a reply (an account actor waiting for a
+    commit would hold one of the few shared account threads) asks with `ask_by_mail`
+    and goes on; the answer comes back through its inbox, in order with its other mail.
+    `get()` still works, for an actor that must wait after all (when it stops).
+    """
+
+    def __init__(self, owner: pykka.ActorRef[Any]) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def set(self, value: Any | None = None) -> None:
+        super().set(value)
+        tell_if_alive(self._owner, Answered(self))
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        super().set_exception(exc_info)
+        tell_if_alive(self._owner, Answered(self))
+
+
+class Answered:
+    """The mail that says a `MailedReply` has its answer."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: MailedReply) -> None:
+        self.reply = reply
+
+
+def ask_by_mail(target: pykka.ActorRef[Any], message: Any, owner: pykka.ActorRef[Any]) -> MailedReply:
+    """`target.ask(message)` whose answer reaches `owner` as `Answered`; raises ActorDeadError as ask does."""
+    if not target.is_alive():
+        raise pykka.ActorDeadError(f"{target} not found")
+    reply = MailedReply(owner)
+    target.actor_inbox.put(Envelope(message, reply_to=reply))
+    return reply
+
+
 def tell_if_alive(ref: pykka.ActorRef[Any], message: Any) -> None:
     """`tell`, ignoring a target that has stopped.
 

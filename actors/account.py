@@ -4,6 +4,11 @@ Each step: claim the next due message (committed PROCESSING before the sender
 sees it), call the sender, record the outcome (committed before the next claim),
 then queue the next step behind whatever arrived meanwhile, so a new HIGH
 message overtakes queued NORMAL and LOW ones.
+
+A write is asked for by mail (`ask_by_mail`): while the writer commits it, the
+actor gives its turn and thread to other accounts and takes only cheap mail
+(new messages, cancellations, timers); no step runs until the answer arrives, so
+the next send still waits for the previous outcome to be committed.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import pykka
 import structlog
 
 from actors._faults import crash_point
-from actors._mailbox import tell_if_alive
+from actors._mailbox import Answered, MailedReply, ask_by_mail, tell_if_alive
 from actors.aio import is_coroutine_sender, submit_to_loop
 from actors.clock import Clock, TimerHandle
 from actors.dispatch import PooledActor
@@ -92,6 +97,9 @@ class AccountDeps:
 class AccountActor(PooledActor):
     """Owns one phone's queue; its turns run on the supervisor's account threads."""
 
+    STOP_WAIT = 30.0
+    """Seconds a stopping actor waits for the answer to a write in flight."""
+
     def __init__(self, phone: str, deps: AccountDeps) -> None:
         super().__init__(deps.turns)
         self.phone = phone
@@ -105,6 +113,9 @@ class AccountActor(PooledActor):
         self._unrecorded: Transition | None = None  # an outcome whose write failed
         self._unrecorded_message: Message | None = None
         self._claimed: Message | None = None  # claimed with the last outcome, not yet sent
+        self._waiting: MailedReply | None = None  # a write in flight: no step until it is answered
+        self._then: Callable[[Advanced], None] | None = None  # what to do with its answer
+        self._waiting_candidate: Message | None = None  # the message it claims, if any
         self._pause_loaded = False  # a pause persisted before a restart still holds
         self.pacer = Pacer(deps.pacing, deps.clock.monotonic())
         self._paced = False  # the last pick found work, but pacing made it wait
@@ -122,9 +133,24 @@ class AccountActor(PooledActor):
         self._kick()
 
     def on_stop(self) -> None:
+        self._settle_waiting()
         self._cancel_timer()
         self._give_back_claimed()
         self.log.info("account.stopped")
+
+    def _settle_waiting(self) -> None:
+        """A write still in flight: its answer will not be read from the inbox any more, so wait
+        for it here, and a message it claimed is given back instead of left PROCESSING."""
+        if self._waiting is None:
+            return
+        try:
+            self._waiting.get(timeout=self.STOP_WAIT)
+        except pykka.Timeout:
+            self.log.warning("account.write_unanswered")  # the next boot settles what it claimed
+            return
+        except StorageError:
+            pass  # `_answered` sees it too
+        self._answered(self._waiting)
 
     def on_failure(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                    tb: TracebackType | None) -> None:
@@ -136,7 +162,11 @@ class AccountActor(PooledActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Pump):
             self._pump_queued = False
-            self._step()
+            if self._waiting is None:
+                self._step()  # else the answer kicks again
+        elif isinstance(message, Answered):
+            if message.reply is self._waiting:
+                self._answered(message.reply)
         else:
             self._take(message)
 
@@ -181,7 +211,8 @@ class AccountActor(PooledActor):
         now = self.deps.clock.now()
         if not self._pause_loaded and not self._refill(now):  # the first load brings the pause
             return
-        if self._unrecorded is not None and not self._flush_unrecorded(claim_next=False):
+        if self._unrecorded is not None:
+            self._flush_unrecorded(claim_next=False)  # a write that failed: again, alone
             return
         if self._disabled:
             self._give_back_claimed()
@@ -192,9 +223,9 @@ class AccountActor(PooledActor):
             self._arm(self._paused_until)
             return
         self._paused_until = None
-        message = self._claimed or self._claim_next(now)
-        self._claimed = None
+        message, self._claimed = self._claimed, None
         if message is None:
+            self._claim_next(now)  # the answer kicks the step that sends it
             return
         self._idle_since = None
         crash_point("claim.committed")
@@ -204,33 +235,41 @@ class AccountActor(PooledActor):
         self._unrecorded_message = message
         self._read_mail()
         self._flush_unrecorded(claim_next=True)
-        self._kick()
 
-    def _claim_next(self, now: datetime) -> Message | None:
+    def _claim_next(self, now: datetime) -> None:
         candidate = self._next_due(now)
         if candidate is None:
             if not self._paced:
                 self._rest(now)
             self._paced = False
-            return None
-        answer = self._advance(Advance(claim=(candidate.id,)), candidate)
-        if answer is None:
-            return None
-        if candidate.id not in answer.claimed:
-            self._kick()  # cancelled or finished since it was loaded: try the next one
-        return answer.claimed.get(candidate.id)
+            return
 
-    def _advance(self, request: Advance, candidate: Message | None) -> Advanced | None:
-        """Ask the persistence actor; on a database error keep everything for a retry."""
+        def claimed(answer: Advanced) -> None:
+            # Not claimed: cancelled or finished since it was loaded; the next step tries the next one.
+            self._claimed = answer.claimed.get(candidate.id)
+            self._kick()
+
+        self._advance(Advance(claim=(candidate.id,)), candidate, claimed)
+
+    def _advance(self, request: Advance, candidate: Message | None, then: Callable[[Advanced], None]) -> None:
+        """Ask the persistence actor by mail; `then(answer)` runs when the commit is answered."""
+        self._waiting = ask_by_mail(self.deps.persistence, request, self.actor_ref)
+        self._then, self._waiting_candidate = then, candidate
+
+    def _answered(self, reply: MailedReply) -> None:
+        """The write asked for is answered; on a database error keep everything for a retry."""
+        then, candidate = self._then, self._waiting_candidate
+        self._waiting = self._then = self._waiting_candidate = None
+        assert then is not None
         try:
-            answer: Advanced = self.deps.persistence.ask(request, block=True)
+            answer: Advanced = reply.get(timeout=0)
         except StorageError as error:
             if candidate is not None:
                 self.order.push_back(candidate)
             self.log.warning("account.write_failed", error=str(error))
             self._arm(self.deps.clock.now() + timedelta(seconds=self.settings.storage_retry))
-            return None
-        return answer
+            return
+        then(answer)
 
     def _next_due(self, now: datetime) -> Message | None:
         if self._wake_at is not None and self._wake_at <= now:
@@ -346,7 +385,7 @@ class AccountActor(PooledActor):
         return Transition(message.id, message.attempts, given_back, now, text, decision.at,
                           give_back=True)
 
-    def _flush_unrecorded(self, claim_next: bool) -> bool:
+    def _flush_unrecorded(self, claim_next: bool) -> None:
         """Write the pending outcome, with the claim of the next message if one is due.
 
         Until the outcome is committed nothing else is sent.
@@ -363,16 +402,17 @@ class AccountActor(PooledActor):
             # the message itself stays due, in its place. No end (None): disabled until lifted.
             pause = AccountPause(self.phone, transition.available_at, _error_kind(transition.error))
             record = replace(transition, available_at=None)
-        answer = self._advance(Advance(record=(record,), claim=claim, pause=pause), candidate)
-        if answer is None:
-            return False
-        self._unrecorded = self._unrecorded_message = None
-        if candidate is not None:
-            self._claimed = answer.claimed.get(candidate.id)
-        if transition.status is Status.COMPLETED:
-            crash_point("record.completed")
-        self._after_record(transition, message, transition.id in answer.recorded)
-        return True
+
+        def recorded(answer: Advanced) -> None:
+            self._unrecorded = self._unrecorded_message = None
+            if candidate is not None:
+                self._claimed = answer.claimed.get(candidate.id)
+            if transition.status is Status.COMPLETED:
+                crash_point("record.completed")
+            self._after_record(transition, message, transition.id in answer.recorded)
+            self._kick()
+
+        self._advance(Advance(record=(record,), claim=claim, pause=pause), candidate, recorded)
 
     def _give_back_claimed(self) -> None:
         """A message claimed but not sent (stopping, or paused) goes back, its attempt uncounted."""
@@ -438,7 +478,7 @@ class AccountActor(PooledActor):
     def _kick(self) -> None:
         if not self._pump_queued:
             self._pump_queued = True
-            self.actor_ref.tell(Pump())
+            tell_if_alive(self.actor_ref, Pump())  # stopping: an answer settled in on_stop kicks too
 
     def _tell_supervisor(self, message: Any) -> None:
         tell_if_alive(self.deps.supervisor, message)
