@@ -191,6 +191,10 @@ class SupervisorSettings:
     """Per-phone exceptions to `pacing` (a user account paces far slower than a bot)."""
 
 
+#: The wall clock for send timeouts of supervisors whose own clock is not one (one timer thread).
+_REAL_TIME = SystemClock()
+
+
 class Supervisor(DeferredReplyActor):
     """Routes commands, owns account actors, restarts them, parks crash storms."""
 
@@ -216,6 +220,8 @@ class Supervisor(DeferredReplyActor):
         self._sleeper_timer: Any = None
         self._cleanup_timer: Any = None
         self.send_pool = SendPool()
+        # Send timeouts run on real time, whatever `clock` is (a test's FakeClock).
+        self.deadlines = self.clock if isinstance(self.clock, SystemClock) else _REAL_TIME
         self.turns = DaemonPool("postroom-account", self.settings.account_threads)
         self._open_storage(database)
         try:
@@ -378,7 +384,8 @@ class Supervisor(DeferredReplyActor):
         deps = AccountDeps(
             sender=self.sender, persistence=self.persistence, supervisor=self.actor_ref,
             storage=self.storage, readers=self.readers, send_pool=self.send_pool, turns=self.turns,
-            clock=self.clock, rng=self.rng, settings=self.settings.account, loop=self.loop,
+            deadlines=self.deadlines, clock=self.clock, rng=self.rng, settings=self.settings.account,
+            loop=self.loop,
             pacing=self.settings.pacing_by_account.get(phone, self.settings.pacing),
         )
         ref = AccountActor.start(phone, deps)

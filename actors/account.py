@@ -5,15 +5,19 @@ sees it), call the sender, record the outcome (committed before the next claim),
 then queue the next step behind whatever arrived meanwhile, so a new HIGH
 message overtakes queued NORMAL and LOW ones.
 
-A write is asked for by mail (`ask_by_mail`): while the writer commits it, the
-actor gives its turn and thread to other accounts and takes only cheap mail
-(new messages, cancellations, timers); no step runs until the answer arrives, so
-the next send still waits for the previous outcome to be committed.
+A write is asked for by mail (`ask_by_mail`), and a send with a timeout runs on
+the send pool (or the bot's loop) and reports back by mail (`SendDone`): while
+either is under way the actor gives its turn and thread to other accounts and
+takes only cheap mail (new messages, cancellations, timers); no step runs until
+the answer arrives, so the next send still waits for the previous outcome to be
+committed, and 10,000 accounts share a few threads however slow their senders.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -83,6 +87,8 @@ class AccountDeps:
     readers: ReaderPool
     send_pool: SendPool
     """Where a sender runs when a send timeout is set."""
+    deadlines: Clock
+    """Real time, for send timeouts: a hung sender is given up on by the wall clock."""
     turns: DaemonPool
     """The threads every account actor takes its turns on."""
     clock: Clock
@@ -116,6 +122,7 @@ class AccountActor(PooledActor):
         self._waiting: MailedReply | None = None  # a write in flight: no step until it is answered
         self._then: Callable[[Advanced], None] | None = None  # what to do with its answer
         self._waiting_candidate: Message | None = None  # the message it claims, if any
+        self._sending: _Send | None = None  # a send under way off this actor's turn
         self._pause_loaded = False  # a pause persisted before a restart still holds
         self.pacer = Pacer(deps.pacing, deps.clock.monotonic())
         self._paced = False  # the last pick found work, but pacing made it wait
@@ -133,10 +140,22 @@ class AccountActor(PooledActor):
         self._kick()
 
     def on_stop(self) -> None:
+        self._settle_sending()
         self._settle_waiting()
         self._cancel_timer()
         self._give_back_claimed()
         self.log.info("account.stopped")
+
+    def _settle_sending(self) -> None:
+        """A send still under way: wait for it (at most its timeout), then record its outcome."""
+        send = self._sending
+        if send is None:
+            return
+        timeout = self.settings.send_timeout
+        left = None if timeout is None else max(0.0, send.started + timeout - self.deps.deadlines.monotonic())
+        with contextlib.suppress(BaseException):  # the outcome is read below
+            send.future.result(timeout=left)
+        self._send_done(SendDone(send.future, timed_out=not send.future.done()), claim_next=False)
 
     def _settle_waiting(self) -> None:
         """A write still in flight: its answer will not be read from the inbox any more, so wait
@@ -162,11 +181,13 @@ class AccountActor(PooledActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Pump):
             self._pump_queued = False
-            if self._waiting is None:
+            if self._waiting is None and self._sending is None:
                 self._step()  # else the answer kicks again
         elif isinstance(message, Answered):
             if message.reply is self._waiting:
                 self._answered(message.reply)
+        elif isinstance(message, SendDone):
+            self._send_done(message, claim_next=True)
         else:
             self._take(message)
 
@@ -183,6 +204,7 @@ class AccountActor(PooledActor):
             case Forget(_, message_id):
                 self.order.discard(message_id)
             case Pump():
+                self._pump_queued = False  # read mid-step: it goes again, behind this step
                 self._kick()
             case Unpause():
                 self._paused_until, self._disabled = None, False
@@ -191,6 +213,8 @@ class AccountActor(PooledActor):
                 if generation == self._timer_generation:
                     self._timer, self._timer_at = None, None
                     self._kick()
+            case SendDone() | Answered():
+                pass  # read mid-step (`_read_mail`): the late twin of a report already settled
             case _:
                 raise TypeError(f"account actor cannot handle {type(message).__name__}")
 
@@ -229,12 +253,15 @@ class AccountActor(PooledActor):
             return
         self._idle_since = None
         crash_point("claim.committed")
-        outcome = self._send(message)
+        self._send(message)
+
+    def _sent(self, message: Message, error: BaseException | None, claim_next: bool) -> None:
+        """The send is over: record its outcome (with the next claim) before anything else is sent."""
         self.pacer.sent(message.user_id, self.deps.clock.monotonic())
-        self._unrecorded = self._outcome(message, outcome)
+        self._unrecorded = self._outcome(message, error)
         self._unrecorded_message = message
         self._read_mail()
-        self._flush_unrecorded(claim_next=True)
+        self._flush_unrecorded(claim_next=claim_next)
 
     def _claim_next(self, now: datetime) -> None:
         candidate = self._next_due(now)
@@ -332,42 +359,49 @@ class AccountActor(PooledActor):
         idle_check = now + timedelta(seconds=idle - (mono - self._idle_since))
         self._arm(min(idle_check, self._wake_at) if self._wake_at else idle_check)
 
-    def _send(self, message: Message) -> BaseException | None:
-        """Call the user's sender; whatever it raises (SystemExit too) is an outcome, not a crash."""
+    def _send(self, message: Message) -> None:
+        """Hand the message to the sender; whatever it raises (SystemExit too) is an outcome."""
         timeout = self.settings.send_timeout
         if self.deps.loop is not None and is_coroutine_sender(self.deps.sender):
-            return self._send_on_loop(message, timeout)
-        if timeout is None:
             try:
-                self.deps.sender(message)
+                future = submit_to_loop(self.deps.sender, message, self.deps.loop)
+            except RuntimeError as error:  # the loop is closed: the bot is stopping
+                self._sent(message, error, claim_next=True)
+                return
+        elif timeout is None:
+            try:
+                self.deps.sender(message)  # on this turn's thread: nothing can give up on it
             except BaseException as error:  # noqa: BLE001 - a sender must not kill the actor system
-                return error
-            return None
-        future = self.deps.send_pool.submit(self.deps.sender, message)
-        try:
-            future.result(timeout=timeout)
-        except BaseException as raised:  # noqa: BLE001
-            if future.done():
-                return raised
-            # The sender is stuck: its thread is left to it; a late return changes nothing.
-            return SendTimeout(f"no answer from the sender within {timeout} s")
-        return None
+                self._sent(message, error, claim_next=True)
+                return
+            self._sent(message, None, claim_next=True)
+            return
+        else:
+            future = self.deps.send_pool.submit(self.deps.sender, message)
+        self._sending = send = _Send(message, future, self.deps.deadlines.monotonic())
+        ref = self.actor_ref
+        future.add_done_callback(lambda done: tell_if_alive(ref, SendDone(done, timed_out=False)))
+        if timeout is not None:
+            send.timer = self.deps.deadlines.call_later(
+                timeout, lambda: tell_if_alive(ref, SendDone(future, timed_out=True)))
 
-    def _send_on_loop(self, message: Message, timeout: float | None) -> BaseException | None:
-        """Run a coroutine sender on the bot's loop; past the timeout the task is cancelled."""
-        assert self.deps.loop is not None
-        try:
-            future = submit_to_loop(self.deps.sender, message, self.deps.loop)
-        except RuntimeError as error:  # the loop is closed: the bot is stopping
-            return error
-        try:
-            future.result(timeout=timeout)
-        except BaseException as raised:  # noqa: BLE001 - every outcome is data
-            if future.done():
-                return raised
-            future.cancel()  # outcome unknown: at-least-once sends it again
-            return SendTimeout(f"no answer from the coroutine sender within {timeout} s")
-        return None
+    def _send_done(self, done: SendDone, claim_next: bool) -> None:
+        send = self._sending
+        if send is None or done.future is not send.future:
+            return  # the other report of a send already settled (its timeout, or its late return)
+        self._sending = None
+        if send.timer is not None:
+            send.timer.cancel()
+        error: BaseException | None
+        if done.timed_out and not send.future.done():
+            send.future.cancel()  # a coroutine is cancelled; a thread is left to its sender
+            kind = "coroutine sender" if self.deps.loop is not None else "sender"
+            error = SendTimeout(f"no answer from the {kind} within {self.settings.send_timeout} s")
+        elif send.future.cancelled():
+            error = RuntimeError("the send was cancelled (the bot's loop is stopping)")
+        else:
+            error = send.future.exception()
+        self._sent(send.message, error, claim_next)
 
     def _outcome(self, message: Message, error: BaseException | None) -> Transition:
         now = self.deps.clock.now()
@@ -482,6 +516,24 @@ class AccountActor(PooledActor):
 
     def _tell_supervisor(self, message: Any) -> None:
         tell_if_alive(self.deps.supervisor, message)
+
+
+@dataclass(slots=True)
+class _Send:
+    """A send under way on the send pool or the bot's loop."""
+
+    message: Message
+    future: concurrent.futures.Future[Any]
+    started: float  # deadlines.monotonic()
+    timer: TimerHandle | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendDone:
+    """Mail to the account: its send returned or raised, or (timed_out) its time is up."""
+
+    future: concurrent.futures.Future[Any]
+    timed_out: bool
 
 
 def _error_kind(error: str | None) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -10,6 +12,7 @@ import pykka
 import pytest
 
 from actors.errors import PermanentError, RateLimited, TransientError
+from actors.retry import BackoffPolicy
 from storage import Storage, open_database
 from supervisor import (
     AccountSettings,
@@ -433,6 +436,27 @@ def test_many_accounts_take_turns_on_a_few_threads(sqlite_url: str) -> None:
     assert max(firsts.values()) < min(thirds)
     assert ref.ask(GetHealth()).accounts_running == 300
     assert sum(t.name == "postroom-account" for t in threading.enumerate()) <= 4
+
+
+def test_mail_arriving_during_sends_and_retries_never_strands_an_account(sqlite_url: str) -> None:
+    """Sends run off the account's turn: new messages, timers and outcomes interleave with them.
+    With every other attempt failing and messages enqueued while sends are under way, all drain."""
+    calls = itertools.count()
+
+    def flaky(message: Message, _: int) -> None:
+        time.sleep(0.002)  # a send long enough for mail to arrive meanwhile
+        if next(calls) % 2:
+            raise TransientError("every other attempt fails")
+
+    sender = RecordingSender(flaky)
+    ref = start(sqlite_url, sender, backoff=BackoffPolicy(base=0.01, max_delay=0.05))
+    ids: list[int] = []
+    for wave in range(6):
+        ids += ref.ask(EnqueueBatch([Enqueue(phone=f"+1555000{n % 5}", user_id="42", text=f"{wave}",
+                                             max_attempts=50) for n in range(25)]))
+        time.sleep(0.02)
+    eventually(lambda: final(ref, ids), timeout=60)
+    assert {status_of(ref, i) for i in ids} == {Status.COMPLETED}
 
 
 def test_idle_account_stops_and_wakes_for_scheduled_work(sqlite_url: str,
