@@ -192,8 +192,8 @@ class AccountActor(PooledActor):
             self._take(message)
 
     def ends_turn(self, message: Any) -> bool:
-        # One send per turn: at a boot with 10,000 accounts each sends once before any sends twice.
-        return isinstance(message, Pump)
+        # At most one send per turn: at a boot with 10,000 accounts each sends once before any sends twice.
+        return isinstance(message, Pump | Answered | SendDone)
 
     def _take(self, message: Any) -> None:
         """Everything but Pump: cheap bookkeeping, safe to run between two sends."""
@@ -272,9 +272,11 @@ class AccountActor(PooledActor):
             return
 
         def claimed(answer: Advanced) -> None:
-            # Not claimed: cancelled or finished since it was loaded; the next step tries the next one.
             self._claimed = answer.claimed.get(candidate.id)
-            self._kick()
+            if self._claimed is None:
+                self._kick()  # cancelled or finished since it was loaded: the next step tries the next one
+            else:
+                self._step()  # send it now, not after a trip through the inbox
 
         self._advance(Advance(claim=(candidate.id,)), candidate, claimed)
 
@@ -444,7 +446,10 @@ class AccountActor(PooledActor):
             if transition.status is Status.COMPLETED:
                 crash_point("record.completed")
             self._after_record(transition, message, transition.id in answer.recorded)
-            self._kick()
+            if self._claimed is not None:
+                self._step()  # the next message is claimed: send it now
+            else:
+                self._kick()
 
         self._advance(Advance(record=(record,), claim=claim, pause=pause), candidate, recorded)
 
