@@ -272,11 +272,9 @@ class AccountActor(PooledActor):
             return
 
         def claimed(answer: Advanced) -> None:
+            # None: cancelled or finished since it was loaded; the next step tries the next one.
             self._claimed = answer.claimed.get(candidate.id)
-            if self._claimed is None:
-                self._kick()  # cancelled or finished since it was loaded: the next step tries the next one
-            else:
-                self._step()  # send it now, not after a trip through the inbox
+            self._go_on()
 
         self._advance(Advance(claim=(candidate.id,)), candidate, claimed)
 
@@ -446,10 +444,7 @@ class AccountActor(PooledActor):
             if transition.status is Status.COMPLETED:
                 crash_point("record.completed")
             self._after_record(transition, message, transition.id in answer.recorded)
-            if self._claimed is not None:
-                self._step()  # the next message is claimed: send it now
-            else:
-                self._kick()
+            self._go_on()
 
         self._advance(Advance(record=(record,), claim=claim, pause=pause), candidate, recorded)
 
@@ -513,6 +508,15 @@ class AccountActor(PooledActor):
         if self._timer is not None:
             self._timer.cancel()
         self._timer, self._timer_at = None, None
+
+    def _go_on(self) -> None:
+        """After an answer: send a claimed message now (not after a trip through the inbox), else
+        queue the next step. A stopping actor (settling the answer in on_stop) sends nothing more:
+        `on_stop` gives the claimed message back."""
+        if self._claimed is not None and not self.actor_stopped.is_set():
+            self._step()
+        else:
+            self._kick()
 
     def _kick(self) -> None:
         if not self._pump_queued:

@@ -22,6 +22,7 @@ from storage import Storage, open_database
 from supervisor import (
     AccountSettings,
     Enqueue,
+    EnqueueBatch,
     GetHealth,
     GetStats,
     Status,
@@ -208,3 +209,32 @@ def test_another_process_holds_the_write_lock(tmp_path: Path, hold: float, busy:
     eventually(lambda: ref.ask(GetStats()).by_status[Status.COMPLETED] == len(enqueuer.acked))
     ref.stop()
     enqueuer.check_against(path)
+
+
+def test_a_stop_while_the_outcome_commits_sends_nothing_more(tmp_path: Path) -> None:
+    """The account is stopped while its outcome and the claim of its next message wait for the
+    write lock: once that commits, the stop gives the claimed message back; nothing more is sent."""
+    path = tmp_path / "postroom.db"
+    release = threading.Event()
+    sender = RecordingSender(lambda message, _: release.wait(10) and None)
+    ref = Supervisor.start(database=f"sqlite:///{path}", sender=sender, rng=FixedRandom(),
+                           settings=SupervisorSettings(account=AccountSettings(idle_timeout=None)))
+    first, second = ref.ask(EnqueueBatch([Enqueue(phone="+15550001", user_id="42", text=t)
+                                          for t in ("first", "second")]))
+    eventually(lambda: len(sender.calls) == 1)  # "first" is claimed and in the sender
+    holder = hold_lock(path, 1.0)  # its outcome and the claim of "second" will wait for the lock
+    release.set()
+    time.sleep(0.3)  # the outcome is sent to the writer and waits
+    stopping = ref.stop(block=False)
+    stopping.get(timeout=30)
+    holder.wait(10)
+    assert holder.stdout is not None
+    holder.stdout.close()
+    assert [m.id for m in sender.calls] == [first]
+    db = Storage(open_database(f"sqlite:///{path}"))
+    try:
+        assert db.get(first).status is Status.COMPLETED
+        assert db.get(second).status is Status.PENDING  # claimed with the outcome, given back
+        assert db.get(second).attempts == 0
+    finally:
+        db.close()
