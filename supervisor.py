@@ -37,6 +37,7 @@ from actors import (
     AccountSettings,
     AccountSuspended,
     BackoffPolicy,
+    Broadcast,
     Cancel,
     CancelMessage,
     Cleanup,
@@ -53,6 +54,7 @@ from actors import (
     GetStats,
     Health,
     HealthState,
+    Inserted,
     LiftPause,
     Limits,
     ListMessages,
@@ -78,7 +80,9 @@ from actors import (
     classify,
     mask_phone,
     sender_with_adapters,
+    validate_broadcast,
     validate_enqueue,
+    validate_enqueues,
 )
 from actors._faults import crash_point
 from actors._mailbox import DeferredReplyActor, tell_if_alive
@@ -112,6 +116,7 @@ __all__ = [
     "AsyncPostroom",
     "AsyncSender",
     "BackoffPolicy",
+    "Broadcast",
     "CancelMessage",
     "CleanupNow",
     "DatabaseLocked",
@@ -303,8 +308,10 @@ class Supervisor(DeferredReplyActor):
                 new = validate_enqueue(command, self.clock.now(), self.settings.limits)
                 self.persistence.tell(Persist([new], request, batch=False))
             case EnqueueBatch(commands):
-                now = self.clock.now()
-                news = [validate_enqueue(c, now, self.settings.limits) for c in commands]
+                news = validate_enqueues(commands, self.clock.now(), self.settings.limits)
+                self.persistence.tell(Persist(news, request, batch=True))
+            case Broadcast() as broadcast:
+                news = validate_broadcast(broadcast, self.clock.now(), self.settings.limits)
                 self.persistence.tell(Persist(news, request, batch=True))
             case GetMessage(message_id):
                 self._read(request, self.storage.get, message_id)
@@ -328,6 +335,8 @@ class Supervisor(DeferredReplyActor):
 
     def _handle_internal(self, message: Any) -> None:
         match message:
+            case Inserted(rows):
+                self._route([new.as_pending(message_id) for message_id, new in rows])
             case Committed(messages):
                 self._route(messages)
             case Forget(phone) as forget:
@@ -359,15 +368,18 @@ class Supervisor(DeferredReplyActor):
 
     def _route(self, messages: Sequence[Message]) -> None:
         now, slept = self.clock.now(), False
+        by_account: dict[str, list[Message]] = {}
         for message in messages:
-            if message.available_at > now and message.phone not in self.accounts:
+            by_account.setdefault(message.phone, []).append(message)
+        for phone, mine in by_account.items():
+            if phone not in self.accounts and all(m.available_at > now for m in mine):
                 # Scheduled work for a stopped account costs no thread until it falls due.
-                slept = self._sleep(message.phone, message.available_at) or slept
+                slept = self._sleep(phone, min(m.available_at for m in mine)) or slept
                 continue
-            ref = self._ensure_account(message.phone)
+            ref = self._ensure_account(phone)
             if ref is not None:
-                self.routed[message.phone] += 1
-                tell_if_alive(ref, Deliver(message))
+                self.routed[phone] += 1
+                tell_if_alive(ref, Deliver(mine))
         if slept:
             self._arm_sleepers()
 
@@ -507,6 +519,11 @@ class AsyncPostroom:
     async def enqueue_batch(self, messages: Sequence[Enqueue]) -> list[int]:
         """Queue many messages in one commit; their ids."""
         return list(await self.ask(EnqueueBatch(messages)))
+
+    async def broadcast(self, recipients: Sequence[tuple[str, str]], text: str = "",
+                        **fields: Any) -> list[int]:
+        """Queue one message to many (phone, user_id) recipients in one commit; their ids."""
+        return list(await self.ask(Broadcast(recipients, text=text, **fields)))
 
     async def get(self, message_id: int) -> Message:
         """One message."""

@@ -22,6 +22,7 @@ from actors.messages import (
     AccountIdle,
     Advance,
     Advanced,
+    Broadcast,
     Cancel,
     CancelMessage,
     Cleanup,
@@ -35,6 +36,7 @@ from actors.messages import (
     GetMessage,
     GetStats,
     Health,
+    Inserted,
     LiftPause,
     ListMessages,
     Persist,
@@ -54,7 +56,7 @@ from actors.persistence import HealthState, PersistenceActor
 from actors.privacy import describe_error, mask_phone
 from actors.readers import ReaderPool
 from actors.retry import BackoffPolicy, Decision, RandomSource, compute_backoff, decide
-from actors.validation import Limits, validate_enqueue
+from actors.validation import Limits, validate_broadcast, validate_enqueue, validate_enqueues
 
 __all__ = [
     "AccountActor",
@@ -66,6 +68,7 @@ __all__ = [
     "Advance",
     "Advanced",
     "BackoffPolicy",
+    "Broadcast",
     "Cancel",
     "CancelMessage",
     "Cleanup",
@@ -84,6 +87,7 @@ __all__ = [
     "GetStats",
     "Health",
     "HealthState",
+    "Inserted",
     "LiftPause",
     "Limits",
     "ListMessages",
@@ -118,5 +122,7 @@ __all__ = [
     "describe_error",
     "mask_phone",
     "sender_with_adapters",
+    "validate_broadcast",
     "validate_enqueue",
+    "validate_enqueues",
 ]

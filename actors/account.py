@@ -198,9 +198,10 @@ class AccountActor(PooledActor):
     def _take(self, message: Any) -> None:
         """Everything but Pump: cheap bookkeeping, safe to run between two sends."""
         match message:
-            case Deliver(new):
+            case Deliver(news):
                 self._deliveries_seen += 1
-                self._accept(new)
+                for new in news:
+                    self._accept(new)
             case Forget(_, message_id):
                 self.order.discard(message_id)
             case Pump():

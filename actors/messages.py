@@ -59,6 +59,31 @@ class EnqueueBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Queue one message to many recipients in one commit. Answer: their ids, in order.
+
+    What `EnqueueBatch` of identical messages does, without building an `Enqueue`
+    per recipient: the shared fields are checked once. All or nothing.
+    """
+
+    recipients: Sequence[tuple[str, str]]
+    """(phone, user_id) pairs: the sending account and the recipient, in send order."""
+    text: str = ""
+    """The body; may be empty only with an attachment."""
+    priority: Priority = Priority.NORMAL
+    """HIGH before NORMAL before LOW among each account's due messages."""
+    attachment: str | None = None
+    """An opaque reference for the sender (file id, URL)."""
+    scheduled_at: datetime | None = None
+    """Send no earlier than this (timezone-aware); None means now."""
+    max_attempts: int | None = None
+    """Attempts before each ends failed; None takes the supervisor's default."""
+    idempotency_key: str | None = None
+    """Makes the broadcast safe to send again after a crash or a timeout: recipient
+    number i (from 0) gets the key `f"{idempotency_key}:{i}"`."""
+
+
+@dataclass(frozen=True, slots=True)
 class GetMessage:
     """Answer: the `Message` with this id, or `MessageNotFound`."""
 
@@ -154,7 +179,7 @@ class Persist:
     request: Request
     """The user's request: answered with an id (or a list of ids when `batch`)."""
     batch: bool
-    """True for `EnqueueBatch`."""
+    """True for `EnqueueBatch` and `Broadcast`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +187,19 @@ class Committed:
     """Persistence -> supervisor: these rows are committed; hand them to their accounts."""
 
     messages: Sequence[Message]
-    """New or requeued rows."""
+    """Requeued rows."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inserted:
+    """Persistence -> supervisor: new rows are committed; hand them to their accounts.
+
+    The supervisor builds their `Message`s, not the single writer: a broadcast's
+    100,000 would hold up the next commit by a third of a second.
+    """
+
+    rows: Sequence[tuple[int, NewMessage]]
+    """(id, what was written), in id order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,10 +287,10 @@ class Advanced:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """A committed message for this account (new or requeued)."""
+    """Committed messages for this account (new or requeued): one tell per account and commit."""
 
-    message: Message
-    """As committed."""
+    messages: Sequence[Message]
+    """As committed, in id order."""
 
 
 @dataclass(frozen=True, slots=True)

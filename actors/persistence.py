@@ -34,13 +34,14 @@ from actors.messages import (
     Cleanup,
     Committed,
     Forget,
+    Inserted,
     LiftPause,
     Persist,
     Recover,
     Requeue,
 )
 from actors.privacy import mask_phone
-from storage import Message, PostroomError, Status, Storage, StorageError
+from storage import Message, NewMessage, PostroomError, Status, Storage, StorageError
 
 log = structlog.get_logger("postroom.persistence")
 
@@ -193,8 +194,8 @@ class PersistenceActor(DeferredReplyActor):
         """After the commit: answer the caller, then tell whoever must act on the new state."""
         message = request.message
         match message:
-            case Persist(_, user_request, batch):
-                self._answer_persist(user_request, outcome, batch)
+            case Persist(news, user_request, batch):
+                self._answer_persist(user_request, news, outcome, batch)
             case Cancel(_, user_request):
                 self._answer(user_request, outcome)
                 if isinstance(outcome, Message):
@@ -210,21 +211,31 @@ class PersistenceActor(DeferredReplyActor):
             case _:
                 self._answer(request, outcome)
 
-    def _answer_persist(self, request: Request, outcome: list[Any], batch: bool) -> None:
+    def _answer_persist(self, request: Request, news: Sequence[NewMessage], outcome: list[Any],
+                        batch: bool) -> None:
+        ids = [o.id if isinstance(o, Message) else o for o in outcome]
+        # A new row answers its id (an int); a key repeated in the batch answers the first's again.
+        inserted = {o: new for o, new in zip(outcome, news, strict=True) if type(o) is int}
+        if inserted:
+            self._log_enqueued(inserted)
+            self.notify(Inserted(list(inserted.items())))
         errors = [o for o in outcome if isinstance(o, PostroomError)]
-        created = [o for o in outcome if isinstance(o, Message)]
-        for created_message in created:
-            log.info("message.enqueued", message_id=created_message.id,
-                     priority=created_message.priority.name, account=mask_phone(created_message.phone))
-        if created:
-            self.notify(Committed(created))
         if errors and not batch:
             request.fail(errors[0])
-        elif errors:
-            # A conflicting idempotency key inside a batch is reported per message.
-            request.answer([o.id if isinstance(o, Message) else o for o in outcome])
         else:
-            request.answer([m.id for m in outcome] if batch else outcome[0].id)
+            # A conflicting idempotency key inside a batch is reported per message.
+            request.answer(ids if batch else ids[0])
+
+    @staticmethod
+    def _log_enqueued(inserted: dict[int, NewMessage]) -> None:
+        if len(inserted) == 1:
+            ((message_id, new),) = inserted.items()
+            log.info("message.enqueued", message_id=message_id, priority=new.priority.name,
+                     account=mask_phone(new.phone))
+            return
+        # A broadcast is one line, not 100,000: each message's id appears again when it is sent.
+        log.info("messages.enqueued", count=len(inserted), first_id=min(inserted),
+                 last_id=max(inserted), accounts=len({new.phone for new in inserted.values()}))
 
     def _continue_cleanup(self, cutoff: datetime, request: Request | None, so_far: int,
                           deleted_now: int) -> None:

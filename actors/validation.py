@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from actors.messages import Enqueue
+from actors.messages import Broadcast, Enqueue
 from storage import NewMessage, Priority, ValidationError
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")  # a broadcast checks 100,000 ids: scanned in C, not char by char
@@ -28,46 +29,103 @@ class Limits:
 
 def validate_enqueue(command: Enqueue, now: datetime, limits: Limits) -> NewMessage:
     """The `NewMessage` to write, or `ValidationError` saying what is wrong."""
+    return _validate(command, now, limits, set())
+
+
+def validate_enqueues(commands: Sequence[Enqueue], now: datetime, limits: Limits) -> list[NewMessage]:
+    """`validate_enqueue` for each command, all or nothing.
+
+    A broadcast repeats its accounts, and often its recipients and text: each distinct
+    value is checked once per batch.
+    """
+    checked: set[tuple[str, str]] = set()
+    return [_validate(command, now, limits, checked) for command in commands]
+
+
+def validate_broadcast(command: Broadcast, now: datetime, limits: Limits) -> list[NewMessage]:
+    """One `NewMessage` per recipient of a `Broadcast`, all or nothing; the shared fields
+    are checked once."""
+    if not isinstance(command, Broadcast):
+        raise ValidationError(f"expected Broadcast, got {type(command).__name__}")
+    recipients = command.recipients
+    if isinstance(recipients, str | bytes) or not isinstance(recipients, Sequence):
+        raise ValidationError("recipients must be a sequence of (phone, user_id) pairs")
+    checked: set[tuple[str, str]] = set()
+    key = command.idempotency_key
+    if key is not None:  # room for ":<index>" within the column
+        _identifier("idempotency_key", key, limits.max_field_length - 12, checked)
+    scheduled_at, max_attempts = _body(command, limits, checked)
+    news: list[NewMessage] = []
+    for index, pair in enumerate(recipients):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ValidationError(f"recipient {index} must be a (phone, user_id) pair")
+        phone, user_id = pair
+        try:
+            _identifier("phone", phone, limits.max_phone_length, checked)
+            _identifier("user_id", user_id, limits.max_field_length, checked)
+        except ValidationError as error:
+            raise ValidationError(f"recipient {index}: {error}") from None
+        news.append(NewMessage(
+            phone=phone, user_id=user_id, text=command.text, attachment=command.attachment,
+            priority=command.priority, created_at=now, scheduled_at=scheduled_at,
+            max_attempts=max_attempts, idempotency_key=None if key is None else f"{key}:{index}",
+        ))
+    return news
+
+
+def _validate(command: Enqueue, now: datetime, limits: Limits, checked: set[tuple[str, str]]) -> NewMessage:
     if not isinstance(command, Enqueue):
         raise ValidationError(f"expected Enqueue, got {type(command).__name__}")
-    _identifier("phone", command.phone, limits, max_length=limits.max_phone_length)
-    _identifier("user_id", command.user_id, limits)
-    _text(command.text, command.attachment, limits)
-    if command.attachment is not None:
-        _identifier("attachment", command.attachment, limits, max_length=4096)
+    _identifier("phone", command.phone, limits.max_phone_length, checked)
+    _identifier("user_id", command.user_id, limits.max_field_length, checked)
     if command.idempotency_key is not None:
-        _identifier("idempotency_key", command.idempotency_key, limits)
-    if not isinstance(command.priority, Priority):
-        raise ValidationError(f"priority must be a Priority, not {command.priority!r}")
-    max_attempts = _max_attempts(command.max_attempts, limits)
-    _aware("scheduled_at", command.scheduled_at)
+        _identifier("idempotency_key", command.idempotency_key, limits.max_field_length, checked)
+    scheduled_at, max_attempts = _body(command, limits, checked)
     return NewMessage(
         phone=command.phone, user_id=command.user_id, text=command.text,
         attachment=command.attachment, priority=command.priority, created_at=now,
-        scheduled_at=command.scheduled_at.astimezone(UTC) if command.scheduled_at else None,
-        max_attempts=max_attempts,
+        scheduled_at=scheduled_at, max_attempts=max_attempts,
         idempotency_key=command.idempotency_key,
     )
 
 
-def _identifier(name: str, value: object, limits: Limits, max_length: int | None = None) -> None:
+def _body(command: Enqueue | Broadcast, limits: Limits,
+          checked: set[tuple[str, str]]) -> tuple[datetime | None, int]:
+    """Check what is sent and how; the schedule in UTC and the attempts allowed."""
+    _text(command.text, command.attachment, limits, checked)
+    if command.attachment is not None:
+        _identifier("attachment", command.attachment, 4096, checked)
+    if not isinstance(command.priority, Priority):
+        raise ValidationError(f"priority must be a Priority, not {command.priority!r}")
+    max_attempts = _max_attempts(command.max_attempts, limits)
+    _aware("scheduled_at", command.scheduled_at)
+    return (command.scheduled_at.astimezone(UTC) if command.scheduled_at else None), max_attempts
+
+
+def _identifier(name: str, value: object, max_length: int, checked: set[tuple[str, str]]) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"{name} must be a non-empty string")
-    if len(value) > (max_length or limits.max_field_length):
-        raise ValidationError(f"{name} is longer than {max_length or limits.max_field_length}")
+    if (name, value) in checked:
+        return
+    if len(value) > max_length:
+        raise ValidationError(f"{name} is longer than {max_length}")
     if _CONTROL.search(value):
         raise ValidationError(f"{name} must not contain control characters")
     _encodable(name, value)
+    checked.add((name, value))
 
 
-def _text(text: object, attachment: object, limits: Limits) -> None:
+def _text(text: object, attachment: object, limits: Limits, checked: set[tuple[str, str]]) -> None:
     if not isinstance(text, str):
         raise ValidationError("text must be a string")
     if not text and attachment is None:
         raise ValidationError("a message needs a text or an attachment")
+    if ("text", text) in checked:
+        return
     if len(text) > limits.max_text_length:
         raise ValidationError(f"text is longer than {limits.max_text_length} characters")
     _encodable("text", text)
+    checked.add(("text", text))
 
 
 def _encodable(name: str, value: str) -> None:

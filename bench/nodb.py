@@ -59,13 +59,12 @@ class MemoryStore:
     def close(self) -> None:
         pass
 
-    def insert(self, news: Sequence[NewMessage]) -> list[Message]:
+    def insert(self, news: Sequence[NewMessage]) -> list[int]:
         with self._lock:
             first, self._next_id = self._next_id, self._next_id + len(news)
-            created = [_pending(first + n, new) for n, new in enumerate(news)]
-            for message in created:
-                self._put(message)
-        return created
+            for n, new in enumerate(news):
+                self._put(new.as_pending(first + n))
+        return list(range(first, first + len(news)))
 
     def claim(self, ids: Sequence[int], now: datetime) -> dict[int, Message]:
         claimed: dict[int, Message] = {}
@@ -155,11 +154,3 @@ class MemorySupervisor(Supervisor):
                                                   commit_delay=self.settings.commit_delay)
 
 
-def _pending(message_id: int, new: NewMessage) -> Message:
-    return Message(
-        id=message_id, phone=new.phone, user_id=new.user_id, text=new.text, attachment=new.attachment,
-        priority=new.priority, status=Status.PENDING, created_at=new.created_at,
-        scheduled_at=new.scheduled_at, available_at=new.scheduled_at or new.created_at, attempts=0,
-        max_attempts=new.max_attempts, last_error=None, completed_at=None,
-        updated_at=new.created_at, idempotency_key=new.idempotency_key,
-    )

@@ -24,6 +24,7 @@ from bench.seed import SeedQueue
 from storage import Message, open_database
 from supervisor import (
     AccountSettings,
+    Broadcast,
     Enqueue,
     EnqueueBatch,
     GetStats,
@@ -33,7 +34,7 @@ from supervisor import (
     SupervisorSettings,
 )
 
-__all__ = ["NO_OP_SETTINGS", "SYSTEMS", "Queue", "open_system"]
+__all__ = ["NO_OP_SETTINGS", "SYSTEMS", "PostroomQueue", "Queue", "open_system"]
 
 #: In the order columns are printed.
 SYSTEMS = ("postroom", "nodb", "seed", "huey")
@@ -76,6 +77,12 @@ class PostroomQueue:
 
     def enqueue_one(self, index: int, phone: str) -> None:
         self.ref.ask(self.command(index, phone), timeout=_ASK_TIMEOUT)
+
+    def broadcast(self, items: Sequence[tuple[int, str]]) -> None:
+        """One text to every (index, phone): recipient `index` of account `phone`, one commit."""
+        recipients = [(phone, str(index)) for index, phone in items]
+        self.ref.ask(Broadcast(recipients, text="broadcast", scheduled_at=self.scheduled_at),
+                     timeout=_ASK_TIMEOUT)
 
     def wait_finished(self, count: int, timeout: float) -> None:
         wait_until(lambda: self._completed() >= count, timeout, f"{count} completed rows")

@@ -85,6 +85,17 @@ class NewMessage:
             other.max_attempts,
         )
 
+    def as_pending(self, message_id: int) -> Message:
+        """The row `Storage.insert` wrote for this message under `message_id`."""
+        return Message(
+            id=message_id, phone=self.phone, user_id=self.user_id, text=self.text,
+            attachment=self.attachment, priority=self.priority, status=Status.PENDING,
+            created_at=self.created_at, scheduled_at=self.scheduled_at,
+            available_at=self.scheduled_at or self.created_at, attempts=0,
+            max_attempts=self.max_attempts, last_error=None, completed_at=None,
+            updated_at=self.created_at, idempotency_key=self.idempotency_key,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Message:

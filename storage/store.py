@@ -189,8 +189,15 @@ class Storage:
 
     # -- writes (inside write_transaction, persistence actor only) -------------------
 
-    def insert(self, news: Sequence[NewMessage]) -> list[Message | IdempotencyConflict]:
-        """Insert new messages; a repeated idempotency key answers the first message instead."""
+    def insert(self, news: Sequence[NewMessage]) -> list[int | Message | IdempotencyConflict]:
+        """Insert new messages; answers, in order: the new row's id, or for a repeated
+        idempotency key the message first written with it (`IdempotencyConflict` when
+        the payload differs). A key repeated inside `news` answers the first one's id.
+
+        No `Message` is built here: a broadcast's 100,000 rows would hold the write
+        transaction (and the caller's answer) for a third of a second; the caller builds
+        them after the commit with `NewMessage.as_pending`.
+        """
         known = self._by_idempotency_keys([n.idempotency_key for n in news if n.idempotency_key])
         plan: list[int | Message | IdempotencyConflict] = []  # an int indexes `fresh`
         fresh: list[NewMessage] = []
@@ -209,12 +216,11 @@ class Storage:
                 plan.append(len(fresh))
                 fresh.append(new)
         ids = self._dialect.allocate_ids(len(fresh)) if fresh else []
-        created = [_pending_message(i, new) for i, new in zip(ids, fresh, strict=True)]
-        self._insert_pending(created)
-        return [created[step] if isinstance(step, int) else step for step in plan]
+        self._insert_pending(ids, fresh)
+        return [ids[step] if isinstance(step, int) else step for step in plan]
 
-    def _insert_pending(self, messages: Sequence[Message]) -> None:
-        if not messages:
+    def _insert_pending(self, ids: Sequence[int], news: Sequence[NewMessage]) -> None:
+        if not news:
             return
         marks = ", ".join("?" * 14)
         sql = self._dialect.sql(f"INSERT INTO message_queue ({_INSERT_COLUMNS}) VALUES ({marks})")
@@ -222,10 +228,11 @@ class Storage:
         micros = functools.lru_cache(maxsize=64)(_micros)
         pending = Status.PENDING.value
         params = [
-            (m.id, m.phone, m.user_id, m.text.encode("utf-8"), m.attachment, int(m.priority),
-             pending, micros(m.created_at), micros(m.scheduled_at), micros(m.available_at), 0,
-             m.max_attempts, micros(m.updated_at), m.idempotency_key)
-            for m in messages
+            (message_id, n.phone, n.user_id, n.text.encode("utf-8"), n.attachment, int(n.priority),
+             pending, micros(n.created_at), micros(n.scheduled_at),
+             micros(n.scheduled_at or n.created_at), 0, n.max_attempts, micros(n.created_at),
+             n.idempotency_key)
+            for message_id, n in zip(ids, news, strict=True)
         ]
         with self._guard():
             self.db.cursor().executemany(sql, params)
@@ -233,9 +240,13 @@ class Storage:
     def _by_idempotency_keys(self, keys: Sequence[str | None]) -> dict[str | None, Message]:
         if not keys:
             return {}
-        with self._guard():
-            rows = self.Row.select().where(self.Row.idempotency_key.in_(list(keys)))
-            return {row.idempotency_key: self._message(row) for row in rows}
+        found: dict[str | None, Message] = {}
+        for start in range(0, len(keys), _ID_CHUNK):  # PostgreSQL takes at most 65,535 parameters
+            chunk = list(keys[start:start + _ID_CHUNK])
+            with self._guard():
+                rows = self.Row.select().where(self.Row.idempotency_key.in_(chunk))
+                found.update((row.idempotency_key, self._message(row)) for row in rows)
+        return found
 
     def claim(self, ids: Sequence[int], now: datetime) -> dict[int, Message]:
         """Move open, due messages to PROCESSING and count the attempt; others are left alone.
@@ -504,17 +515,6 @@ def _from_micros(value: int | None) -> datetime | None:
 
 def _micros(value: datetime | None) -> int | None:
     return to_micros(value) if value is not None else None
-
-
-def _pending_message(message_id: int, new: NewMessage) -> Message:
-    return Message(
-        id=message_id, phone=new.phone, user_id=new.user_id, text=new.text,
-        attachment=new.attachment, priority=new.priority, status=Status.PENDING,
-        created_at=new.created_at, scheduled_at=new.scheduled_at,
-        available_at=new.scheduled_at or new.created_at, attempts=0,
-        max_attempts=new.max_attempts, last_error=None, completed_at=None,
-        updated_at=new.created_at, idempotency_key=new.idempotency_key,
-    )
 
 
 def _settle_interrupted(message: Message, delivery: Delivery, now: datetime) -> Message:

@@ -16,6 +16,7 @@ from actors.retry import BackoffPolicy
 from storage import Storage, open_database
 from supervisor import (
     AccountSettings,
+    Broadcast,
     CancelMessage,
     CleanupNow,
     Enqueue,
@@ -238,6 +239,54 @@ def test_batch_enqueue_answers_ids_in_order(sqlite_url: str) -> None:
                                 for i in range(100)]))
     assert ids == sorted(ids) and len(set(ids)) == 100
     sender.wait_for(100)
+
+
+def test_broadcast_commits_once_and_each_account_sends_its_share_in_order(
+        sqlite_url: str, logs: LogCapture) -> None:
+    """A Broadcast answers one id per recipient in order; every account sends its share in id
+    order; the batch is one log line, without the text or a phone."""
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender)
+    recipients = [(f"+1555000{i % 3}", f"user-{i}") for i in range(90)]
+    ids = ref.ask(Broadcast(recipients, text="secret news", priority=Priority.LOW))
+    assert ids == sorted(ids) and len(set(ids)) == 90
+    sender.wait_for(90)
+    for phone in {p for p, _ in recipients}:
+        mine = [i for i, (p, _) in zip(ids, recipients, strict=True) if p == phone]
+        assert sender.ids(phone) == mine
+    sent = ref.ask(GetMessage(ids[7]))
+    assert (sent.phone, sent.user_id, sent.text, sent.priority) == (
+        "+15550001", "user-7", "secret news", Priority.LOW)
+    lines = [e for e in logs.entries if e["event"] == "messages.enqueued"]
+    assert [(e["count"], e["first_id"], e["last_id"], e["accounts"]) for e in lines] == [
+        (90, ids[0], ids[-1], 3)]
+    assert "secret news" not in repr(logs.entries) and "+15550001" not in repr(logs.entries)
+
+
+def test_broadcast_with_a_key_is_safe_to_send_again(sqlite_url: str) -> None:
+    """Sent again with its idempotency key (after a timeout, say), a broadcast answers the same
+    ids and writes nothing; a different text under the same key is refused per recipient."""
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender)
+    recipients = [("+15550001", f"user-{i}") for i in range(600)]  # more keys than one IN (...) list
+    first = ref.ask(Broadcast(recipients, text="hello", idempotency_key="launch"))
+    again = ref.ask(Broadcast(recipients, text="hello", idempotency_key="launch"))
+    assert again == first
+    other = ref.ask(Broadcast(recipients[:2], text="changed", idempotency_key="launch"))
+    assert all(isinstance(o, IdempotencyConflict) for o in other)
+    sender.wait_for(600)
+    assert ref.ask(GetStats()).total == 600
+    assert ref.ask(GetMessage(first[5])).idempotency_key == "launch:5"
+
+
+def test_invalid_broadcast_writes_nothing(sqlite_url: str) -> None:
+    """One bad recipient (named by its place) or a bad shared field refuses the whole broadcast."""
+    ref = start(sqlite_url, RecordingSender())
+    with pytest.raises(ValidationError, match="recipient 2: user_id"):
+        ref.ask(Broadcast([("+1", "a"), ("+1", "b"), ("+1", "")], text="x"))
+    with pytest.raises(ValidationError, match="text or an attachment"):
+        ref.ask(Broadcast([("+1", "a")]))
+    assert ref.ask(GetStats()).total == 0
 
 
 def test_restart_delivers_pending_retrying_and_scheduled_in_order(sqlite_url: str) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from actors.messages import Enqueue
-from actors.validation import Limits, validate_enqueue
+from actors.messages import Broadcast, Enqueue
+from actors.validation import Limits, validate_broadcast, validate_enqueue, validate_enqueues
 from storage import Priority, ValidationError
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -75,3 +75,45 @@ def test_not_an_enqueue() -> None:
     """Anything but an Enqueue is refused."""
     with pytest.raises(ValidationError):
         validate_enqueue("hello", NOW, Limits())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("broadcast", "fragment"),
+    [
+        (Broadcast("+1555,42", text="hi"), "sequence of \\(phone, user_id\\) pairs"),  # a string
+        (Broadcast([("+1555", "42"), ("+1555",)], text="hi"), "recipient 1 must be a"),  # not a pair
+        (Broadcast([("+1555", "42"), ("", "43")], text="hi"), "recipient 1: phone"),
+        (Broadcast([("+1555", None)], text="hi"), "recipient 0: user_id"),  # type: ignore[list-item]
+        (Broadcast([("+1555", "42")], text=""), "text or an attachment"),
+        (Broadcast([("+1555", "42")], text="hi", max_attempts=0), "max_attempts"),
+        (Broadcast([("+1555", "42")], text="hi", idempotency_key="k" * 250), "idempotency_key"),
+        (Broadcast([("+1555", "42")], text="hi", scheduled_at=datetime(2030, 1, 1)), "timezone-aware"),
+    ],
+)
+def test_invalid_broadcast_is_refused(broadcast: Broadcast, fragment: str) -> None:
+    """A bad recipient is named by its place; a bad shared field refuses the whole broadcast."""
+    with pytest.raises(ValidationError, match=fragment):
+        validate_broadcast(broadcast, NOW, Limits())
+
+
+def test_broadcast_becomes_one_new_message_per_recipient() -> None:
+    """Shared fields are copied to every recipient; keys are derived per recipient by place."""
+    later = datetime(2030, 1, 2, tzinfo=timezone(timedelta(hours=-5)))
+    news = validate_broadcast(Broadcast([("+1", "a"), ("+2", "b"), ("+1", "a")], text="hi",
+                                        priority=Priority.LOW, scheduled_at=later,
+                                        idempotency_key="news"), NOW, Limits())
+    assert [(n.phone, n.user_id, n.idempotency_key) for n in news] == [
+        ("+1", "a", "news:0"), ("+2", "b", "news:1"), ("+1", "a", "news:2")]
+    assert {(n.text, n.priority, n.scheduled_at, n.max_attempts, n.created_at) for n in news} == {
+        ("hi", Priority.LOW, later.astimezone(UTC), Limits().default_max_attempts, NOW)}
+
+
+def test_a_batch_checks_every_message_even_with_repeated_values() -> None:
+    """Values already checked in a batch are not checked again, but every message still is:
+    a bad one after many good ones with the same account is refused."""
+    good = [command(text=str(i)) for i in range(5)]
+    assert [n.text for n in validate_enqueues(good, NOW, Limits())] == ["0", "1", "2", "3", "4"]
+    with pytest.raises(ValidationError, match="user_id"):
+        validate_enqueues([*good, command(user_id=" ")], NOW, Limits())
+    with pytest.raises(ValidationError, match="longer than 4"):
+        validate_enqueues([*good, command(text="hello")], NOW, Limits(max_text_length=4))
