@@ -311,8 +311,8 @@ class Supervisor(DeferredReplyActor):
                 news = validate_enqueues(commands, self.clock.now(), self.settings.limits)
                 self.persistence.tell(Persist(news, request, batch=True))
             case Broadcast() as broadcast:
-                news = validate_broadcast(broadcast, self.clock.now(), self.settings.limits)
-                self.persistence.tell(Persist(news, request, batch=True))
+                recipients = validate_broadcast(broadcast, self.clock.now(), self.settings.limits)
+                self.persistence.tell(Persist(recipients, request, batch=True))
             case GetMessage(message_id):
                 self._read(request, self.storage.get, message_id)
             case ListMessages(phone, status, limit, after_id):
@@ -335,8 +335,8 @@ class Supervisor(DeferredReplyActor):
 
     def _handle_internal(self, message: Any) -> None:
         match message:
-            case Inserted(rows):
-                self._route([new.as_pending(message_id) for message_id, new in rows])
+            case Inserted(news, rows):
+                self._route([news[position].as_pending(message_id) for message_id, position in rows])
             case Committed(messages):
                 self._route(messages)
             case Forget(phone) as forget:

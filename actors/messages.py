@@ -198,8 +198,10 @@ class Inserted:
     100,000 would hold up the next commit by a third of a second.
     """
 
-    rows: Sequence[tuple[int, NewMessage]]
-    """(id, what was written), in id order."""
+    news: Sequence[NewMessage]
+    """What the `Persist` carried."""
+    rows: Sequence[tuple[int, int]]
+    """(id, position in `news`) of each new row, in id order."""
 
 
 @dataclass(frozen=True, slots=True)

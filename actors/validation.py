@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from actors.messages import Broadcast, Enqueue
-from storage import NewMessage, Priority, ValidationError
+from storage import NewBroadcast, NewMessage, Priority, ValidationError
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")  # a broadcast checks 100,000 ids: scanned in C, not char by char
 
@@ -42,9 +42,8 @@ def validate_enqueues(commands: Sequence[Enqueue], now: datetime, limits: Limits
     return [_validate(command, now, limits, checked) for command in commands]
 
 
-def validate_broadcast(command: Broadcast, now: datetime, limits: Limits) -> list[NewMessage]:
-    """One `NewMessage` per recipient of a `Broadcast`, all or nothing; the shared fields
-    are checked once."""
+def validate_broadcast(command: Broadcast, now: datetime, limits: Limits) -> NewBroadcast:
+    """A `Broadcast`'s messages, all or nothing; the shared fields are checked once."""
     if not isinstance(command, Broadcast):
         raise ValidationError(f"expected Broadcast, got {type(command).__name__}")
     recipients = command.recipients
@@ -52,25 +51,26 @@ def validate_broadcast(command: Broadcast, now: datetime, limits: Limits) -> lis
         raise ValidationError("recipients must be a sequence of (phone, user_id) pairs")
     checked: set[tuple[str, str]] = set()
     key = command.idempotency_key
-    if key is not None:  # room for ":<index>" within the column
+    if key is not None:  # room for ":<position>" within the column
         _identifier("idempotency_key", key, limits.max_field_length - 12, checked)
     scheduled_at, max_attempts = _body(command, limits, checked)
-    news: list[NewMessage] = []
-    for index, pair in enumerate(recipients):
+    pairs: list[tuple[str, str]] = []  # a copy: the caller may reuse its list once told
+    for position, pair in enumerate(recipients):
         if not isinstance(pair, tuple | list) or len(pair) != 2:
-            raise ValidationError(f"recipient {index} must be a (phone, user_id) pair")
+            raise ValidationError(f"recipient {position} must be a (phone, user_id) pair")
         phone, user_id = pair
         try:
             _identifier("phone", phone, limits.max_phone_length, checked)
             _identifier("user_id", user_id, limits.max_field_length, checked)
         except ValidationError as error:
-            raise ValidationError(f"recipient {index}: {error}") from None
-        news.append(NewMessage(
-            phone=phone, user_id=user_id, text=command.text, attachment=command.attachment,
-            priority=command.priority, created_at=now, scheduled_at=scheduled_at,
-            max_attempts=max_attempts, idempotency_key=None if key is None else f"{key}:{index}",
-        ))
-    return news
+            raise ValidationError(f"recipient {position}: {error}") from None
+        pairs.append((phone, user_id))
+    template = NewMessage(
+        phone="", user_id="", text=command.text, attachment=command.attachment,
+        priority=command.priority, created_at=now, scheduled_at=scheduled_at,
+        max_attempts=max_attempts, idempotency_key=key,
+    )
+    return NewBroadcast(template, pairs)
 
 
 def _validate(command: Enqueue, now: datetime, limits: Limits, checked: set[tuple[str, str]]) -> NewMessage:
@@ -103,7 +103,7 @@ def _body(command: Enqueue | Broadcast, limits: Limits,
 
 
 def _identifier(name: str, value: object, max_length: int, checked: set[tuple[str, str]]) -> None:
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value or value.isspace():
         raise ValidationError(f"{name} must be a non-empty string")
     if (name, value) in checked:
         return
@@ -111,7 +111,8 @@ def _identifier(name: str, value: object, max_length: int, checked: set[tuple[st
         raise ValidationError(f"{name} is longer than {max_length}")
     if _CONTROL.search(value):
         raise ValidationError(f"{name} must not contain control characters")
-    _encodable(name, value)
+    if not value.isascii():  # ASCII always encodes: a broadcast's ids skip the encode
+        _encodable(name, value)
     checked.add((name, value))
 
 

@@ -6,8 +6,10 @@ Frozen and free of peewee, so actors and users never hold a database row.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import overload
 
 
 class Priority(enum.IntEnum):
@@ -95,6 +97,43 @@ class NewMessage:
             max_attempts=self.max_attempts, last_error=None, completed_at=None,
             updated_at=self.created_at, idempotency_key=self.idempotency_key,
         )
+
+
+class NewBroadcast(Sequence[NewMessage]):
+    """A validated broadcast: one message to many (phone, user_id) recipients.
+
+    A sequence of `NewMessage`s, built only when asked for one: `Storage.insert` writes
+    a broadcast's rows straight from its shared fields and its recipients, where 100,000
+    objects would cost a tenth of a second.
+    """
+
+    __slots__ = ("recipients", "template")
+
+    def __init__(self, template: NewMessage, recipients: Sequence[tuple[str, str]]) -> None:
+        self.template = template
+        """The shared fields; its phone and user_id are unused, its key is the prefix of each
+        recipient's key (`f"{key}:{position}"`)."""
+        self.recipients = recipients
+        """(phone, user_id) per message, in send order."""
+
+    def __len__(self) -> int:
+        return len(self.recipients)
+
+    @overload
+    def __getitem__(self, position: int) -> NewMessage: ...
+
+    @overload
+    def __getitem__(self, position: slice) -> list[NewMessage]: ...
+
+    def __getitem__(self, position: int | slice) -> NewMessage | list[NewMessage]:
+        if isinstance(position, slice):
+            return [self[k] for k in range(*position.indices(len(self)))]
+        position = range(len(self))[position]  # negative positions, and IndexError past the end
+        phone, user_id = self.recipients[position]
+        t = self.template
+        return NewMessage(phone, user_id, t.text, t.attachment, t.priority, t.created_at,
+                          t.scheduled_at, t.max_attempts,
+                          None if t.idempotency_key is None else f"{t.idempotency_key}:{position}")
 
 
 @dataclass(frozen=True, slots=True)

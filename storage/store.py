@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -26,6 +26,7 @@ from storage.domain import (
     AccountView,
     Delivery,
     Message,
+    NewBroadcast,
     NewMessage,
     Priority,
     QueueStats,
@@ -198,6 +199,10 @@ class Storage:
         transaction (and the caller's answer) for a third of a second; the caller builds
         them after the commit with `NewMessage.as_pending`.
         """
+        if isinstance(news, NewBroadcast) and news.template.idempotency_key is None:
+            ids = self._dialect.allocate_ids(len(news)) if news else []
+            self._insert_pending(ids, news)  # no keys: every row is new
+            return list(ids)
         known = self._by_idempotency_keys([n.idempotency_key for n in news if n.idempotency_key])
         plan: list[int | Message | IdempotencyConflict] = []  # an int indexes `fresh`
         fresh: list[NewMessage] = []
@@ -224,16 +229,17 @@ class Storage:
             return
         marks = ", ".join("?" * 14)
         sql = self._dialect.sql(f"INSERT INTO message_queue ({_INSERT_COLUMNS}) VALUES ({marks})")
-        # A batch shares one enqueue instant (and a broadcast often one schedule): convert each once.
-        micros = functools.lru_cache(maxsize=64)(_micros)
-        pending = Status.PENDING.value
-        params = [
-            (message_id, n.phone, n.user_id, n.text.encode("utf-8"), n.attachment, int(n.priority),
-             pending, micros(n.created_at), micros(n.scheduled_at),
-             micros(n.scheduled_at or n.created_at), 0, n.max_attempts, micros(n.created_at),
-             n.idempotency_key)
-            for message_id, n in zip(ids, news, strict=True)
-        ]
+        if isinstance(news, NewBroadcast):
+            key = news.template.idempotency_key
+            shared = _shared_values(news.template)
+            params = [(message_id, phone, user_id, *shared, None if key is None else f"{key}:{k}")
+                      for k, (message_id, (phone, user_id)) in enumerate(zip(ids, news.recipients,
+                                                                               strict=True))]
+        else:
+            # A batch shares one enqueue instant (and a broadcast often one schedule): convert each once.
+            micros = functools.lru_cache(maxsize=64)(_micros)
+            params = [(message_id, n.phone, n.user_id, *_shared_values(n, micros), n.idempotency_key)
+                      for message_id, n in zip(ids, news, strict=True)]
         with self._guard():
             self.db.cursor().executemany(sql, params)
 
@@ -515,6 +521,15 @@ def _from_micros(value: int | None) -> datetime | None:
 
 def _micros(value: datetime | None) -> int | None:
     return to_micros(value) if value is not None else None
+
+
+def _shared_values(new: NewMessage,
+                   micros: Callable[[datetime | None], int | None] = _micros) -> tuple[Any, ...]:
+    """A new row's values from text to updated_at, in `_INSERT_COLUMNS` order: what the
+    messages of a broadcast have in common."""
+    return (new.text.encode("utf-8"), new.attachment, int(new.priority), Status.PENDING.value,
+            micros(new.created_at), micros(new.scheduled_at), micros(new.scheduled_at or new.created_at),
+            0, new.max_attempts, micros(new.created_at))
 
 
 def _settle_interrupted(message: Message, delivery: Delivery, now: datetime) -> Message:

@@ -103,6 +103,28 @@ def test_coroutine_sender_runs_on_the_bots_loop(sqlite_url: str) -> None:
     asyncio.run(main())
 
 
+def test_broadcast_and_batch_from_the_loop(sqlite_url: str) -> None:
+    """`broadcast` and `enqueue_batch` answer every id in order, and each is sent once."""
+
+    async def main() -> None:
+        sent: list[tuple[int, str]] = []
+        done = asyncio.Event()
+
+        async def send(message: Message) -> None:
+            sent.append((message.id, message.user_id))
+            if len(sent) == 5:
+                done.set()
+
+        room = await AsyncPostroom.start(sqlite_url, send, settings=settings())
+        told = await room.broadcast([("+15550001", "a"), ("+15550001", "b"), ("+15550002", "c")], "hi")
+        batch = await room.enqueue_batch([Enqueue(phone="+15550003", user_id=u, text="x") for u in "de"])
+        await asyncio.wait_for(done.wait(), 10)
+        assert sorted(sent) == list(zip(told + batch, "abcde", strict=True))
+        await room.stop()
+
+    asyncio.run(main())
+
+
 def test_coroutine_sender_timeout_cancels_the_task(sqlite_url: str) -> None:
     """A coroutine that outlives the send timeout is cancelled and recorded as retrying."""
 

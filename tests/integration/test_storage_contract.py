@@ -11,6 +11,7 @@ from storage import (
     IdempotencyConflict,
     InvalidTransition,
     MessageNotFound,
+    NewBroadcast,
     NewMessage,
     Priority,
     Status,
@@ -140,6 +141,27 @@ def test_idempotency_key(storage: Storage) -> None:
     assert isinstance(results[1], IdempotencyConflict)
     assert type(results[2]) is int and results[3] == results[2]  # repeated in the batch: one row
     assert storage.stats().total == 2
+
+
+@pytest.mark.parametrize("key", [None, "news"])
+def test_a_broadcast_writes_the_rows_its_messages_would(storage: Storage, key: str | None) -> None:
+    """A broadcast, written from its shared fields, leaves the same rows as its messages one by one."""
+    template = new(priority=Priority.LOW, text="héllo", scheduled_at=NOW + timedelta(hours=1), key=key)
+    broadcast = NewBroadcast(template, [("+1", "a"), ("+2", "b"), ("+1", "c")])
+    assert [(n.phone, n.user_id, n.idempotency_key) for n in broadcast] == [
+        ("+1", "a", None if key is None else "news:0"), ("+2", "b", None if key is None else "news:1"),
+        ("+1", "c", None if key is None else "news:2")]
+    assert broadcast[-1] == broadcast[2] and broadcast[1:] == [broadcast[1], broadcast[2]]
+    with pytest.raises(IndexError):
+        broadcast[3]
+    with storage.write_transaction():
+        ids = storage.insert(broadcast)
+    written = [storage.get(i) for i in ids]  # type: ignore[arg-type]
+    assert written == [n.as_pending(i) for i, n in zip(ids, broadcast, strict=True)]  # type: ignore[arg-type]
+    if key is not None:
+        with storage.write_transaction():
+            assert [r.id for r in storage.insert(broadcast)] == ids  # type: ignore[union-attr]
+    assert storage.stats().total == 3
 
 
 def test_idempotency_keys_of_a_big_batch_are_looked_up_in_chunks(storage: Storage) -> None:
