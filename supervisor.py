@@ -188,8 +188,9 @@ class SupervisorSettings:
     with `send_timeout` set waits on one of them; with `send_timeout=None` it runs on one, so
     this many hung senders would stall every account."""
     commit_delay: float = 0.001
-    """Seconds the writer gathers more writes before a commit when they arrive back to back
-    (group commit under load: fewer fsyncs per message); 0: commit at once, always."""
+    """At most this many seconds the writer gathers more writes before a commit when they
+    arrive back to back, while they keep arriving (group commit under load: fewer fsyncs per
+    message); 0: commit at once, always."""
     pacing: Pacing = field(default_factory=Pacing)
     """Rate and per-recipient interval of every account (a guard; retry_after always wins)."""
     pacing_by_account: Mapping[str, Pacing] = field(default_factory=dict)
