@@ -336,8 +336,9 @@ class Supervisor(DeferredReplyActor):
 
     def _handle_internal(self, message: Any) -> None:
         match message:
-            case Inserted(news, rows):
-                self._route([news[position].as_pending(message_id) for message_id, position in rows])
+            case Inserted(parts):
+                self._route([news[position].as_pending(message_id)
+                             for news, rows in parts for message_id, position in rows])
             case Committed(messages):
                 self._route(messages)
             case Forget(phone) as forget:

@@ -194,14 +194,12 @@ class Committed:
 class Inserted:
     """Persistence -> supervisor: new rows are committed; hand them to their accounts.
 
-    The supervisor builds their `Message`s, not the single writer: a broadcast's
-    100,000 would hold up the next commit by a third of a second.
+    One per commit. The supervisor builds their `Message`s, not the single writer: a
+    broadcast's 100,000 would hold up the next commit by a third of a second.
     """
 
-    news: Sequence[NewMessage]
-    """What the `Persist` carried."""
-    rows: Sequence[tuple[int, int]]
-    """(id, position in `news`) of each new row, in id order."""
+    parts: Sequence[tuple[Sequence[NewMessage], Sequence[tuple[int, int]]]]
+    """Per `Persist` of the commit: what it carried, and (id, position in it) of each new row."""
 
 
 @dataclass(frozen=True, slots=True)
