@@ -7,10 +7,13 @@ import threading
 import pytest
 
 from supervisor import (
+    Broadcast,
     CancelMessage,
     Enqueue,
     EnqueueBatch,
+    GetMessage,
     GetStats,
+    IdempotencyConflict,
     Priority,
     Status,
 )
@@ -47,3 +50,21 @@ def test_supervisor_on_postgres_delivers_in_order_and_restarts(postgres_url: str
     with pytest.raises(Exception, match="completed"):
         again.ask(CancelMessage(later))
     again.stop()
+
+
+def test_broadcast_on_postgres_with_a_key_is_sent_once(postgres_url: str) -> None:
+    """A keyed broadcast over more keys than one lookup holds: sent again it writes nothing;
+    each account sends its share in order."""
+    sender = RecordingSender()
+    ref = start(postgres_url, sender)
+    recipients = [(f"+pg{i % 4}", f"user-{i}") for i in range(1_200)]
+    ids = ref.ask(Broadcast(recipients, text="news", idempotency_key="b1"))
+    assert ids == sorted(ids) and ref.ask(Broadcast(recipients, text="news", idempotency_key="b1")) == ids
+    assert isinstance(ref.ask(Broadcast(recipients[:1], text="other", idempotency_key="b1"))[0],
+                      IdempotencyConflict)
+    sender.wait_for(1_200, timeout=60)
+    for phone in {p for p, _ in recipients}:
+        assert sender.ids(phone) == [i for i, (p, _) in zip(ids, recipients, strict=True) if p == phone]
+    assert ref.ask(GetMessage(ids[-1])).idempotency_key == "b1:1199"
+    assert ref.ask(GetStats()).total == 1_200
+    ref.stop()
