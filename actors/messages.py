@@ -172,7 +172,7 @@ class Health:
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """Insert validated messages; answer `request` with ids once committed, then route them."""
+    """Insert validated messages; once committed, hand them to the supervisor, then answer `request`."""
 
     news: Sequence[NewMessage]
     """Already validated."""
