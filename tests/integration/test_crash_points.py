@@ -6,13 +6,19 @@ A resend may happen only where the send had happened and was not yet recorded
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.crash_harness import Harness
+from supervisor import Broadcast, GetStats, Status
+from tests.conftest import eventually
+from tests.integration.crash_harness import ROOT, Harness
+from tests.integration.helpers import RecordingSender, start
 
 KILLED = -signal.SIGKILL
 
@@ -84,3 +90,35 @@ def test_crash_during_rehydration_is_the_same_as_one_rehydration(tmp_path: Path)
     verdict = harness.verdict()
     assert verdict.lost == [] and verdict.not_final == []
     assert verdict.duplicated_ids == harness.run.sent_unrecorded
+
+
+RECIPIENTS = [(f"+1555000{i % 3}", f"u{i}") for i in range(500)]
+BROADCAST_CHILD = f"""
+from supervisor import Broadcast, Supervisor
+import sys
+ref = Supervisor.start(database=sys.argv[1], sender=lambda message: None)
+ref.ask(Broadcast({RECIPIENTS!r}, text="news", idempotency_key="launch"), timeout=60)
+print("ANSWERED", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_broadcast_killed_before_its_answer_is_whole_and_sent_once(tmp_path: Path) -> None:
+    """SIGKILL after a broadcast's commit, before its caller hears back: every row is there (one
+    transaction); sent again with its key after the restart it writes nothing and answers the
+    same ids, and each message is sent once."""
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    env = {**os.environ, "POSTROOM_CRASH_AT": "enqueue.committed", "PYTHONPATH": str(ROOT)}
+    child = subprocess.run([sys.executable, "-c", BROADCAST_CHILD, url], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=90, check=False)
+    assert child.returncode == KILLED and "ANSWERED" not in child.stdout, child.stderr[-2000:]
+    committed = rows(tmp_path / "queue.db")
+    assert len(committed) == 500 and {s for s, _ in committed.values()} == {"pending"}
+
+    sender = RecordingSender()
+    ref = start(url, sender)
+    ids = ref.ask(Broadcast(RECIPIENTS, text="news", idempotency_key="launch"))
+    assert ids == sorted(committed)  # the retry found every row by its key
+    sender.wait_for(500)
+    assert sorted(sender.ids()) == ids  # once each
+    eventually(lambda: ref.ask(GetStats()).by_status[Status.COMPLETED] == 500)
