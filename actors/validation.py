@@ -121,10 +121,10 @@ def _text(text: object, attachment: object, limits: Limits, checked: set[tuple[s
         raise ValidationError("text must be a string")
     if not text and attachment is None:
         raise ValidationError("a message needs a text or an attachment")
-    if ("text", text) in checked:
-        return
     if len(text) > limits.max_text_length:
         raise ValidationError(f"text is longer than {limits.max_text_length} characters")
+    if text.isascii() or ("text", text) in checked:
+        return  # ASCII always encodes; a long non-ASCII broadcast text is encoded once
     _encodable("text", text)
     checked.add(("text", text))
 
