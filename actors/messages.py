@@ -68,16 +68,12 @@ class Broadcast:
 
     recipients: Sequence[tuple[str, str]]
     """(phone, user_id) pairs: the sending account and the recipient, in send order."""
+    # The message every recipient gets: these mean what `Enqueue`'s fields of the same name do.
     text: str = ""
-    """The body; may be empty only with an attachment."""
     priority: Priority = Priority.NORMAL
-    """HIGH before NORMAL before LOW among each account's due messages."""
     attachment: str | None = None
-    """An opaque reference for the sender (file id, URL)."""
     scheduled_at: datetime | None = None
-    """Send no earlier than this (timezone-aware); None means now."""
     max_attempts: int | None = None
-    """Attempts before each ends failed; None takes the supervisor's default."""
     idempotency_key: str | None = None
     """Makes the broadcast safe to send again after a crash or a timeout: recipient
     number i (from 0) gets the key `f"{idempotency_key}:{i}"`."""
