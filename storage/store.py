@@ -201,7 +201,7 @@ class Storage:
         """
         if isinstance(news, NewBroadcast) and news.template.idempotency_key is None:
             ids = self._dialect.allocate_ids(len(news)) if news else []
-            self._insert_pending(ids, news)  # no keys: every row is new
+            self._insert_broadcast(ids, news)  # no keys: every row is new
             return list(ids)
         known = self._by_idempotency_keys([n.idempotency_key for n in news if n.idempotency_key])
         plan: list[int | Message | IdempotencyConflict] = []  # an int indexes `fresh`
@@ -225,21 +225,23 @@ class Storage:
         return [ids[step] if isinstance(step, int) else step for step in plan]
 
     def _insert_pending(self, ids: Sequence[int], news: Sequence[NewMessage]) -> None:
-        if not news:
+        # A batch shares one enqueue instant (and often one schedule): convert each once.
+        micros = functools.lru_cache(maxsize=64)(_micros)
+        self._insert_rows([(message_id, n.phone, n.user_id, *_shared_values(n, micros), n.idempotency_key)
+                           for message_id, n in zip(ids, news, strict=True)])
+
+    def _insert_broadcast(self, ids: Sequence[int], broadcast: NewBroadcast) -> None:
+        """A broadcast without a key, written from its shared fields (a keyed one is taken
+        apart by `insert`: each recipient's key is its own)."""
+        shared = _shared_values(broadcast.template)
+        self._insert_rows([(message_id, phone, user_id, *shared, None)
+                           for message_id, (phone, user_id) in zip(ids, broadcast.recipients, strict=True)])
+
+    def _insert_rows(self, params: list[tuple[Any, ...]]) -> None:
+        if not params:
             return
         marks = ", ".join("?" * 14)
         sql = self._dialect.sql(f"INSERT INTO message_queue ({_INSERT_COLUMNS}) VALUES ({marks})")
-        if isinstance(news, NewBroadcast):
-            key = news.template.idempotency_key
-            shared = _shared_values(news.template)
-            params = [(message_id, phone, user_id, *shared, None if key is None else f"{key}:{k}")
-                      for k, (message_id, (phone, user_id)) in enumerate(zip(ids, news.recipients,
-                                                                               strict=True))]
-        else:
-            # A batch shares one enqueue instant (and a broadcast often one schedule): convert each once.
-            micros = functools.lru_cache(maxsize=64)(_micros)
-            params = [(message_id, n.phone, n.user_id, *_shared_values(n, micros), n.idempotency_key)
-                      for message_id, n in zip(ids, news, strict=True)]
         with self._guard():
             self.db.cursor().executemany(sql, params)
 
