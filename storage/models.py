@@ -7,6 +7,8 @@ from typing import Any
 
 import peewee
 
+from storage.domain import OPEN_STATUSES
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -64,10 +66,10 @@ class MessageRow(peewee.Model):
     class Meta:
         table_name = "message_queue"
         indexes = (
-            # Every index costs each status change a page write, so: only these.
-            (("phone", "status"), False),  # an account's open work
+            # Every index costs each insert and status change a page write, and an insert
+            # spread over many accounts dirties one page per account in each index keyed
+            # by phone: so only one such index covers every row.
             (("status", "phone"), False),  # by status: boot (accounts with work), cleanup, stats
-            (("phone", "priority", "id"), False),  # an account's window in send order
         )
 
 
@@ -87,5 +89,20 @@ class AccountRow(peewee.Model):
 # nothing on insert (a plain unique index stores every NULL too).
 MessageRow.add_index(MessageRow.index(MessageRow.idempotency_key, unique=True,
                                       where=MessageRow.idempotency_key.is_null(False)))
+
+#: The condition of an open row, spelled as a literal so that the planners of SQLite and
+#: PostgreSQL can match a query to `open_by_account`: queries of open work repeat it verbatim.
+OPEN_ROWS = "status IN ({})".format(", ".join(f"'{status.value}'" for status in sorted(OPEN_STATUSES)))
+
+# An account's open work in send order, and nothing else: a row leaves it when it is claimed,
+# so sent rows waiting for cleanup cost the hot path neither a page write nor a scan.
+MessageRow.add_index(MessageRow.index(MessageRow.phone, MessageRow.priority, MessageRow.id,
+                                      name="message_queue_open_by_account",
+                                      where=peewee.SQL(OPEN_ROWS)))
+
+#: Indexes of earlier versions that `open_by_account` replaced; dropped when the schema is
+#: opened (each was written on every insert: 16 single enqueues to 16 accounts dirtied
+#: 16 more pages per commit).
+RETIRED_INDEXES = ("messagerow_phone_status", "messagerow_phone_priority_id")
 
 MODELS: tuple[type[peewee.Model], ...] = (MessageRow, AccountRow)

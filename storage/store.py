@@ -39,7 +39,7 @@ from storage.errors import (
     PostroomError,
     StorageError,
 )
-from storage.models import AccountRow, MessageRow, from_micros, to_micros
+from storage.models import OPEN_ROWS, RETIRED_INDEXES, AccountRow, MessageRow, from_micros, to_micros
 
 try:
     import psycopg
@@ -140,6 +140,8 @@ class Storage:
         """Create the table, its indexes and (PostgreSQL) the id sequence, if missing."""
         with self._guard():
             self.db.create_tables([self.Row, self.Account], safe=True)
+            for index in RETIRED_INDEXES:
+                self.db.execute_sql(f"DROP INDEX IF EXISTS {index}")
             if not self._dialect.is_sqlite:
                 self.db.execute_sql("CREATE SEQUENCE IF NOT EXISTS message_queue_id_seq")
                 self.db.execute_sql(
@@ -426,15 +428,16 @@ class Storage:
     def list_messages(self, phone: str, status: Status | None = None, limit: int = 100,
                       after_id: int = 0) -> list[Message]:
         """An account's messages in enqueue order, optionally of one status (the seed's `get by phone`)."""
-        query = self.Row.select().where((self.Row.phone == phone) & (self.Row.id > after_id))
-        if status is not None:
-            query = query.where(self.Row.status == status.value)
+        # Every status spelled out: (status, phone) is the one index over all of an account's rows.
+        statuses = [status.value] if status is not None else [s.value for s in Status]
+        query = self.Row.select().where(self.Row.status.in_(statuses) & (self.Row.phone == phone)
+                                        & (self.Row.id > after_id))
         with self._guard():
             return [self._message(row) for row in query.order_by(self.Row.id).limit(limit)]
 
     def open_messages(self, phone: str | None = None) -> list[Message]:
         """Pending and retrying messages in send order (the seed's boot query)."""
-        query = self.Row.select().where(self.Row.status.in_(_OPEN))
+        query = self.Row.select().where(peewee.SQL(OPEN_ROWS))
         if phone is not None:
             query = query.where(self.Row.phone == phone)
         with self._guard():
@@ -444,10 +447,10 @@ class Storage:
     def due_window(self, phone: str, now: datetime, limit: int) -> list[Message]:
         """Up to `limit` of an account's open messages due by `now`, in send order."""
         sql = self._dialect.sql(
-            f"SELECT {_ALL_COLUMNS} FROM message_queue WHERE phone = ? AND status IN (?, ?)"
+            f"SELECT {_ALL_COLUMNS} FROM message_queue WHERE phone = ? AND {OPEN_ROWS}"
             " AND available_at <= ? ORDER BY priority, id LIMIT ?"
         )
-        return self._fetch(sql, (phone, *_OPEN, to_micros(now), limit))
+        return self._fetch(sql, (phone, to_micros(now), limit))
 
     def account_view(self, phone: str, now: datetime, limit: int) -> AccountView:
         """An account's pause, first `limit` due messages and next due instant, in one read.
@@ -461,8 +464,8 @@ class Storage:
                                         (micros, phone)).fetchone()
             due = self.due_window(phone, now, limit)
             (next_due,) = self.db.execute_sql(self._dialect.sql(
-                "SELECT MIN(available_at) FROM message_queue WHERE phone = ? AND status IN (?, ?)"
-                " AND available_at > ?"), (phone, *_OPEN, micros)).fetchone()
+                f"SELECT MIN(available_at) FROM message_queue WHERE phone = ? AND {OPEN_ROWS}"
+                " AND available_at > ?"), (phone, micros)).fetchone()
         return AccountView(pause=None if pause is None else _pause_from_row(pause), due=due,
                            next_due_at=_from_micros(next_due))
 

@@ -61,7 +61,9 @@ def test_thousands_of_asks_do_not_stall_the_loop(sqlite_url: str, logs: LogCaptu
     assert len(set(ids)) == 2000
     assert len(slips) >= 3
     assert statistics.median(slips) < 0.02
-    assert max(slips) < 0.5
+    # The worst slip holds the loop's own work of starting 2,000 enqueues in one go (0.6 s
+    # seen once on a loaded machine); blocking awaits would freeze it for all 2,000 commits.
+    assert max(slips) < 1.0
 
 
 def test_errors_come_back_through_the_loop(sqlite_url: str) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from peewee import SqliteDatabase
 
 from storage import (
     Delivery,
@@ -238,6 +240,58 @@ def test_schema_creation_is_idempotent(storage: Storage) -> None:
     storage.create_schema()
     (second,) = insert(storage, new())
     assert second > first and storage.stats().total == 2
+
+
+def _index_names(storage: Storage) -> set[str]:
+    return {index.name for index in storage.db.get_indexes("message_queue")}
+
+
+def test_schema_retires_the_indexes_of_earlier_versions(storage: Storage) -> None:
+    """A database made by an earlier version loses the indexes `open_by_account` replaced
+    (each cost every insert a page write) and gains it; its rows are untouched."""
+    from storage.models import RETIRED_INDEXES
+
+    storage.db.execute_sql("DROP INDEX message_queue_open_by_account")
+    storage.db.execute_sql("CREATE INDEX messagerow_phone_status ON message_queue (phone, status)")
+    storage.db.execute_sql("CREATE INDEX messagerow_phone_priority_id ON message_queue (phone, priority, id)")
+    ids = insert(storage, new(), new(priority=Priority.HIGH))
+    assert set(RETIRED_INDEXES) <= _index_names(storage)
+
+    storage.create_schema()
+
+    names = _index_names(storage)
+    assert not set(RETIRED_INDEXES) & names and "message_queue_open_by_account" in names
+    assert [m.id for m in storage.due_window("+1555", NOW, limit=10)] == [ids[1], ids[0]]
+
+
+def test_an_accounts_open_work_is_read_through_its_own_index(storage: Storage,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window is read from `open_by_account` in send order (the planner matches the
+    index's condition), the next due instant from an index too: sent rows awaiting cleanup
+    are never scanned and the window is never sorted."""
+    insert(storage, *[new(phone=f"+1555{i % 7}") for i in range(200)])
+    statements: list[tuple[str, Any]] = []
+    execute = storage.db.execute_sql
+
+    def recording(sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        statements.append((sql, params))
+        return execute(sql, params, *args, **kwargs)
+
+    monkeypatch.setattr(storage.db, "execute_sql", recording)
+    storage.account_view("+15553", NOW, limit=64)
+    monkeypatch.undo()
+    reads = [(sql, params) for sql, params in statements if "FROM message_queue" in sql]
+    assert len(reads) == 2  # the window, then the next due instant
+    postgres = not isinstance(storage.db, SqliteDatabase)
+    if postgres:
+        storage.db.execute_sql("SET enable_seqscan = off")  # a tiny table would be read whole
+    for sql, params in reads:
+        explain = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+        plan = " ".join(str(row[-1] if not postgres else row[0])
+                        for row in storage.db.execute_sql(explain + sql, params).fetchall())
+        assert "message_queue_open_by_account" in plan or "messagerow_status_phone" in plan, plan
+        if "ORDER BY" in sql:
+            assert "message_queue_open_by_account" in plan, plan  # in send order, no sort
 
 
 def test_account_pause_round_trips(storage: Storage) -> None:
