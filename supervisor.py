@@ -97,6 +97,7 @@ from storage import (
     InvalidTransition,
     Message,
     MessageNotFound,
+    NewMessage,
     OwnerLock,
     PostroomError,
     Priority,
@@ -337,6 +338,8 @@ class Supervisor(DeferredReplyActor):
     def _handle_internal(self, message: Any) -> None:
         match message:
             case Inserted(parts):
+                for news, rows in parts:
+                    _log_enqueued(rows, news)  # here, not in the writer: it waits for nobody
                 self._route([news[position].as_pending(message_id)
                              for news, rows in parts for message_id, position in rows])
             case Committed(messages):
@@ -566,3 +569,15 @@ def _settle_future(request: Request, done: Future[Any]) -> None:
         request.fail(error)
     else:
         request.answer(done.result())
+
+
+def _log_enqueued(rows: Sequence[tuple[int, int]], news: Sequence[NewMessage]) -> None:
+    """One line per committed single enqueue; one line per batch."""
+    if len(rows) == 1:
+        ((message_id, position),) = rows
+        new = news[position]
+        log.info("message.enqueued", message_id=message_id, priority=new.priority.name,
+                 account=mask_phone(new.phone))
+        return
+    # A broadcast is one line, not 100,000: each message's id appears again when it is sent.
+    log.info("messages.enqueued", count=len(rows), first_id=rows[0][0], last_id=rows[-1][0])

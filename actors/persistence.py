@@ -42,7 +42,6 @@ from actors.messages import (
     Recover,
     Requeue,
 )
-from actors.privacy import mask_phone
 from storage import Message, NewBroadcast, NewMessage, PostroomError, Status, Storage, StorageError
 
 log = structlog.get_logger("postroom.persistence")
@@ -163,7 +162,6 @@ class PersistenceActor(DeferredReplyActor):
             if isinstance(request.message, Persist):
                 rows = _new_rows(outcome)
                 if rows:
-                    _log_enqueued(rows, request.message.news)
                     parts.append((request.message.news, rows))
         if parts:
             self.notify(Inserted(parts))
@@ -292,13 +290,3 @@ def _new_rows(outcome: Sequence[Any]) -> list[tuple[int, int]]:
             first_at.setdefault(answer, position)
     return list(first_at.items())
 
-
-def _log_enqueued(rows: Sequence[tuple[int, int]], news: Sequence[NewMessage]) -> None:
-    if len(rows) == 1:
-        ((message_id, position),) = rows
-        new = news[position]
-        log.info("message.enqueued", message_id=message_id, priority=new.priority.name,
-                 account=mask_phone(new.phone))
-        return
-    # A broadcast is one line, not 100,000: each message's id appears again when it is sent.
-    log.info("messages.enqueued", count=len(rows), first_id=rows[0][0], last_id=rows[-1][0])

@@ -130,6 +130,8 @@ class Storage:
         # A subclass per Storage, so two databases in one process never share a binding.
         self.Row: type[MessageRow] = type("MessageRow", (MessageRow,), {"Meta": meta, "__module__": __name__})
         self._dialect = _Dialect(db)
+        marks = ", ".join("?" * len(_INSERT_COLUMNS.split(",")))
+        self._insert_sql = self._dialect.sql(f"INSERT INTO message_queue ({_INSERT_COLUMNS}) VALUES ({marks})")
         account_meta = type("Meta", (), {"database": db, "table_name": "account_state"})
         self.Account: type[AccountRow] = type("AccountRow", (AccountRow,),
                                               {"Meta": account_meta, "__module__": __name__})
@@ -242,10 +244,8 @@ class Storage:
     def _insert_rows(self, params: list[tuple[Any, ...]]) -> None:
         if not params:
             return
-        marks = ", ".join("?" * 14)
-        sql = self._dialect.sql(f"INSERT INTO message_queue ({_INSERT_COLUMNS}) VALUES ({marks})")
         with self._guard():
-            self.db.cursor().executemany(sql, params)
+            self.db.cursor().executemany(self._insert_sql, params)
 
     def _by_idempotency_keys(self, keys: Sequence[str | None]) -> dict[str | None, Message]:
         if not keys:
