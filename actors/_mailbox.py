@@ -12,7 +12,10 @@ implementors of actor types: pykka's major version is pinned in pyproject.toml.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import queue
+import sys
 import threading
 from collections import deque
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import pykka
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
+from pykka._threading import ThreadingFutureResult
 
 
 class Request:
@@ -100,6 +104,56 @@ def _is_plain(message: Any) -> bool:
     )
 
 
+class ReplyFuture(pykka.ThreadingFuture[Any]):
+    """pykka's `ThreadingFuture` on one lock, released when the answer is set.
+
+    pykka's waits on a `Condition` over an `RLock`: each ask allocates a waiter lock and
+    each answer notifies through it. The persistence actor answers every enqueue between
+    two commits, so that work sat on the critical path of every commit; this future does
+    the same with one lock (bench b, 16 threads: about 13 % more enqueues per second).
+    One writer sets it, once: the actor that answers the request.
+    """
+
+    def __init__(self) -> None:
+        pykka.Future.__init__(self)  # not ThreadingFuture's: no Condition
+        self._result: ThreadingFutureResult | None = None
+        self._unset = _thread.allocate_lock()
+        self._unset.acquire()
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        if self._result is None and self._get_hook is None:
+            if not self._unset.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
+                raise pykka.Timeout(f"{timeout} seconds")
+            self._unset.release()  # for every other waiter, and every later get()
+        if self._get_hook is not None:
+            return pykka.Future.get(self, timeout=timeout)
+        assert self._result is not None
+        if self._result.exc_info is None:
+            return self._result.value
+        exc_type, exc_value, traceback = self._result.exc_info
+        assert exc_type is not None
+        error = exc_value if exc_value is not None else exc_type()
+        raise error.with_traceback(traceback)
+
+    def set(self, value: Any | None = None) -> None:
+        self._settle(ThreadingFutureResult(value=value))
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        self._settle(ThreadingFutureResult(exc_info=exc_info if exc_info is not None else sys.exc_info()))
+
+    def set_get_hook(self, func: Any) -> None:
+        if self._result is not None:
+            raise queue.Full
+        pykka.Future.set_get_hook(self, func)
+        self._unset.release()
+
+    def _settle(self, result: ThreadingFutureResult) -> None:
+        if self._result is not None or self._get_hook is not None:
+            raise queue.Full  # as pykka's: a future is answered once
+        self._result = result
+        self._unset.release()
+
+
 class DeferredReplyActor(pykka.ThreadingActor):
     """A pykka actor whose handlers receive `Request`s and answer when they choose.
 
@@ -115,6 +169,10 @@ class DeferredReplyActor(pykka.ThreadingActor):
     @staticmethod
     def _create_actor_inbox() -> DeferredInbox:
         return DeferredInbox()
+
+    @staticmethod
+    def _create_future() -> ReplyFuture:
+        return ReplyFuture()
 
     def __init__(self) -> None:
         super().__init__()
@@ -145,7 +203,7 @@ class DeferredReplyActor(pykka.ThreadingActor):
         self.actor_inbox.wrapping = False
 
 
-class MailedReply(pykka.ThreadingFuture[Any]):
+class MailedReply(ReplyFuture):
     """An ask's future that, once answered, is also mailed to the asking actor as `Answered`.
 
     An actor that must not block its thread on a reply (an account actor waiting for a

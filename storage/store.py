@@ -131,7 +131,8 @@ class Storage:
         self.Row: type[MessageRow] = type("MessageRow", (MessageRow,), {"Meta": meta, "__module__": __name__})
         self._dialect = _Dialect(db)
         marks = ", ".join("?" * len(_INSERT_COLUMNS.split(",")))
-        self._insert_sql = self._dialect.sql(f"INSERT INTO message_queue ({_INSERT_COLUMNS}) VALUES ({marks})")
+        self._insert_sql = self._dialect.sql(
+            f"INSERT INTO message_queue ({_INSERT_COLUMNS}) VALUES ({marks})")
         account_meta = type("Meta", (), {"database": db, "table_name": "account_state"})
         self.Account: type[AccountRow] = type("AccountRow", (AccountRow,),
                                               {"Meta": account_meta, "__module__": __name__})
