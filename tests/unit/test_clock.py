@@ -42,3 +42,33 @@ def test_system_clock_runs_timers_on_one_thread() -> None:
     assert done.wait(5)
     assert never == []
     assert clock.now().tzinfo is not None
+
+
+class _Payload:
+    """Stands for what a send's timeout callback holds: its future and message."""
+
+
+def test_cancelled_timers_neither_pile_up_nor_hold_their_callbacks() -> None:
+    """A send arms a 60 s timeout and cancels it at once: 100,000 sends must not leave
+    100,000 heap entries (nor what their callbacks reference) for the collector to scan."""
+    import gc
+    import weakref
+
+    clock = FakeClock()
+    payload = _Payload()
+    held = weakref.ref(payload)
+    clock.call_later(60, lambda payload=payload: None).cancel()
+    del payload
+    gc.collect()
+    assert held() is None  # the cancelled handle let go of its callback
+
+    live = [clock.call_later(30, lambda: None) for _ in range(10)]
+    for _ in range(100_000):
+        clock.call_later(60, lambda: None).cancel()
+    entries = len(clock._timers._heap)
+    assert entries <= 2 * clock._timers.SWEEP_AT, entries
+    assert clock.pending_timers() == len(live)
+    fired: list[int] = []
+    clock.call_later(1, lambda: fired.append(1))
+    clock.advance(100)
+    assert fired == [1] and clock.pending_timers() == 0
