@@ -291,6 +291,8 @@ class Verdict:
 
     acked: int
     lost: list[int]
+    lost_as: dict[int, str]
+    """Each lost id's status at the end ("missing": acknowledged, yet no row)."""
     unexpected: list[int]
     duplicates: int
     duplicated_ids: set[int]
@@ -319,7 +321,8 @@ def judge(db_path: Path, ledger: Ledger, run: Run, planned: int) -> Verdict:
     statuses: dict[str, int] = defaultdict(int)
     for status, _ in rows.values():
         statuses[status] += 1
-    return Verdict(acked=len(acked_ids), lost=lost, unexpected=unexpected,
+    return Verdict(acked=len(acked_ids), lost=lost,
+                   lost_as={i: rows.get(i, ("missing",))[0] for i in lost}, unexpected=unexpected,
                    duplicates=duplicates, duplicated_ids=duplicated_ids, not_final=not_final,
                    order_violations=order_violations(attempts), statuses=dict(statuses))
 

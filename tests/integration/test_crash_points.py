@@ -64,7 +64,7 @@ def test_crash_point(tmp_path: Path, point: str, failure_rate: float) -> None:
     verdict = harness.verdict()
     assert harness.run.drained
     assert sorted(harness.run.acked) == list(range(60))
-    assert verdict.lost == [] and verdict.unexpected == [] and verdict.not_final == []
+    assert verdict.lost == [] and verdict.unexpected == [] and verdict.not_final == [], verdict
     assert verdict.duplicated_ids == legal
     assert verdict.duplicates == len(legal)
     assert len(rows(harness.db_path)) == 60  # no row twice, even for a retried enqueue
@@ -88,7 +88,7 @@ def test_crash_during_rehydration_is_the_same_as_one_rehydration(tmp_path: Path)
     assert rows(harness.db_path) == once  # a second recovery changes nothing
     harness.finish()
     verdict = harness.verdict()
-    assert verdict.lost == [] and verdict.not_final == []
+    assert verdict.lost == [] and verdict.not_final == [], verdict
     assert verdict.duplicated_ids == harness.run.sent_unrecorded
 
 

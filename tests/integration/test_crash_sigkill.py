@@ -20,7 +20,7 @@ def test_sigkill_mid_run_loses_nothing(tmp_path: Path) -> None:
     run = harness.run
     assert run.drained, "the final clean run did not drain the queue"
     assert sorted(run.acked) == list(range(1500)), "every planned message was acknowledged"
-    assert verdict.lost == []
+    assert verdict.lost == [], verdict
     assert verdict.unexpected == []
     assert verdict.not_final == []
     assert verdict.order_violations == []
@@ -40,7 +40,7 @@ def test_sigkill_at_most_once_never_resends(tmp_path: Path) -> None:
     harness.finish()
     verdict = harness.verdict()
     assert harness.run.drained
-    assert verdict.lost == [] and verdict.unexpected == [] and verdict.not_final == []
+    assert verdict.lost == [] and verdict.unexpected == [] and verdict.not_final == [], verdict
     assert verdict.duplicates == 0
 
 
@@ -57,7 +57,7 @@ def test_sigkill_loop_at_scale(tmp_path: Path) -> None:
     run = harness.run
     assert run.drained
     assert sorted(run.acked) == list(range(10_000))
-    assert verdict.lost == [] and verdict.unexpected == [] and verdict.not_final == []
+    assert verdict.lost == [] and verdict.unexpected == [] and verdict.not_final == [], verdict
     assert verdict.order_violations == []
     assert verdict.duplicated_ids <= run.sent_unrecorded
     assert verdict.duplicates <= run.in_flight_at_kills
