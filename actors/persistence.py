@@ -289,4 +289,3 @@ def _new_rows(outcome: Sequence[Any]) -> list[tuple[int, int]]:
         if type(answer) is int:
             first_at.setdefault(answer, position)
     return list(first_at.items())
-
