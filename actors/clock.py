@@ -73,7 +73,7 @@ class _TimerQueue:
 
         Nearly every send arms a timeout and cancels it a few milliseconds later; left
         until due, 2,000 sends/s with the default 60 s timeout kept ~120,000 entries,
-        and full garbage collections over them paused every thread for up to 0.7 s.
+        and every full garbage collection, all threads stopped, scanned them all.
         Amortised, a sweep costs each push O(1).
         """
         self._heap = [entry for entry in self._heap if not entry[2].cancelled]

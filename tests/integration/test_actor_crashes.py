@@ -80,8 +80,8 @@ class EventCounter:
         name = event_dict.get("event")
         if not str(name).startswith("account."):
             # The test reads account events only. Keeping every send's line (~100,000)
-            # made each full garbage collection longer, up to 0.5 s by the last rounds,
-            # and such a pause inside one 1.5 s window decided the ratio.
+            # made each full garbage collection longer round after round, and such a
+            # pause inside one 1.5 s window decided the ratio.
             raise structlog.DropEvent
         if name in self.names:
             with self._cond:
@@ -169,8 +169,8 @@ def test_crash_storm_parks_one_account_and_others_keep_their_throughput(
     eventually(lambda: all(sender.snapshot()[p] >= 3 for p in ACCOUNTS), timeout=60)
     victim = Victim()
     # What the whole test session has built so far (modules, earlier tests' leftovers) is
-    # set aside from full collections: a pause of 0.2-0.5 s over that heap, inside one
-    # 1.5 s window, decided the ratio (seen in full-suite runs), not the crash storm.
+    # set aside from full collections: a pause over that whole heap, inside one 1.5 s
+    # window, could decide the ratio (seen in full-suite runs), not the crash storm.
     gc.collect()
     gc.freeze()
     try:
