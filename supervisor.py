@@ -87,6 +87,7 @@ from actors import (
 from actors._faults import crash_point
 from actors._mailbox import DeferredReplyActor, tell_if_alive
 from actors.aio import AsyncSender, ask_async, is_coroutine_sender
+from actors.door import Door, SupervisorInbox, log_unanswered
 from actors.pacing import Pacing
 from actors.pool import DaemonPool
 from actors.sending import SendPool
@@ -205,6 +206,12 @@ _REAL_TIME = SystemClock()
 class Supervisor(DeferredReplyActor):
     """Routes commands, owns account actors, restarts them, parks crash storms."""
 
+    actor_inbox: SupervisorInbox
+
+    @staticmethod
+    def _create_actor_inbox() -> SupervisorInbox:
+        return SupervisorInbox()
+
     def __init__(self, database: str | Any, sender: Sender | AsyncSender, *,
                  settings: SupervisorSettings | None = None, clock: Clock | None = None,
                  rng: RandomSource | None = None,
@@ -236,6 +243,7 @@ class Supervisor(DeferredReplyActor):
         except BaseException:
             self._close_storage()
             raise
+        self.actor_inbox.door = Door(self.persistence, self.clock, self.settings.limits)
         _RUNNING.add(self.actor_ref)
 
     def _open_storage(self, database: str | Any) -> None:
@@ -294,9 +302,7 @@ class Supervisor(DeferredReplyActor):
 
     def unanswered_error(self, request: Request, error: Exception) -> None:
         # The supervisor is the root: a bad `tell` is refused and logged, never fatal.
-        event = "command.refused" if isinstance(error, PostroomError) else "command.failed"
-        log.error(event, command=type(request.message).__name__, error=type(error).__name__,
-                  reason=str(error) if isinstance(error, ValidationError) else None)
+        log_unanswered(request.message, error)
 
     def on_failure(self, *exc_info: Any) -> None:
         # The supervisor itself failed on a tell: take everything down in order.
@@ -306,15 +312,12 @@ class Supervisor(DeferredReplyActor):
 
     def handle(self, request: Request) -> None:
         match request.message:
-            case Enqueue() as command:
-                new = validate_enqueue(command, self.clock.now(), self.settings.limits)
-                self.persistence.tell(Persist([new], request, batch=False))
-            case EnqueueBatch(commands):
-                news = validate_enqueues(commands, self.clock.now(), self.settings.limits)
-                self.persistence.tell(Persist(news, request, batch=True))
-            case Broadcast() as broadcast:
-                recipients = validate_broadcast(broadcast, self.clock.now(), self.settings.limits)
-                self.persistence.tell(Persist(recipients, request, batch=True))
+            case Enqueue() | EnqueueBatch() | Broadcast() as command:
+                # Put here (not passed through by the inbox): queued behind other enqueues.
+                try:
+                    self.persistence.tell(self._persist(command, request))
+                finally:
+                    self.actor_inbox.enqueue_handed_on()
             case GetMessage(message_id):
                 self._read(request, self.storage.get, message_id)
             case ListMessages(phone, status, limit, after_id):
@@ -334,6 +337,16 @@ class Supervisor(DeferredReplyActor):
                 request.answer(self._resume(phone))
             case _:
                 self._handle_internal(request.message)
+
+    def _persist(self, command: Enqueue | EnqueueBatch | Broadcast, request: Request) -> Persist:
+        now, limits = self.clock.now(), self.settings.limits
+        match command:
+            case Enqueue():
+                return Persist([validate_enqueue(command, now, limits)], request, batch=False)
+            case EnqueueBatch(commands):
+                return Persist(validate_enqueues(commands, now, limits), request, batch=True)
+            case Broadcast():
+                return Persist(validate_broadcast(command, now, limits), request, batch=True)
 
     def _handle_internal(self, message: Any) -> None:
         match message:

@@ -172,8 +172,9 @@ class Persist:
 
     news: Sequence[NewMessage]
     """Already validated."""
-    request: Request
-    """The user's request: answered with an id (or a list of ids when `batch`)."""
+    request: Request | None
+    """The user's request: answered with an id (or a list of ids when `batch`). None when
+    the user's enqueue itself asked the writer (passed through, actors/door.py)."""
     batch: bool
     """True for `EnqueueBatch` and `Broadcast`."""
 

@@ -183,11 +183,7 @@ class PersistenceActor(DeferredReplyActor):
             self.storage.set_pause(pause, now)
         claim_ids = [i for a in advances for i in a.claim]
         claimed = self.storage.claim(claim_ids, now) if claim_ids else {}
-        # Single enqueues share one insert; a broadcast has its own (it is written from its
-        # shared fields, never taken apart into 100,000 objects).
-        news = [n for m in messages if isinstance(m, Persist) and not isinstance(m.news, NewBroadcast)
-                for n in m.news]
-        inserted = iter(self.storage.insert(news) if news else [])
+        inserted = iter(self._insert_in_order([m for m in messages if isinstance(m, Persist)]))
         outcomes: list[Any] = []
         for message in messages:
             match message:
@@ -195,13 +191,38 @@ class PersistenceActor(DeferredReplyActor):
                     outcomes.append(Advanced(
                         recorded=frozenset(t.id for t in record if t.id in recorded),
                         claimed={i: claimed[i] for i in claim if i in claimed}))
-                case Persist(NewBroadcast() as broadcast):
-                    outcomes.append(self.storage.insert(broadcast) if broadcast else [])
-                case Persist(news_of_one):
-                    outcomes.append([next(inserted) for _ in news_of_one])
+                case Persist():
+                    outcomes.append(next(inserted))
                 case _:
                     outcomes.append(self._apply_one(message, now))
         return outcomes
+
+    def _insert_in_order(self, persists: Sequence[Persist]) -> list[list[Any]]:
+        """Each `Persist`'s answers, its rows written after those of the ones before it: ids
+        follow the order the enqueues came in (a broadcast told before an enqueue to the same
+        account is sent first).
+
+        A run of enqueues and batches shares one insert; a broadcast has its own (it is
+        written from its shared fields, never taken apart into 100,000 objects).
+        """
+        answers: list[list[Any]] = []
+        run: list[Persist] = []
+
+        def write_run() -> None:
+            inserted = iter(self.storage.insert([new for persist in run for new in persist.news]))
+            answers.extend([next(inserted) for _ in persist.news] for persist in run)
+            run.clear()
+
+        for persist in persists:
+            if isinstance(persist.news, NewBroadcast):
+                if run:
+                    write_run()
+                answers.append(self.storage.insert(persist.news) if persist.news else [])
+            else:
+                run.append(persist)
+        if run:
+            write_run()
+        return answers
 
     def _apply_one(self, message: Any, now: datetime) -> Any:
         """A write of its own kind; domain errors are returned, not raised."""
@@ -231,7 +252,8 @@ class PersistenceActor(DeferredReplyActor):
         message = request.message
         match message:
             case Persist(_, user_request, batch):
-                self._answer_persist(user_request, outcome, batch)
+                # No user request: it came past the supervisor (actors/door.py), asking us.
+                self._answer_persist(request if user_request is None else user_request, outcome, batch)
             case Cancel(_, user_request):
                 self._answer(user_request, outcome)
                 if isinstance(outcome, Message):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pykka
@@ -239,6 +239,25 @@ def test_batch_enqueue_answers_ids_in_order(sqlite_url: str) -> None:
                                 for i in range(100)]))
     assert ids == sorted(ids) and len(set(ids)) == 100
     sender.wait_for(100)
+
+
+@pytest.mark.parametrize("told", ["batch", "broadcast"])
+def test_an_enqueue_never_overtakes_the_enqueue_told_before_it(sqlite_url: str, told: str) -> None:
+    """A single enqueue skips the supervisor's thread (actors/door.py), but not the line: told
+    right after a big batch, it is written after the batch (the supervisor spends tens of ms
+    checking the batch, time enough to overtake it)."""
+    phone, size = "+15550001", 20_000
+    ahead = datetime.now(UTC) + timedelta(days=1)  # nobody sends: only ids count
+    ref = start(sqlite_url, RecordingSender())
+    if told == "batch":
+        ref.tell(EnqueueBatch([Enqueue(phone=phone, user_id=str(i), text="b", scheduled_at=ahead)
+                               for i in range(size)]))
+    else:
+        ref.tell(Broadcast([(phone, str(i)) for i in range(size)], text="b", scheduled_at=ahead))
+    last = enqueue(ref, phone, text="last", scheduled_at=ahead)
+    eventually(lambda: ref.ask(GetStats()).by_status[Status.PENDING] == size + 1)
+    assert ref.ask(ListMessages(phone, after_id=last)) == []  # no row of the batch after it
+    assert ref.ask(GetMessage(last)).text == "last"
 
 
 def test_broadcast_commits_once_and_each_account_sends_its_share_in_order(
