@@ -85,6 +85,22 @@ class AccountRow(peewee.Model):
         table_name = "account_state"
 
 
+class MetaRow(peewee.Model):
+    """Facts about the queue that no row of it may carry (one row per key)."""
+
+    key = peewee.CharField(max_length=64, primary_key=True)
+    value = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "postroom_meta"
+
+
+#: postroom_meta key: the highest message id a deletion may have removed (SQLite, where
+#: ids follow MAX(id): without it a restart after the newest rows were deleted would give
+#: their ids again, and an old id would name a new message).
+DELETED_UP_TO = "deleted_up_to"
+
+
 # Unique among the rows that have one: most rows have none, and a partial index costs them
 # nothing on insert (a plain unique index stores every NULL too).
 MessageRow.add_index(MessageRow.index(MessageRow.idempotency_key, unique=True,
@@ -105,4 +121,4 @@ MessageRow.add_index(MessageRow.index(MessageRow.phone, MessageRow.priority, Mes
 #: 16 more pages per commit).
 RETIRED_INDEXES = ("messagerow_phone_status", "messagerow_phone_priority_id")
 
-MODELS: tuple[type[peewee.Model], ...] = (MessageRow, AccountRow)
+MODELS: tuple[type[peewee.Model], ...] = (MessageRow, AccountRow, MetaRow)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import peewee
 
@@ -39,7 +39,16 @@ from storage.errors import (
     PostroomError,
     StorageError,
 )
-from storage.models import OPEN_ROWS, RETIRED_INDEXES, AccountRow, MessageRow, from_micros, to_micros
+from storage.models import (
+    DELETED_UP_TO,
+    OPEN_ROWS,
+    RETIRED_INDEXES,
+    AccountRow,
+    MessageRow,
+    MetaRow,
+    from_micros,
+    to_micros,
+)
 
 try:
     import psycopg
@@ -103,7 +112,10 @@ class _Dialect:
         if self.is_sqlite:
             # One writer per SQLite file (OwnerLock), so a counter in memory is exact.
             if self._next_id is None:
-                (top,) = self.db.execute_sql("SELECT COALESCE(MAX(id), 0) FROM message_queue").fetchone()
+                (top,) = self.db.execute_sql(
+                    "SELECT MAX(COALESCE((SELECT MAX(id) FROM message_queue), 0),"
+                    " COALESCE((SELECT value FROM postroom_meta WHERE key = ?), 0))",
+                    (DELETED_UP_TO,)).fetchone()
                 self._next_id = int(top) + 1
             first, self._next_id = self._next_id, self._next_id + count
             return list(range(first, first + count))
@@ -111,6 +123,16 @@ class _Dialect:
             "SELECT nextval('message_queue_id_seq') FROM generate_series(1, %s)", (count,)
         )
         return [int(row[0]) for row in cursor.fetchall()]
+
+    def before_delete(self) -> None:
+        """Remember the highest id before rows go: SQLite's next id follows it, never a
+        deleted one (PostgreSQL's sequence never goes back)."""
+        if self.is_sqlite:
+            self.db.execute_sql(
+                "INSERT INTO postroom_meta (key, value)"
+                " SELECT ?, COALESCE(MAX(id), 0) FROM message_queue WHERE true"
+                " ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                (DELETED_UP_TO,))
 
     def forget_ids(self) -> None:
         """After a rollback nothing is known about ids: read MAX(id) again."""
@@ -120,29 +142,34 @@ class _Dialect:
         return "" if self.is_sqlite else " FOR UPDATE"
 
 
+_Model = TypeVar("_Model", bound=peewee.Model)
+
+
+def _bound(model: type[_Model], db: peewee.Database, **options: Any) -> type[_Model]:
+    """A subclass of `model` bound to `db`, so two databases in one process never share a binding."""
+    meta = type("Meta", (), {"database": db, "table_name": model._meta.table_name, **options})
+    return cast(type[_Model], type(model.__name__, (model,), {"Meta": meta, "__module__": __name__}))
+
+
 class Storage:
     """The queries of postroom over one database."""
 
     def __init__(self, db: peewee.Database) -> None:
         self.db = db
-        meta = type("Meta", (), {"database": db, "table_name": "message_queue",
-                                 "indexes": MessageRow._meta.indexes})
-        # A subclass per Storage, so two databases in one process never share a binding.
-        self.Row: type[MessageRow] = type("MessageRow", (MessageRow,), {"Meta": meta, "__module__": __name__})
+        self.Row = _bound(MessageRow, db, indexes=MessageRow._meta.indexes)
+        self.Account = _bound(AccountRow, db)
+        self.Facts = _bound(MetaRow, db)
         self._dialect = _Dialect(db)
         marks = ", ".join("?" * len(_INSERT_COLUMNS.split(",")))
         self._insert_sql = self._dialect.sql(
             f"INSERT INTO message_queue ({_INSERT_COLUMNS}) VALUES ({marks})")
-        account_meta = type("Meta", (), {"database": db, "table_name": "account_state"})
-        self.Account: type[AccountRow] = type("AccountRow", (AccountRow,),
-                                              {"Meta": account_meta, "__module__": __name__})
 
     # -- lifecycle -------------------------------------------------------------------
 
     def create_schema(self) -> None:
         """Create the table, its indexes and (PostgreSQL) the id sequence, if missing."""
         with self._guard():
-            self.db.create_tables([self.Row, self.Account], safe=True)
+            self.db.create_tables([self.Row, self.Account, self.Facts], safe=True)
             for index in RETIRED_INDEXES:
                 self.db.execute_sql(f"DROP INDEX IF EXISTS {index}")
             if not self._dialect.is_sqlite:
@@ -372,6 +399,7 @@ class Storage:
     def delete(self, message_id: int) -> bool:
         """Delete one message whatever its status (the seed's `delete`)."""
         with self._guard():
+            self._dialect.before_delete()
             return bool(self.Row.delete().where(self.Row.id == message_id).execute())
 
     def delete_finished_before(self, cutoff: datetime, limit: int) -> int:
@@ -380,6 +408,7 @@ class Storage:
                   .where(self.Row.status.in_(_FINAL) & (self.Row.completed_at < cutoff))
                   .limit(limit))
         with self._guard():
+            self._dialect.before_delete()
             return int(self.Row.delete().where(self.Row.id.in_(oldest)).execute())
 
     def _executemany(self, sql: str, params: Sequence[tuple[Any, ...]]) -> None:

@@ -19,6 +19,7 @@ from storage import (
     Status,
     Storage,
     Transition,
+    open_database,
 )
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -210,6 +211,29 @@ def test_cleanup_removes_only_old_finished_rows(storage: Storage) -> None:
     assert deleted == 1
     remaining = {m.id for m in storage.list_messages("+1555")}
     assert remaining == {old_open, new_done}
+
+
+@pytest.mark.parametrize("deletion", ["cleanup", "delete"])
+def test_an_id_is_never_given_twice_even_after_the_newest_rows_are_deleted(
+        storage: Storage, database_url: str, deletion: str) -> None:
+    """Ids go on from the highest ever written, across a restart (a new Storage), even once
+    cleanup or `delete` removed the newest rows: an old id never names a new message."""
+    first = insert(storage, new(), new(), new())
+    with storage.write_transaction():
+        storage.claim(first, NOW)
+        storage.record([Transition(i, 1, Status.COMPLETED, NOW) for i in first])
+        if deletion == "cleanup":
+            assert storage.delete_finished_before(NOW + timedelta(days=1), limit=100) == 3
+    if deletion == "delete":
+        assert all(storage.delete(i) for i in first)
+    assert storage.list_messages("+1555") == []
+    restarted = Storage(open_database(database_url))
+    try:
+        restarted.create_schema()
+        (later,) = insert(restarted, new())
+    finally:
+        restarted.close()
+    assert later > max(first)
 
 
 def test_open_messages_phones_and_stats(storage: Storage) -> None:
