@@ -38,10 +38,13 @@ from tests.integration.helpers import account_ref, start_with
 ACCOUNTS = [f"+1555{n:07d}" for n in range(100)]
 VICTIM = ACCOUNTS[0]
 OTHERS = ACCOUNTS[1:]
-PER_ACCOUNT = 1500  # more than any account can send in the whole test (~600 seen): nobody runs dry
+PER_ACCOUNT = 3000  # more than any account can send in the whole test (~1,750 seen): nobody runs dry
 WINDOW = 1.5  # seconds, for every window
 MAX_RESTARTS = 3
-ROUNDS = 6  # storm windows, each between two baseline windows
+# Storm windows, each between two baseline windows. One round's ratio swings by 10-20 %
+# with the machine's load (0.79-1.21 seen on a quiet day); ten rounds keep the sum's
+# error well inside the 10 % the test allows.
+ROUNDS = 10
 
 
 class CountingSender:
@@ -213,6 +216,7 @@ def _measure_storms(ref: pykka.ActorRef[Any], sender: CountingSender, events: Ev
     report: dict[str, Any] = {
         "baselines": base, "storms": during_totals, "ratio": round(ratio, 3),
         "per_round": [round(d / e, 3) for d, e in zip(during_totals, expected, strict=True)],
-        "storm_s": [round(t, 3) for t in storm_times], "restart_s": [round(d, 3) for d in delays]}
+        "storm_s": [round(t, 3) for t in storm_times], "restart_s": [round(d, 3) for d in delays],
+        "most_sent": max(left[p] for p in OTHERS)}
     print(report)
     assert ratio >= 0.9, report
