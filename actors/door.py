@@ -5,8 +5,9 @@ thread. A single `Enqueue` needs nothing the supervisor owns: it is checked ther
 the caller's thread, and handed to the persistence actor, which commits it, tells the
 supervisor to route the new row (as for every enqueue) and answers the caller. That
 spares each message a hop through the supervisor's thread, and with it the wait for
-that thread to be scheduled and to take the GIL: with 16 threads enqueueing one at a
-time, that hop was a third of the round trip between two commits (bench b).
+that thread to be scheduled and to take the GIL: between two commits, the round trip
+of 16 threads enqueueing one at a time is mostly such waits (bench b, README
+"Performance").
 
 Order is kept: an `Enqueue` goes straight on only while no enqueue command waits in the
 supervisor's inbox or is in its hands. Otherwise it queues behind them, so that the
