@@ -7,6 +7,7 @@ rows stay exactly as they were written.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -20,11 +21,13 @@ from hypothesis import strategies as st
 from actors.validation import Limits
 from storage import Message
 from supervisor import (
+    Broadcast,
     Enqueue,
     EnqueueBatch,
     FakeClock,
     GetMessage,
     GetStats,
+    ListMessages,
     Priority,
     RateLimited,
     Supervisor,
@@ -216,6 +219,34 @@ def test_every_valid_enqueue_round_trips_exactly(
     assert stored.scheduled_at == command.scheduled_at
     assert stored.max_attempts == (command.max_attempts or DEFAULT_MAX_ATTEMPTS)
     assert stored.created_at == CLOCK_START
+
+
+SEQUENCE_PHONES = itertools.count()
+command_kinds = st.lists(st.tuples(st.sampled_from(["enqueue", "batch", "broadcast"]),
+                                   st.integers(min_value=1, max_value=400)), min_size=1, max_size=6)
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(commands=command_kinds)
+def test_one_threads_enqueues_are_written_in_the_order_it_sent_them(
+        ref: pykka.ActorRef[Supervisor], commands: list[tuple[str, int]]) -> None:
+    """Told one after another (single enqueues, batches, broadcasts of any size), then one
+    asked: the account's ids follow the order sent, though single enqueues skip the
+    supervisor's thread while batches are checked there (invariant 4)."""
+    phone = f"+1777{next(SEQUENCE_PHONES):07d}"
+    sent: list[str] = []
+    for position, (kind, size) in enumerate(commands):
+        users = [f"c{position}-{n}" for n in range(1 if kind == "enqueue" else size)]
+        sent.extend(users)
+        if kind == "enqueue":
+            ref.tell(Enqueue(phone=phone, user_id=users[0], text="x"))
+        elif kind == "batch":
+            ref.tell(EnqueueBatch([Enqueue(phone=phone, user_id=u, text="x") for u in users]))
+        else:
+            ref.tell(Broadcast([(phone, u) for u in users], text="x"))
+    ref.ask(Enqueue(phone=phone, user_id="last", text="x"))  # behind all of them: all committed
+    written = ref.ask(ListMessages(phone, limit=len(sent) + 1))
+    assert [m.user_id for m in written] == [*sent, "last"]
 
 
 @settings(max_examples=50, deadline=None, database=None)
