@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import heapq
 import random
 import weakref
@@ -73,6 +74,7 @@ from actors import (
     Sender,
     SendError,
     SendTimeout,
+    SuspectSettled,
     SystemClock,
     TransientError,
     Unpause,
@@ -189,6 +191,9 @@ class SupervisorSettings:
     """Threads the account actors take turns on (an account costs no thread of its own). A send
     with `send_timeout` set waits on one of them; with `send_timeout=None` it runs on one, so
     this many hung senders would stall every account."""
+    suspect_timeout: float = 120.0
+    """Seconds a suspect (a message in flight at two crashes in a row) is given to be sent
+    alone at boot before the other accounts start anyway."""
     commit_delay: float = 0.001
     """At most this many seconds the writer gathers more writes before a commit when they
     arrive back to back, while they keep arriving (group commit under load: fewer fsyncs per
@@ -233,6 +238,9 @@ class Supervisor(DeferredReplyActor):
         self._sleeping_until: dict[str, datetime] = {}  # the earliest entry of each in `sleepers`
         self._sleeper_timer: Any = None
         self._cleanup_timer: Any = None
+        self._suspects: deque[tuple[int, str]] = deque()  # (id, phone), each sent alone at boot
+        self._quarantined: str | None = None  # the one account running while that happens
+        self._suspect_timer: Any = None
         self.send_pool = SendPool()
         # Send timeouts run on real time, whatever `clock` is (a test's FakeClock).
         self.deadlines = self.clock if isinstance(self.clock, SystemClock) else _REAL_TIME
@@ -267,23 +275,72 @@ class Supervisor(DeferredReplyActor):
         Runs in the caller of `start()`, so a database that cannot be read or written
         raises there instead of leaving a dead supervisor behind.
         """
+        again = self.readers.run(self.storage.interrupted_again)  # before Recover settles them
         recovered: list[Message] = self.persistence.ask(
             Recover(self.settings.delivery), block=True)
         crash_point("boot.recovered")
+        retried = {m.id for m in recovered if m.status is Status.RETRYING}
+        self._suspects = deque((i, phone) for i, phone in again if i in retried)
         phones: list[str] = self.readers.run(self.storage.phones_with_open_work)
         log.info("supervisor.recovered", interrupted=len(recovered), accounts=len(phones),
-                 delivery=self.settings.delivery.value)
+                 suspects=len(self._suspects), delivery=self.settings.delivery.value)
         return phones
 
     def on_start(self) -> None:
-        for phone in self._boot_phones:
-            self._start_account(phone)
-        self._boot_phones = []
+        if self._suspects:
+            log.warning("quarantine.started", suspects=len(self._suspects))
+            self._next_suspect()
+        else:
+            self._start_boot_accounts()
         self._arm_cleanup()
+
+    def _start_boot_accounts(self) -> None:
+        for phone in self._boot_phones:
+            if phone not in self.accounts and phone not in self.parked:
+                self._start_account(phone)
+        self._boot_phones = []
+
+    # -- suspects --------------------------------------------------------------------------
+    # A crash charges an attempt to every message in flight. A poison message (its send kills
+    # the process) is in flight at every crash, and so is, by bad luck or design, a slow
+    # bystander: charged alike, both would end failed. So a message in flight at two crashes
+    # in a row is sent alone at the next boot: its account is the only one running until its
+    # outcome is recorded. A poison then kills the process with nothing else in flight, and a
+    # bystander is sent and done with.
+
+    def _next_suspect(self) -> None:
+        """Stop the account that sent the last suspect; start the next one's, or every account."""
+        if self._suspect_timer is not None:
+            self._suspect_timer.cancel()
+            self._suspect_timer = None
+        if self._quarantined is not None:
+            done = self.accounts.pop(self._quarantined, None)
+            if done is not None:
+                done.stop(block=False)  # it sends nothing more; the boot starts the account again
+            self._quarantined = None
+        while self._suspects:
+            message_id, phone = self._suspects.popleft()
+            if phone in self.parked:
+                continue
+            log.warning("quarantine.sending_alone", message_id=message_id, account=mask_phone(phone))
+            self._quarantined = phone
+            ref = self._start_account(phone, watch=message_id)
+            give_up = functools.partial(tell_if_alive, self.actor_ref, SuspectSettled(phone, ref.actor_urn))
+            self._suspect_timer = self.clock.call_later(self.settings.suspect_timeout, give_up)
+            return
+        log.info("quarantine.finished")
+        # Enqueues routed to nobody meanwhile are in the database: read who has work now.
+        self._boot_phones = self.readers.run(self.storage.phones_with_open_work)
+        self._start_boot_accounts()
+
+    def _suspect_settled(self, phone: str, urn: str) -> None:
+        current = self.accounts.get(phone)
+        if phone == self._quarantined and current is not None and current.actor_urn == urn:
+            self._next_suspect()
 
     def on_stop(self) -> None:
         super().on_stop()
-        for timer in (self._cleanup_timer, self._sleeper_timer):
+        for timer in (self._cleanup_timer, self._sleeper_timer, self._suspect_timer):
             if timer is not None:
                 timer.cancel()
         pykka.get_all([ref.stop(block=False) for ref in self.accounts.values()])
@@ -362,6 +419,8 @@ class Supervisor(DeferredReplyActor):
                     tell_if_alive(self.accounts[phone], forget)
             case AccountFailed(phone, urn, error):
                 self._account_failed(phone, urn, error)
+            case SuspectSettled(phone, urn):
+                self._suspect_settled(phone, urn)
             case AccountIdle(phone, urn, wake_at, seen):
                 self._account_idle(phone, urn, wake_at, seen)
             case RunCleanup():
@@ -404,19 +463,21 @@ class Supervisor(DeferredReplyActor):
     def _ensure_account(self, phone: str) -> pykka.ActorRef[AccountActor] | None:
         if phone in self.parked:
             return None
+        if self._quarantined is not None and phone != self._quarantined:
+            return None  # a suspect is being sent alone; the boot after it reads this work back
         ref = self.accounts.get(phone)
         if ref is None:
             return self._start_account(phone)
         # A dead ref is a crash whose report is on its way: the restart loads from the database.
         return ref if ref.is_alive() else None
 
-    def _start_account(self, phone: str) -> pykka.ActorRef[AccountActor]:
+    def _start_account(self, phone: str, watch: int | None = None) -> pykka.ActorRef[AccountActor]:
         deps = AccountDeps(
             sender=self.sender, persistence=self.persistence, supervisor=self.actor_ref,
             storage=self.storage, readers=self.readers, send_pool=self.send_pool, turns=self.turns,
             deadlines=self.deadlines, clock=self.clock, rng=self.rng, settings=self.settings.account,
             loop=self.loop,
-            pacing=self.settings.pacing_by_account.get(phone, self.settings.pacing),
+            pacing=self.settings.pacing_by_account.get(phone, self.settings.pacing), watch=watch,
         )
         ref = AccountActor.start(phone, deps)
         self.accounts[phone] = ref
@@ -427,6 +488,13 @@ class Supervisor(DeferredReplyActor):
         current = self.accounts.get(phone)
         if current is None or current.actor_urn != urn:
             return  # a report about an incarnation already replaced
+        if phone == self._quarantined:
+            # Sending its suspect alone crashed the actor: settle what it held, go on; the
+            # boot that follows starts it again.
+            self.persistence.ask(Recover(self.settings.delivery, phone))
+            log.warning("account.crashed_alone", account=mask_phone(phone), error=error)
+            self._next_suspect()
+            return
         del self.accounts[phone]
         now = self.clock.monotonic()
         history = self.restarts.setdefault(phone, deque())

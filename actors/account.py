@@ -41,6 +41,7 @@ from actors.messages import (
     Deliver,
     Forget,
     Pump,
+    SuspectSettled,
     Unpause,
     Wake,
 )
@@ -98,6 +99,9 @@ class AccountDeps:
     """The bot's event loop, where a coroutine sender runs."""
     pacing: Pacing = field(default_factory=Pacing)
     """This account's rate and per-recipient interval."""
+    watch: int | None = None
+    """A suspect's id: this account runs alone until that message's outcome is recorded (or
+    it cannot be sent now), then tells the supervisor `SuspectSettled` and sends nothing more."""
 
 
 class AccountActor(PooledActor):
@@ -132,6 +136,7 @@ class AccountActor(PooledActor):
         self._pump_queued = False
         self._idle_since: float | None = None
         self._deliveries_seen = 0
+        self._watching = deps.watch is not None  # until the suspect is settled
 
     # -- pykka hooks -------------------------------------------------------------------
 
@@ -234,6 +239,8 @@ class AccountActor(PooledActor):
 
     def _step(self) -> None:
         now = self.deps.clock.now()
+        if self.deps.watch is not None and not self._watching:
+            return  # the suspect is settled: the supervisor stops this incarnation
         if not self._pause_loaded and not self._refill(now):  # the first load brings the pause
             return
         if self._unrecorded is not None:
@@ -241,10 +248,12 @@ class AccountActor(PooledActor):
             return
         if self._disabled:
             self._give_back_claimed()
+            self._settle_suspect()  # it cannot be sent now: no use holding every other account
             self._rest(now)  # it may stop when idle; a restart reads the suspension back
             return
         if self._paused_until is not None and now < self._paused_until:
             self._give_back_claimed()
+            self._settle_suspect()
             self._arm(self._paused_until)
             return
         self._paused_until = None
@@ -342,8 +351,15 @@ class AccountActor(PooledActor):
             self._note_future(view.next_due_at)
         return True
 
+    def _settle_suspect(self) -> None:
+        """Done with the suspect this account was started for (sent, or not sendable now)."""
+        if self._watching:
+            self._watching = False
+            self._tell_supervisor(SuspectSettled(self.phone, self.actor_urn))
+
     def _rest(self, now: datetime) -> None:
         """Nothing due: wait for the next timer, or stop if idle for long enough."""
+        self._settle_suspect()  # nothing due, so the suspect is not (cancelled, or not due)
         self._arm(self._wake_at)
         idle = self.settings.idle_timeout
         if idle is None:
@@ -428,7 +444,8 @@ class AccountActor(PooledActor):
         transition, message = self._unrecorded, self._unrecorded_message
         assert transition is not None and message is not None
         now = self.deps.clock.now()
-        candidate = self._next_due(now) if claim_next and not transition.give_back else None
+        suspect = transition.id == self.deps.watch
+        candidate = self._next_due(now) if claim_next and not transition.give_back and not suspect else None
         self._paced = False  # a paced pick armed its timer; the step goes on recording
         claim = (candidate.id,) if candidate is not None else ()
         record, pause = transition, None
@@ -445,6 +462,8 @@ class AccountActor(PooledActor):
             if transition.status is Status.COMPLETED:
                 crash_point("record.completed")
             self._after_record(transition, message, transition.id in answer.recorded)
+            if suspect:
+                self._settle_suspect()
             self._go_on()
 
         self._advance(Advance(record=(record,), claim=claim, pause=pause), candidate, recorded)

@@ -348,6 +348,16 @@ class AccountIdle:
 
 
 @dataclass(frozen=True, slots=True)
+class SuspectSettled:
+    """An account started to send a suspect alone is done with it (see `AccountDeps.watch`)."""
+
+    phone: str
+    """The account."""
+    actor_urn: str
+    """Which incarnation."""
+
+
+@dataclass(frozen=True, slots=True)
 class RunCleanup:
     """The supervisor's hourly timer fired."""
 

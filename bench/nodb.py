@@ -103,6 +103,9 @@ class MemoryStore:
                             phone: str | None = None) -> list[Message]:
         return []  # nothing survives a restart of memory
 
+    def interrupted_again(self) -> list[tuple[int, str]]:
+        return []  # no crash is survived, let alone two
+
     def delete_finished_before(self, cutoff: datetime, limit: int) -> int:
         return 0
 

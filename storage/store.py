@@ -374,6 +374,16 @@ class Storage:
         self._write_states(settled)
         return settled
 
+    def interrupted_again(self) -> list[tuple[int, str]]:
+        """(id, phone) of the rows left PROCESSING by a crash whose previous attempt a crash
+        had interrupted too (its last outcome is still that one), in id order: to be read
+        before `recover_interrupted` settles them."""
+        query = (self.Row.select(self.Row.id, self.Row.phone)
+                 .where((self.Row.status == Status.PROCESSING.value) & (self.Row.last_error == INTERRUPTED))
+                 .order_by(self.Row.id))
+        with self._guard():
+            return [(int(row.id), str(row.phone)) for row in query]
+
     def set_pause(self, pause: AccountPause, now: datetime) -> None:
         """Persist an account-wide pause (replacing an earlier one)."""
         row = {"phone": pause.phone, "paused_until": pause.until, "reason": pause.reason,
@@ -567,8 +577,12 @@ def _shared_values(new: NewMessage,
             0, new.max_attempts, micros(new.created_at))
 
 
+#: last_error of a message whose attempt a crash interrupted (until its next outcome).
+INTERRUPTED = "interrupted: the process stopped while this attempt was in flight"
+
+
 def _settle_interrupted(message: Message, delivery: Delivery, now: datetime) -> Message:
-    error = "interrupted: the process stopped while this attempt was in flight"
+    error = INTERRUPTED
     if delivery is Delivery.AT_MOST_ONCE or message.attempts >= message.max_attempts:
         return replace(message, status=Status.FAILED, last_error=error, completed_at=now,
                        updated_at=now)

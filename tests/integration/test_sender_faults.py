@@ -240,11 +240,6 @@ def test_poison_message_that_kills_the_process_ends_failed(tmp_path: Path) -> No
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: recovery charges the interrupted attempt to every row left PROCESSING "
-    "(Storage.recover_interrupted / _settle_interrupted), so a message of another account that "
-    "was merely in flight when the poison killed the process also reaches max_attempts and ends "
-    "failed 'interrupted' although it never killed anything"))
 def test_poison_message_does_not_fail_a_bystander_in_flight(tmp_path: Path) -> None:
     """A message of another account in flight at each poison death is still delivered, not failed."""
     db_file = tmp_path / "bystander.db"
