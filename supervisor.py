@@ -296,8 +296,7 @@ class Supervisor(DeferredReplyActor):
 
     def _start_boot_accounts(self) -> None:
         for phone in self._boot_phones:
-            if phone not in self.accounts and phone not in self.parked:
-                self._start_account(phone)
+            self._ensure_account(phone)
         self._boot_phones = []
 
     # -- suspects --------------------------------------------------------------------------
@@ -318,10 +317,8 @@ class Supervisor(DeferredReplyActor):
             if done is not None:
                 done.stop(block=False)  # it sends nothing more; the boot starts the account again
             self._quarantined = None
-        while self._suspects:
+        if self._suspects:  # nothing is parked at boot: every suspect gets its turn
             message_id, phone = self._suspects.popleft()
-            if phone in self.parked:
-                continue
             log.warning("quarantine.sending_alone", message_id=message_id, account=mask_phone(phone))
             self._quarantined = phone
             ref = self._start_account(phone, watch=message_id)
