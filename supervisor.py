@@ -28,7 +28,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pykka
-import structlog
 
 from actors import (
     AccountActor,
@@ -113,6 +112,7 @@ from storage import (
     ValidationError,
     open_database,
 )
+from storage.logs import get_logger
 
 __all__ = [
     "AccountSettings",
@@ -162,7 +162,7 @@ __all__ = [
     "sender_with_adapters",
 ]
 
-log = structlog.get_logger("postroom.supervisor")
+log = get_logger("postroom.supervisor")
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,6 @@ from types import TracebackType
 from typing import Any
 
 import pykka
-import structlog
 
 from actors._faults import crash_point
 from actors._mailbox import Answered, MailedReply, ask_by_mail, tell_if_alive
@@ -53,6 +52,7 @@ from actors.readers import ReaderPool
 from actors.retry import BackoffPolicy, RandomSource, decide
 from actors.sending import SendPool
 from storage import AccountPause, Message, Status, Storage, StorageError, Transition, pause_end_text
+from storage.logs import get_logger
 
 #: The user's delivery code: returns when delivered, raises to say what went wrong.
 Sender = Callable[[Message], Any]
@@ -116,7 +116,7 @@ class AccountActor(PooledActor):
         self.deps = deps
         self.settings = deps.settings
         self.order = SendOrder(deps.settings.window)
-        self.log = structlog.get_logger("postroom.account").bind(account=mask_phone(phone))
+        self.log = get_logger("postroom.account", account=mask_phone(phone))
         self._wake_at: datetime | None = None  # earliest future message known to be in the DB
         self._paused_until: datetime | None = None
         self._disabled = False  # suspended until a user lifts it: nothing is sent, no timer

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pykka
-import structlog
 from pykka._envelope import Envelope
 
 from actors._mailbox import DeferredInbox
@@ -30,8 +29,9 @@ from actors.clock import Clock
 from actors.messages import Broadcast, Enqueue, EnqueueBatch, Persist
 from actors.validation import Limits, validate_enqueue
 from storage import PostroomError, ValidationError
+from storage.logs import get_logger
 
-log = structlog.get_logger("postroom.supervisor")
+log = get_logger("postroom.supervisor")
 
 #: Commands that write new rows: their order among themselves is the order of the rows.
 ENQUEUE_COMMANDS = (Enqueue, EnqueueBatch, Broadcast)

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import structlog
-
 from actors._faults import crash_point
 from actors._mailbox import DeferredReplyActor, Request
 from actors.clock import Clock
@@ -43,8 +41,9 @@ from actors.messages import (
     Requeue,
 )
 from storage import Message, NewBroadcast, NewMessage, PostroomError, Status, Storage, StorageError
+from storage.logs import get_logger
 
-log = structlog.get_logger("postroom.persistence")
+log = get_logger("postroom.persistence")
 
 #: A batch this big already spends under 0.02 fsyncs per write: no need to wait for more.
 GATHER_BELOW = 64

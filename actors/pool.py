@@ -13,9 +13,9 @@ import queue
 import threading
 from collections.abc import Callable
 
-import structlog
+from storage.logs import get_logger
 
-log = structlog.get_logger("postroom.pool")
+log = get_logger("postroom.pool")
 
 Job = Callable[[], None]
 
