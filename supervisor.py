@@ -86,9 +86,9 @@ from actors import (
     validate_enqueues,
 )
 from actors._faults import crash_point
-from actors._mailbox import DeferredReplyActor, tell_if_alive
+from actors._mailbox import DeferredReplyActor, log_unanswered, tell_if_alive
 from actors.aio import AsyncSender, ask_async, is_coroutine_sender
-from actors.door import Door, SupervisorInbox, log_unanswered
+from actors.door import Door, SupervisorInbox
 from actors.pacing import Pacing
 from actors.pool import DaemonPool
 from actors.sending import SendPool
@@ -356,7 +356,7 @@ class Supervisor(DeferredReplyActor):
 
     def unanswered_error(self, request: Request, error: Exception) -> None:
         # The supervisor is the root: a bad `tell` is refused and logged, never fatal.
-        log_unanswered(request.message, error)
+        log_unanswered(type(request.message).__name__, error)
 
     def on_failure(self, *exc_info: Any) -> None:
         # The supervisor itself failed on a tell: take everything down in order.

@@ -25,6 +25,11 @@ from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 from pykka._threading import ThreadingFutureResult
 
+from storage import PostroomError, ValidationError
+from storage.logs import get_logger
+
+log = get_logger("postroom.commands")
+
 
 class Request:
     """A message and the means to answer whoever asked (nobody, for a `tell`)."""
@@ -241,6 +246,14 @@ def ask_by_mail(target: pykka.ActorRef[Any], message: Any, owner: pykka.ActorRef
     reply = MailedReply(owner)
     target.actor_inbox.put(Envelope(message, reply_to=reply))
     return reply
+
+
+def log_unanswered(command: str, error: Exception) -> None:
+    """A command (named by its type) that came by `tell` failed: nobody waits for the error,
+    so it is logged."""
+    event = "command.refused" if isinstance(error, PostroomError) else "command.failed"
+    log.error(event, command=command, error=type(error).__name__,
+              reason=str(error) if isinstance(error, ValidationError) else None)
 
 
 def tell_if_alive(ref: pykka.ActorRef[Any], message: Any) -> None:

@@ -24,24 +24,14 @@ from typing import Any
 import pykka
 from pykka._envelope import Envelope
 
-from actors._mailbox import DeferredInbox
+from actors._mailbox import DeferredInbox, log_unanswered
 from actors.clock import Clock
 from actors.messages import Broadcast, Enqueue, EnqueueBatch, Persist
 from actors.validation import Limits, validate_enqueue
-from storage import PostroomError, ValidationError
-from storage.logs import get_logger
-
-log = get_logger("postroom.supervisor")
+from storage import ValidationError
 
 #: Commands that write new rows: their order among themselves is the order of the rows.
 ENQUEUE_COMMANDS = (Enqueue, EnqueueBatch, Broadcast)
-
-
-def log_unanswered(command: Any, error: Exception) -> None:
-    """A command that came by `tell` failed: nobody waits for the error, so it is logged."""
-    event = "command.refused" if isinstance(error, PostroomError) else "command.failed"
-    log.error(event, command=type(command).__name__, error=type(error).__name__,
-              reason=str(error) if isinstance(error, ValidationError) else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +91,6 @@ def _pass_through(door: Door, command: Enqueue, reply_to: pykka.Future[Any] | No
 
 def _refuse(command: Enqueue, error: Exception, reply_to: pykka.Future[Any] | None) -> None:
     if reply_to is None:
-        log_unanswered(command, error)
+        log_unanswered(type(command).__name__, error)
     else:
         reply_to.set_exception(exc_info=(type(error), error, error.__traceback__))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from storage import AccountPause, Delivery, Message, NewMessage, Priority, Status, Transition
+from storage import AccountPause, Delivery, Message, NewBroadcast, NewMessage, Priority, Status, Transition
 
 if TYPE_CHECKING:
     from actors._mailbox import Request
@@ -177,6 +177,15 @@ class Persist:
     the user's enqueue itself asked the writer (passed through, actors/door.py)."""
     batch: bool
     """True for `EnqueueBatch` and `Broadcast`."""
+
+    @property
+    def keyed(self) -> bool:
+        """A batch with an idempotency key: written on its own and all or nothing, since a key
+        used before for another message refuses the whole batch."""
+        news = self.news
+        if isinstance(news, NewBroadcast):
+            return news.template.idempotency_key is not None
+        return self.batch and any(new.idempotency_key is not None for new in news)
 
 
 @dataclass(frozen=True, slots=True)

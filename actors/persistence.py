@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from actors._faults import crash_point
-from actors._mailbox import DeferredReplyActor, Request
+from actors._mailbox import DeferredReplyActor, Request, log_unanswered
 from actors.clock import Clock
 from actors.messages import (
     Advance,
@@ -40,7 +40,16 @@ from actors.messages import (
     Recover,
     Requeue,
 )
-from storage import Message, NewBroadcast, NewMessage, PostroomError, Status, Storage, StorageError
+from storage import (
+    IdempotencyConflict,
+    Message,
+    NewBroadcast,
+    NewMessage,
+    PostroomError,
+    Status,
+    Storage,
+    StorageError,
+)
 from storage.logs import get_logger
 
 log = get_logger("postroom.persistence")
@@ -158,7 +167,7 @@ class PersistenceActor(DeferredReplyActor):
         after an answer finds the new rows routed (16 single enqueues: one tell, not 16)."""
         parts: list[tuple[Sequence[NewMessage], list[tuple[int, int]]]] = []
         for request, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(request.message, Persist):
+            if isinstance(request.message, Persist) and not isinstance(outcome, PostroomError):
                 rows = _new_rows(outcome)
                 if rows:
                     parts.append((request.message.news, rows))
@@ -196,7 +205,7 @@ class PersistenceActor(DeferredReplyActor):
                     outcomes.append(self._apply_one(message, now))
         return outcomes
 
-    def _insert_in_order(self, persists: Sequence[Persist]) -> list[list[Any]]:
+    def _insert_in_order(self, persists: Sequence[Persist]) -> list[list[Any] | IdempotencyConflict]:
         """Each `Persist`'s answers, its rows written after those of the ones before it: ids
         follow the order the enqueues came in (a broadcast told before an enqueue to the same
         account is sent first).
@@ -204,7 +213,7 @@ class PersistenceActor(DeferredReplyActor):
         A run of enqueues and batches shares one insert; a broadcast has its own (it is
         written from its shared fields, never taken apart into 100,000 objects).
         """
-        answers: list[list[Any]] = []
+        answers: list[list[Any] | IdempotencyConflict] = []
         run: list[Persist] = []
 
         def write_run() -> None:
@@ -213,15 +222,24 @@ class PersistenceActor(DeferredReplyActor):
             run.clear()
 
         for persist in persists:
-            if isinstance(persist.news, NewBroadcast):
+            if isinstance(persist.news, NewBroadcast) or persist.keyed:
                 if run:
                     write_run()
-                answers.append(self.storage.insert(persist.news) if persist.news else [])
+                answers.append(self._insert_alone(persist))
             else:
                 run.append(persist)
         if run:
             write_run()
         return answers
+
+    def _insert_alone(self, persist: Persist) -> list[Any] | IdempotencyConflict:
+        """A broadcast or a keyed batch: its answers, or the conflict that refused all of it."""
+        if not persist.news:
+            return []
+        try:
+            return self.storage.insert(persist.news, all_or_nothing=True)
+        except IdempotencyConflict as conflict:
+            return conflict  # nothing was written: the transaction serves the others
 
     def _apply_one(self, message: Any, now: datetime) -> Any:
         """A write of its own kind; domain errors are returned, not raised."""
@@ -268,14 +286,18 @@ class PersistenceActor(DeferredReplyActor):
             case _:
                 self._answer(request, outcome)
 
-    def _answer_persist(self, request: Request, outcome: list[Any], batch: bool) -> None:
-        errors = [o for o in outcome if isinstance(o, PostroomError)]
-        if errors and not batch:
-            request.fail(errors[0])
-            return
-        # A conflicting idempotency key inside a batch is reported per message.
-        ids = [o.id if isinstance(o, Message) else o for o in outcome]
-        request.answer(ids if batch else ids[0])
+    def _answer_persist(self, request: Request, outcome: list[Any] | PostroomError, batch: bool) -> None:
+        if not isinstance(outcome, PostroomError):
+            errors = [o for o in outcome if isinstance(o, PostroomError)]
+            if not errors:
+                ids = [o.id if isinstance(o, Message) else o for o in outcome]
+                request.answer(ids if batch else ids[0])
+                return
+            outcome = errors[0]  # a single enqueue's conflict: batches are refused whole
+        if request.expects_reply:
+            request.fail(outcome)
+        else:
+            log_unanswered("EnqueueBatch" if batch else "Enqueue", outcome)
 
     def _continue_cleanup(self, cutoff: datetime, request: Request | None, so_far: int,
                           deleted_now: int) -> None:

@@ -222,10 +222,13 @@ class Storage:
 
     # -- writes (inside write_transaction, persistence actor only) -------------------
 
-    def insert(self, news: Sequence[NewMessage]) -> list[int | Message | IdempotencyConflict]:
+    def insert(self, news: Sequence[NewMessage], *,
+               all_or_nothing: bool = False) -> list[int | Message | IdempotencyConflict]:
         """Insert new messages; answers, in order: the new row's id, or for a repeated
         idempotency key the message first written with it (`IdempotencyConflict` when
         the payload differs). A key repeated inside `news` answers the first one's id.
+        `all_or_nothing`: a conflict raises `IdempotencyConflict` naming its position, and
+        nothing is written (a batch is refused whole; the transaction goes on).
 
         No `Message` is built here: a broadcast's 100,000 rows would hold the write
         transaction (and the caller's answer) for a third of a second; the caller builds
@@ -252,6 +255,8 @@ class Storage:
                     first_in_batch[key] = len(fresh)
                 plan.append(len(fresh))
                 fresh.append(new)
+        if all_or_nothing:
+            _refuse_conflict(news, plan)
         ids = self._dialect.allocate_ids(len(fresh)) if fresh else []
         self._insert_pending(ids, fresh)
         return [ids[step] if isinstance(step, int) else step for step in plan]
@@ -553,6 +558,15 @@ def _from_tuple(row: Sequence[Any]) -> Message:
         updated_at=from_micros(row[12]), idempotency_key=row[13], last_error=row[14],
         completed_at=_from_micros(row[15]),
     )
+
+
+def _refuse_conflict(news: Sequence[NewMessage], plan: Sequence[object]) -> None:
+    """Raise for the first conflict of a batch's plan, by its position in the batch."""
+    position = next((i for i, step in enumerate(plan) if isinstance(step, IdempotencyConflict)), None)
+    if position is not None:
+        noun = "recipient" if isinstance(news, NewBroadcast) else "message"
+        raise IdempotencyConflict(f"{noun} {position}: its idempotency key was already used for a "
+                                  "different message; nothing of the batch was written")
 
 
 def _pause_from_row(row: Sequence[Any]) -> AccountPause:
