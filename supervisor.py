@@ -595,7 +595,7 @@ class AsyncPostroom:
         """Any command of the supervisor; its answer, or its error raised here."""
         return await ask_async(self.ref, command)
 
-    async def enqueue(self, phone: str, user_id: str, text: str = "", **fields: Any) -> int:
+    async def enqueue(self, phone: str, user_id: str | int, text: str = "", **fields: Any) -> int:
         """Queue one message; its id once committed."""
         return int(await self.ask(Enqueue(phone=phone, user_id=user_id, text=text, **fields)))
 
@@ -603,7 +603,7 @@ class AsyncPostroom:
         """Queue many messages in one commit; their ids."""
         return list(await self.ask(EnqueueBatch(messages)))
 
-    async def broadcast(self, recipients: Sequence[tuple[str, str]], text: str = "",
+    async def broadcast(self, recipients: Sequence[tuple[str, str | int]], text: str = "",
                         **fields: Any) -> list[int]:
         """Queue one message to many (phone, user_id) recipients in one commit; their ids."""
         return list(await self.ask(Broadcast(recipients, text=text, **fields)))

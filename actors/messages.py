@@ -31,8 +31,9 @@ class Enqueue:
 
     phone: str
     """The sending account (a phone number or any account id)."""
-    user_id: str
-    """The recipient, in the sender's own terms."""
+    user_id: str | int
+    """The recipient, in the sender's own terms; an int (a Telegram chat id) is stored as its
+    decimal text, and the sender gets that string."""
     text: str = ""
     """The body; may be empty only with an attachment."""
     priority: Priority = Priority.NORMAL
@@ -66,8 +67,9 @@ class Broadcast:
     per recipient: the shared fields are checked once. All or nothing.
     """
 
-    recipients: Sequence[tuple[str, str]]
-    """(phone, user_id) pairs: the sending account and the recipient, in send order."""
+    recipients: Sequence[tuple[str, str | int]]
+    """(phone, user_id) pairs: the sending account and the recipient (a string, or an int
+    stored as its decimal text), in send order."""
     # The message every recipient gets: these mean what `Enqueue`'s fields of the same name do.
     text: str = ""
     priority: Priority = Priority.NORMAL

@@ -10,6 +10,9 @@ from datetime import UTC, datetime
 from actors.messages import Broadcast, Enqueue
 from storage import NewBroadcast, NewMessage, Priority, ValidationError
 
+#: The most attempts a message may have: what an INTEGER column holds on PostgreSQL.
+MAX_ATTEMPTS = 2**31 - 1
+
 _CONTROL = re.compile("[\x00-\x1f\x7f]")  # a broadcast checks 100,000 ids: scanned in C, not char by char
 
 
@@ -33,13 +36,22 @@ def validate_enqueue(command: Enqueue, now: datetime, limits: Limits) -> NewMess
 
 
 def validate_enqueues(commands: Sequence[Enqueue], now: datetime, limits: Limits) -> list[NewMessage]:
-    """`validate_enqueue` for each command, all or nothing.
+    """`validate_enqueue` for each command, all or nothing; an error names the message's
+    position (`message 7: ...`).
 
     A broadcast repeats its accounts, and often its recipients and text: each distinct
     value is checked once per batch.
     """
+    if isinstance(commands, str | bytes) or not isinstance(commands, Sequence):
+        raise ValidationError(f"EnqueueBatch takes a sequence of Enqueue, not {type(commands).__name__}")
     checked: set[tuple[str, str]] = set()
-    return [_validate(command, now, limits, checked) for command in commands]
+    news: list[NewMessage] = []
+    for position, command in enumerate(commands):
+        try:
+            news.append(_validate(command, now, limits, checked))
+        except ValidationError as error:
+            raise ValidationError(f"message {position}: {error}") from None
+    return news
 
 
 def validate_broadcast(command: Broadcast, now: datetime, limits: Limits) -> NewBroadcast:
@@ -61,7 +73,7 @@ def validate_broadcast(command: Broadcast, now: datetime, limits: Limits) -> New
         phone, user_id = pair
         try:
             _identifier("phone", phone, limits.max_phone_length, checked)
-            _identifier("user_id", user_id, limits.max_field_length, checked)
+            user_id = _recipient(user_id, limits, checked)
         except ValidationError as error:
             raise ValidationError(f"recipient {position}: {error}") from None
         pairs.append((phone, user_id))
@@ -77,12 +89,12 @@ def _validate(command: Enqueue, now: datetime, limits: Limits, checked: set[tupl
     if not isinstance(command, Enqueue):
         raise ValidationError(f"expected Enqueue, got {type(command).__name__}")
     _identifier("phone", command.phone, limits.max_phone_length, checked)
-    _identifier("user_id", command.user_id, limits.max_field_length, checked)
+    user_id = _recipient(command.user_id, limits, checked)
     if command.idempotency_key is not None:
         _identifier("idempotency_key", command.idempotency_key, limits.max_field_length, checked)
     scheduled_at, max_attempts = _body(command, limits, checked)
     return NewMessage(
-        phone=command.phone, user_id=command.user_id, text=command.text,
+        phone=command.phone, user_id=user_id, text=command.text,
         attachment=command.attachment, priority=command.priority, created_at=now,
         scheduled_at=scheduled_at, max_attempts=max_attempts,
         idempotency_key=command.idempotency_key,
@@ -98,8 +110,17 @@ def _body(command: Enqueue | Broadcast, limits: Limits,
     if not isinstance(command.priority, Priority):
         raise ValidationError(f"priority must be a Priority, not {command.priority!r}")
     max_attempts = _max_attempts(command.max_attempts, limits)
-    _aware("scheduled_at", command.scheduled_at)
-    return (command.scheduled_at.astimezone(UTC) if command.scheduled_at else None), max_attempts
+    return _utc("scheduled_at", command.scheduled_at), max_attempts
+
+
+def _recipient(value: object, limits: Limits, checked: set[tuple[str, str]]) -> str:
+    """A user_id as stored: a string, or an int (Telegram's chat ids) as its decimal text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValidationError("user_id must be a non-empty string or an int")
+    _identifier("user_id", value, limits.max_field_length, checked)
+    return value
 
 
 def _identifier(name: str, value: object, max_length: int, checked: set[tuple[str, str]]) -> None:
@@ -139,15 +160,20 @@ def _encodable(name: str, value: str) -> None:
 def _max_attempts(value: object, limits: Limits) -> int:
     if value is None:
         return limits.default_max_attempts
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValidationError("max_attempts must be an integer >= 1")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ATTEMPTS:
+        raise ValidationError(f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}")
     return value
 
 
-def _aware(name: str, value: object) -> None:
+def _utc(name: str, value: object) -> datetime | None:
+    """An aware datetime in UTC (None stays None)."""
     if value is None:
-        return
+        return None
     if not isinstance(value, datetime):
         raise ValidationError(f"{name} must be a datetime")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValidationError(f"{name} must be timezone-aware")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # the ends of year 1 and 9999 away from UTC have no UTC datetime
+        raise ValidationError(f"{name} is out of range") from None

@@ -25,6 +25,7 @@ from supervisor import (
     Enqueue,
     EnqueueBatch,
     FakeClock,
+    GetHealth,
     GetMessage,
     GetStats,
     ListMessages,
@@ -296,5 +297,26 @@ def test_longest_phone_the_door_accepts_is_stored_on_postgres(postgres_url: str)
         assert own.ask(GetMessage(message_id), timeout=10).phone == phone
         with pytest.raises(ValidationError):
             own.ask(Enqueue(phone=phone + "1", user_id="42", text="x"), timeout=10)
+    finally:
+        own.stop()
+
+
+def test_edge_values_the_door_accepts_are_stored_on_every_backend(database_url: str) -> None:
+    """An int chat id, 2**31 - 1 attempts and year 9999 round-trip on SQLite and PostgreSQL;
+    2**63 attempts and a batch that is no sequence are refused at the door, nothing written."""
+    own = start(database_url, never_delivers, clock=FakeClock(CLOCK_START))
+    try:
+        far = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+        message_id = own.ask(Enqueue(phone="+15550001", user_id=-1001234567890, text="x",
+                                     max_attempts=2**31 - 1, scheduled_at=far), timeout=10)
+        stored = own.ask(GetMessage(message_id), timeout=10)
+        assert (stored.user_id, stored.max_attempts, stored.scheduled_at) == (
+            "-1001234567890", 2**31 - 1, far)
+        with pytest.raises(ValidationError, match="max_attempts"):
+            own.ask(Enqueue(phone="+15550001", user_id="42", text="x", max_attempts=2**63), timeout=10)
+        with pytest.raises(ValidationError, match="sequence of Enqueue"):
+            own.ask(EnqueueBatch(None), timeout=10)  # type: ignore[arg-type]
+        assert own.ask(GetStats(), timeout=10).total == 1
+        assert own.ask(GetHealth(), timeout=10).degraded is False
     finally:
         own.stop()

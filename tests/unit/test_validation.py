@@ -27,7 +27,9 @@ def command(**changes: Any) -> Enqueue:
         ({"phone": None}, "phone"),  # not a string
         ({"phone": "+1\x00555"}, "control"),  # NUL inside an identifier
         ({"user_id": ""}, "user_id"),  # empty recipient
-        ({"user_id": 42}, "user_id"),  # a number, not a string
+        ({"user_id": 42.0}, "user_id"),  # a float is no chat id
+        ({"user_id": True}, "user_id"),  # nor is a bool
+        ({"user_id": None}, "user_id"),
         ({"text": ""}, "text or an attachment"),  # nothing to send
         ({"text": None}, "text must be a string"),
         ({"text": "x" * 4097}, "longer than 4096"),  # over the text limit
@@ -38,6 +40,12 @@ def command(**changes: Any) -> Enqueue:
         ({"max_attempts": -1}, "max_attempts"),
         ({"max_attempts": 2.5}, "max_attempts"),
         ({"max_attempts": True}, "max_attempts"),  # bool is not a count
+        ({"max_attempts": 2**31}, "from 1 to 2147483647"),  # beyond PostgreSQL's INTEGER column
+        ({"max_attempts": 2**63}, "from 1 to 2147483647"),  # beyond SQLite's too
+        # the first instant of year 1 at UTC+5 is before datetime.min in UTC, the last of 9999
+        # at UTC-5 after datetime.max
+        ({"scheduled_at": datetime.min.replace(tzinfo=timezone(timedelta(hours=5)))}, "out of range"),
+        ({"scheduled_at": datetime.max.replace(tzinfo=timezone(timedelta(hours=-5)))}, "out of range"),
         ({"scheduled_at": datetime(2030, 1, 1)}, "timezone-aware"),  # naive datetime
         ({"scheduled_at": "tomorrow"}, "datetime"),
         ({"idempotency_key": ""}, "idempotency_key"),
@@ -113,7 +121,28 @@ def test_a_batch_checks_every_message_even_with_repeated_values() -> None:
     a bad one after many good ones with the same account is refused."""
     good = [command(text=str(i)) for i in range(5)]
     assert [n.text for n in validate_enqueues(good, NOW, Limits())] == ["0", "1", "2", "3", "4"]
-    with pytest.raises(ValidationError, match="user_id"):
+    with pytest.raises(ValidationError, match=r"^message 5: user_id"):
         validate_enqueues([*good, command(user_id=" ")], NOW, Limits())
-    with pytest.raises(ValidationError, match="longer than 4"):
+    with pytest.raises(ValidationError, match=r"^message 5: text is longer than 4"):
         validate_enqueues([*good, command(text="hello")], NOW, Limits(max_text_length=4))
+
+
+@pytest.mark.parametrize("messages", [None, "hello", 42, iter([command()])])
+def test_a_batch_must_be_a_sequence(messages: Any) -> None:
+    """EnqueueBatch(None), a string or an iterator is a ValidationError, not a TypeError."""
+    with pytest.raises(ValidationError, match="sequence of Enqueue"):
+        validate_enqueues(messages, NOW, Limits())
+
+
+def test_an_int_user_id_is_stored_as_its_decimal_text() -> None:
+    """python-telegram-bot's chat ids are ints: accepted, and kept as their decimal text."""
+    assert validate_enqueue(command(user_id=-1001234567890), NOW, Limits()).user_id == "-1001234567890"
+    news = validate_broadcast(Broadcast([("+1", 42), ("+1", "43")], text="hi"), NOW, Limits())
+    assert [n.user_id for n in news] == ["42", "43"]
+
+
+def test_the_extremes_of_a_schedule_and_of_attempts_are_accepted() -> None:
+    """Year 9999 and 2**31 - 1 attempts fit every backend's columns."""
+    far = datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
+    new = validate_enqueue(command(scheduled_at=far, max_attempts=2**31 - 1), NOW, Limits())
+    assert (new.scheduled_at, new.max_attempts) == (far, 2**31 - 1)
