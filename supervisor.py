@@ -71,6 +71,7 @@ from actors import (
     ResumeAccount,
     RunCleanup,
     Sender,
+    SenderReturnedAwaitable,
     SendError,
     SendTimeout,
     SuspectSettled,
@@ -87,7 +88,7 @@ from actors import (
 )
 from actors._faults import crash_point
 from actors._mailbox import DeferredReplyActor, log_unanswered, tell_if_alive
-from actors.aio import AsyncSender, ask_async, is_coroutine_sender
+from actors.aio import AsyncSender, ask_async, is_coroutine_sender, running_awaitables
 from actors.door import Door, SupervisorInbox
 from actors.pacing import Pacing
 from actors.pool import DaemonPool
@@ -149,6 +150,7 @@ __all__ = [
     "SendError",
     "SendTimeout",
     "Sender",
+    "SenderReturnedAwaitable",
     "SqliteSettings",
     "Status",
     "StorageError",
@@ -226,7 +228,8 @@ class Supervisor(DeferredReplyActor):
             raise ValidationError("an async sender needs loop=, the event loop it belongs to")
         self.settings = settings or SupervisorSettings()
         self.clock: Clock = clock or SystemClock()
-        self.sender = sender
+        self.sender = sender if is_coroutine_sender(sender) else running_awaitables(
+            sender, loop, self.settings.account.send_timeout)
         self.loop = loop
         self.rng: RandomSource = rng or random.Random()
         self.health = HealthState()

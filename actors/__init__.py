@@ -6,13 +6,15 @@ One module per actor (`account`, `persistence`), one for the messages
 """
 
 from actors._mailbox import DeferredReplyActor, Request
-from actors.account import AccountActor, AccountDeps, AccountSettings, Sender
+from actors.account import AccountActor, AccountDeps, AccountSettings
 from actors.adapters import classify, sender_with_adapters
+from actors.aio import Sender
 from actors.clock import Clock, FakeClock, SystemClock, TimerHandle
 from actors.errors import (
     AccountSuspended,
     PermanentError,
     RateLimited,
+    SenderReturnedAwaitable,
     SendError,
     SendTimeout,
     TransientError,
@@ -111,6 +113,7 @@ __all__ = [
     "SendOrder",
     "SendTimeout",
     "Sender",
+    "SenderReturnedAwaitable",
     "SuspectSettled",
     "SystemClock",
     "TimerHandle",

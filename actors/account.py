@@ -28,7 +28,7 @@ import pykka
 
 from actors._faults import crash_point
 from actors._mailbox import Answered, MailedReply, ask_by_mail, tell_if_alive
-from actors.aio import is_coroutine_sender, submit_to_loop
+from actors.aio import Sender, is_coroutine_sender, submit_to_loop
 from actors.clock import Clock, TimerHandle
 from actors.dispatch import PooledActor
 from actors.errors import SendTimeout
@@ -53,9 +53,6 @@ from actors.retry import BackoffPolicy, RandomSource, decide
 from actors.sending import SendPool
 from storage import AccountPause, Message, Status, Storage, StorageError, Transition, pause_end_text
 from storage.logs import get_logger
-
-#: The user's delivery code: returns when delivered, raises to say what went wrong.
-Sender = Callable[[Message], Any]
 
 
 @dataclass(frozen=True, slots=True)

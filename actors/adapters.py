@@ -10,8 +10,9 @@ only the library's class name and numbers: `str(error)` often holds the chat id 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -184,12 +185,23 @@ def sender_with_adapters(
     @functools.wraps(sender)
     def send(*args: P.args, **kwargs: P.kwargs) -> Any:
         try:
-            return sender(*args, **kwargs)
+            result = sender(*args, **kwargs)
         except Exception as error:  # KeyboardInterrupt and friends are never a send outcome
             _reraise_classified(error, now, rules)
             raise
+        # A plain function around an `async def` (a lambda): what awaiting it raises is classified too.
+        return _classified_awaitable(result, now, rules) if inspect.isawaitable(result) else result
 
     return send
+
+
+async def _classified_awaitable(awaitable: Awaitable[Any], now: Callable[[], datetime],
+                                rules: tuple[Rule, ...]) -> Any:
+    try:
+        return await awaitable
+    except Exception as error:
+        _reraise_classified(error, now, rules)
+        raise
 
 
 def _reraise_classified(error: Exception, now: Callable[[], datetime], rules: tuple[Rule, ...]) -> None:

@@ -43,3 +43,9 @@ class AccountSuspended(SendError):
         """Why, in a few words: "banned", "session revoked", "peer flood", ..."""
         self.retry_after = None if retry_after is None else float(retry_after)
         """Seconds before the account may send again; None: until a user lifts the suspension."""
+
+
+class SenderReturnedAwaitable(PermanentError, TypeError):
+    """The sender returned a coroutine (or another awaitable) and postroom has no event loop
+    to run it on: nothing was sent. Make the sender `async def`, or start postroom with the
+    bot's loop (`AsyncPostroom.start`, or `Supervisor.start(..., loop=...)`)."""

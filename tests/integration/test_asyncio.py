@@ -14,13 +14,15 @@ from actors.account import AccountSettings
 from supervisor import (
     AsyncPostroom,
     Enqueue,
+    GetMessage,
     Message,
     Status,
     Supervisor,
     SupervisorSettings,
     ValidationError,
+    sender_with_adapters,
 )
-from tests.conftest import LogCapture
+from tests.conftest import LogCapture, eventually
 
 
 def settings(**account: Any) -> SupervisorSettings:
@@ -182,3 +184,61 @@ def test_forgotten_supervisor_does_not_keep_the_process_alive(tmp_path: Any) -> 
                             text=True, timeout=60)
     assert result.returncode == 0 and "done" in result.stdout
     assert threading.active_count() >= 1
+
+
+def test_a_plain_sender_returning_a_coroutine_without_a_loop_fails_the_message(sqlite_url: str) -> None:
+    """A lambda around an `async def`, given to a supervisor with no event loop, sends nothing:
+    the message ends `failed` with SenderReturnedAwaitable at the first send, never
+    `completed`, and the coroutine is closed rather than left unawaited."""
+    ran: list[int] = []
+
+    async def send(message: Message) -> None:
+        ran.append(message.id)
+
+    ref = Supervisor.start(sqlite_url, lambda m: send(m), settings=settings())
+    message_id = ref.ask(Enqueue(phone="+15550001", user_id="42", text="hi", max_attempts=5))
+    eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.FAILED)
+    failed = ref.ask(GetMessage(message_id))
+    ref.stop()
+    assert failed.attempts == 1 and failed.last_error is not None
+    assert failed.last_error.startswith("SenderReturnedAwaitable")
+    assert ran == []
+
+
+def test_a_plain_sender_returning_a_coroutine_runs_it_on_the_bots_loop(sqlite_url: str) -> None:
+    """With the bot's loop (AsyncPostroom), the coroutine a plain sender returns is awaited on
+    that loop; what it raises is the send's outcome, classified by sender_with_adapters."""
+
+    class TelegramAPIError(Exception):
+        pass
+
+    class TelegramRetryAfter(TelegramAPIError):  # aiogram's name and attribute
+        def __init__(self, retry_after: int) -> None:
+            super().__init__("flood")
+            self.retry_after = retry_after
+
+    threads: list[int] = []
+
+    async def send(message: Message) -> None:
+        threads.append(threading.get_ident())
+        if message.text == "flood":
+            raise TelegramRetryAfter(120)
+
+    async def main() -> tuple[Message, Message, int]:
+        room = await AsyncPostroom.start(sqlite_url, sender_with_adapters(lambda m: send(m)),
+                                         settings=settings())
+        ok = await room.enqueue("+15550001", "42", "hi")
+        flood = await room.enqueue("+15550002", "42", "flood")
+        while (await room.get(ok)).status is not Status.COMPLETED:
+            await asyncio.sleep(0.01)
+        while (await room.get(flood)).last_error is None:
+            await asyncio.sleep(0.01)
+        answers = await room.get(ok), await room.get(flood)
+        await room.stop()
+        return *answers, threading.get_ident()
+
+    sent, paused, loop_thread = asyncio.run(main())
+    assert sent.status is Status.COMPLETED
+    assert paused.last_error is not None and paused.last_error.startswith("RateLimited")
+    assert paused.status is Status.PENDING and paused.attempts == 0  # the attempt was given back
+    assert set(threads) == {loop_thread}
