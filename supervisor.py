@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import functools
 import heapq
+import math
 import random
 import weakref
 from collections import deque
@@ -34,17 +35,22 @@ from actors import (
     AccountDeps,
     AccountFailed,
     AccountIdle,
+    AccountPaused,
     AccountSettings,
     AccountSuspended,
     BackoffPolicy,
     Broadcast,
     Cancel,
     CancelMessage,
+    CheckDrains,
+    CheckPause,
+    CheckPauses,
     Cleanup,
     CleanupNow,
     Clock,
     Committed,
     Deliver,
+    Drain,
     Enqueue,
     EnqueueBatch,
     FakeClock,
@@ -58,6 +64,8 @@ from actors import (
     LiftPause,
     Limits,
     ListMessages,
+    OpenCounted,
+    PausesRead,
     PermanentError,
     Persist,
     PersistenceActor,
@@ -93,7 +101,9 @@ from actors.door import Door, SupervisorInbox
 from actors.pacing import Pacing
 from actors.pool import DaemonPool
 from actors.sending import SendPool
+from actors.watches import DrainWaiters, PauseWatch
 from storage import (
+    AccountPause,
     DatabaseLocked,
     Delivery,
     IdempotencyConflict,
@@ -126,6 +136,7 @@ __all__ = [
     "CleanupNow",
     "DatabaseLocked",
     "Delivery",
+    "Drain",
     "Enqueue",
     "EnqueueBatch",
     "FakeClock",
@@ -193,6 +204,10 @@ class SupervisorSettings:
     """Threads the account actors take turns on (an account costs no thread of its own). A send
     with `send_timeout` set waits on one of them; with `send_timeout=None` it runs on one, so
     this many hung senders would stall every account."""
+    pause_check_interval: float | None = 5.0
+    """Seconds between two reads of the pauses in force: a pause lifted by another process
+    (`postroom resume`) is noticed within this long, and accounts disabled until lifted are
+    reported (a warning once a minute while they last). None: never."""
     suspect_timeout: float = 120.0
     """Seconds a suspect (a message in flight at two crashes in a row) is given to be sent
     alone at boot before the other accounts start anyway."""
@@ -208,6 +223,8 @@ class SupervisorSettings:
 
 #: The wall clock for send timeouts of supervisors whose own clock is not one (one timer thread).
 _REAL_TIME = SystemClock()
+#: Seconds between two counts of the open messages while a `Drain` waits.
+DRAIN_POLL = 0.05
 
 
 class Supervisor(DeferredReplyActor):
@@ -244,6 +261,11 @@ class Supervisor(DeferredReplyActor):
         self._suspects: deque[tuple[int, str]] = deque()  # (id, phone), each sent alone at boot
         self._quarantined: str | None = None  # the one account running while that happens
         self._suspect_timer: Any = None
+        self._pauses = PauseWatch()
+        self._pause_timer: Any = None
+        self._drains = DrainWaiters()
+        self._drain_timer: Any = None
+        self._counting = False  # a count of open messages for the drains is under way
         self.send_pool = SendPool()
         # Send timeouts run on real time, whatever `clock` is (a test's FakeClock).
         self.deadlines = self.clock if isinstance(self.clock, SystemClock) else _REAL_TIME
@@ -296,6 +318,7 @@ class Supervisor(DeferredReplyActor):
         else:
             self._start_boot_accounts()
         self._arm_cleanup()
+        self._check_pauses()  # at once: a disabled account is reported from the start
 
     def _start_boot_accounts(self) -> None:
         for phone in self._boot_phones:
@@ -340,9 +363,12 @@ class Supervisor(DeferredReplyActor):
 
     def on_stop(self) -> None:
         super().on_stop()
-        for timer in (self._cleanup_timer, self._sleeper_timer, self._suspect_timer):
+        for timer in (self._cleanup_timer, self._sleeper_timer, self._suspect_timer,
+                      self._pause_timer, self._drain_timer):
             if timer is not None:
                 timer.cancel()
+        for request in self._drains.take_all():
+            request.fail(SupervisorStopped("the supervisor stopped before the queue drained"))
         pykka.get_all([ref.stop(block=False) for ref in self.accounts.values()])
         self.accounts.clear()
         self.send_pool.shutdown()
@@ -388,6 +414,8 @@ class Supervisor(DeferredReplyActor):
             case CleanupNow(older_than):
                 cutoff = self.clock.now() - (older_than or self.settings.retention)
                 self.persistence.tell(Cleanup(cutoff, request))
+            case Drain(timeout):
+                self._drain(request, timeout)
             case GetHealth():
                 request.answer(self._health())
             case ResumeAccount(phone):
@@ -428,6 +456,16 @@ class Supervisor(DeferredReplyActor):
                 self._arm_cleanup()
             case WakeAccounts():
                 self._wake_sleepers()
+            case AccountPaused(phone, until):
+                self._pauses.noted(phone, until)
+            case CheckPauses():
+                self._check_pauses()
+            case PausesRead(pauses, asked):
+                self._pauses_read(pauses, asked)
+            case CheckDrains():
+                self._count_open()
+            case OpenCounted(count):
+                self._open_counted(count)
             case _:
                 raise ValidationError(f"unknown command {type(message).__name__}")
 
@@ -563,6 +601,69 @@ class Supervisor(DeferredReplyActor):
         self._start_account(phone)
         return True
 
+    # -- pauses lifted elsewhere, disabled accounts --------------------------------------------
+
+    def _check_pauses(self) -> None:
+        """Read every pause in force on the reader pool; `_pauses_read` takes the answer."""
+        asked, ref = self._pauses.asking(), self.actor_ref
+        future = self.readers.submit(self.storage.pauses, self.clock.now())
+        future.add_done_callback(lambda done: tell_if_alive(ref, PausesRead(_result(done), asked)))
+
+    def _pauses_read(self, pauses: Sequence[AccountPause] | StorageError, asked: int) -> None:
+        if isinstance(pauses, StorageError):
+            log.warning("pauses.read_failed", error=str(pauses))
+        else:
+            for phone in self._pauses.read(pauses, asked, self.clock.now()):
+                self._pause_lifted(phone)
+            disabled = self._pauses.disabled_to_report(pauses, self.clock.monotonic())
+            if disabled:
+                log.warning("accounts.disabled", count=len(disabled),
+                            accounts=[mask_phone(phone) for phone in disabled[:20]],
+                            lift="postroom resume ACCOUNT --database URL, or ResumeAccount(ACCOUNT)")
+        interval, ref = self.settings.pause_check_interval, self.actor_ref
+        if interval is not None:
+            self._pause_timer = self.clock.call_later(interval, lambda: tell_if_alive(ref, CheckPauses()))
+
+    def _pause_lifted(self, phone: str) -> None:
+        """Lifted by another process: the account reads its pause again (starting, if need be)."""
+        log.info("account.pause_lifted", account=mask_phone(phone))
+        if phone in self.accounts:
+            tell_if_alive(self.accounts[phone], CheckPause())
+        else:
+            self._ensure_account(phone)
+
+    # -- drains ---------------------------------------------------------------------------
+
+    def _drain(self, request: Request, timeout: float | None) -> None:
+        if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool)
+                                    or not math.isfinite(timeout) or timeout < 0):
+            raise ValidationError(f"Drain timeout must be a finite number of seconds >= 0, not {timeout!r}")
+        deadline = None if timeout is None else self.deadlines.monotonic() + timeout
+        self._drains.add(request, deadline)
+        self._count_open()
+
+    def _count_open(self) -> None:
+        if self._counting or not self._drains:
+            return
+        self._counting, ref = True, self.actor_ref
+        future = self.readers.submit(self.storage.count_open)
+        future.add_done_callback(lambda done: tell_if_alive(ref, OpenCounted(_result(done))))
+
+    def _open_counted(self, count: int | StorageError) -> None:
+        self._counting = False
+        if isinstance(count, StorageError):
+            for request in self._drains.take_all():
+                request.fail(count)
+            return
+        for request in self._drains.counted(count, self.deadlines.monotonic()):
+            request.answer(count)
+        if self._drains:
+            deadline = self._drains.next_deadline()
+            delay = DRAIN_POLL if deadline is None else min(
+                DRAIN_POLL, max(0.0, deadline - self.deadlines.monotonic()))
+            ref = self.actor_ref
+            self._drain_timer = self.deadlines.call_later(delay, lambda: tell_if_alive(ref, CheckDrains()))
+
     def _arm_cleanup(self) -> None:
         interval = self.settings.cleanup_interval
         if interval is not None:
@@ -623,6 +724,10 @@ class AsyncPostroom:
         """Counts by status and account."""
         return await self.ask(GetStats())  # type: ignore[no-any-return]
 
+    async def drain(self, timeout: float | None = None) -> int:
+        """Wait until no message is open, at most `timeout` seconds; how many still are."""
+        return int(await self.ask(Drain(timeout)))
+
     async def health(self) -> Health:
         """Degraded or not, and parked accounts."""
         return await self.ask(GetHealth())  # type: ignore[no-any-return]
@@ -642,6 +747,19 @@ def _stop_forgotten_supervisors() -> None:
     for ref in list(_RUNNING):
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             ref.stop(timeout=10)
+
+
+def _result(done: Future[Any]) -> Any:
+    """A read's result, or the StorageError it raised (any other error wrapped in one: it
+    must reach the supervisor, not die in the reader's callback)."""
+    error = done.exception()
+    if error is None:
+        return done.result()
+    if isinstance(error, StorageError):
+        return error
+    wrapped = StorageError(f"internal error in a read: {type(error).__name__}")
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def _settle_future(request: Request, done: Future[Any]) -> None:

@@ -35,8 +35,10 @@ from actors.errors import SendTimeout
 from actors.messages import (
     AccountFailed,
     AccountIdle,
+    AccountPaused,
     Advance,
     Advanced,
+    CheckPause,
     Deliver,
     Forget,
     Pump,
@@ -212,6 +214,9 @@ class AccountActor(PooledActor):
             case Unpause():
                 self._paused_until, self._disabled = None, False
                 self._kick()
+            case CheckPause():
+                self._pause_loaded = False  # the next step reads it with the next page
+                self._kick()
             case Wake(generation):
                 if generation == self._timer_generation:
                     self._timer, self._timer_at = None, None
@@ -336,17 +341,24 @@ class AccountActor(PooledActor):
             self._arm(now + timedelta(seconds=self.settings.storage_retry))
             return False
         if not self._pause_loaded:
-            # Later pauses are this actor's own outcomes: only a restart must read one back.
+            # Later pauses are this actor's own outcomes: only a start, or a pause lifted by
+            # another process (CheckPause), must read one back.
             self._pause_loaded = True
-            if view.pause is not None:
-                self._paused_until = view.pause.until
-                self._disabled = view.pause.until is None
-                self.log.info("account.paused", until=pause_end_text(view.pause.until),
-                              reason=view.pause.reason)
+            self._adopt_pause(view.pause)
         self.order.replace(view.due)
         if view.next_due_at is not None:
             self._note_future(view.next_due_at)
         return True
+
+    def _adopt_pause(self, pause: AccountPause | None) -> None:
+        """Do as the database says: paused, disabled, or free to send."""
+        if pause is None:
+            if self._disabled or self._paused_until is not None:
+                self.log.info("account.unpaused")
+            self._paused_until, self._disabled = None, False
+            return
+        self._paused_until, self._disabled = pause.until, pause.until is None
+        self.log.info("account.paused", until=pause_end_text(pause.until), reason=pause.reason)
 
     def _settle_suspect(self) -> None:
         """Done with the suspect this account was started for (sent, or not sendable now)."""
@@ -490,11 +502,13 @@ class AccountActor(PooledActor):
             log.warning("message.failed", error=_error_kind(t.error), **ids)
         elif t.give_back and t.available_at is None:
             self._disabled = True
+            self._tell_supervisor(AccountPaused(self.phone, None))
             log.error("account.disabled", until=pause_end_text(None), error=_error_kind(t.error), **ids)
         elif t.give_back:
             assert t.available_at is not None
             self._paused_until = t.available_at
             self._note_future(t.available_at)
+            self._tell_supervisor(AccountPaused(self.phone, t.available_at))
             suspended = _error_kind(t.error) == "AccountSuspended"
             log.warning("account.suspended" if suspended else "account.rate_limited",
                         until=pause_end_text(t.available_at), **ids)

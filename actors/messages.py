@@ -17,7 +17,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from storage import AccountPause, Delivery, Message, NewBroadcast, NewMessage, Priority, Status, Transition
+from storage import (
+    AccountPause,
+    Delivery,
+    Message,
+    NewBroadcast,
+    NewMessage,
+    Priority,
+    Status,
+    StorageError,
+    Transition,
+)
 
 if TYPE_CHECKING:
     from actors._mailbox import Request
@@ -149,6 +159,18 @@ class ResumeAccount:
 
     phone: str
     """The parked account."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Wait until no message is pending, retrying or processing, at most `timeout` seconds.
+
+    Answer: how many messages are still open (0: everything was sent, failed or cancelled).
+    Scheduled messages count as open: a script waits for what it queued, not for the future.
+    """
+
+    timeout: float | None = None
+    """Seconds of real time to wait at most; None: as long as it takes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +339,12 @@ class Unpause:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckPause:
+    """Supervisor -> account: a pause may have been lifted outside this process (`postroom
+    resume`): read the account's pause from the database again and do as it says."""
+
+
+@dataclass(frozen=True, slots=True)
 class Pump:
     """Send the next due message, if any (queued behind other messages, so newcomers are seen first)."""
 
@@ -359,6 +387,17 @@ class AccountIdle:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountPaused:
+    """An account recorded a pause or a suspension (committed): the supervisor watches for its
+    lifting by another process."""
+
+    phone: str
+    """The account."""
+    until: datetime | None
+    """The end of the pause; None: disabled until lifted."""
+
+
+@dataclass(frozen=True, slots=True)
 class SuspectSettled:
     """An account started to send a suspect alone is done with it (see `AccountDeps.watch`)."""
 
@@ -376,3 +415,31 @@ class RunCleanup:
 @dataclass(frozen=True, slots=True)
 class WakeAccounts:
     """The supervisor's timer for idle accounts with scheduled work fired."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckPauses:
+    """The supervisor's timer to read the pauses in force (lifted ones, disabled accounts) fired."""
+
+
+@dataclass(frozen=True, slots=True)
+class PausesRead:
+    """The pauses in force, read for the supervisor (or why they could not be)."""
+
+    pauses: Sequence[AccountPause] | StorageError
+    """Every pause in force when read, or the error."""
+    asked: int
+    """`PauseWatch.asking()`'s token for this read."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckDrains:
+    """The supervisor's timer to count open messages for waiting `Drain`s fired."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenCounted:
+    """How many messages are open, counted for waiting `Drain`s (or why it could not be)."""
+
+    count: int | StorageError
+    """Pending, retrying and processing messages, or the error."""

@@ -520,6 +520,12 @@ class Storage:
         with self._guard():
             return [phone for (phone,) in cast(Iterable[tuple[str]], query.tuples())]
 
+    def count_open(self) -> int:
+        """Messages not finished yet: pending, retrying or processing."""
+        statuses = [*_OPEN, Status.PROCESSING.value]
+        with self._guard():
+            return int(self.Row.select().where(self.Row.status.in_(statuses)).count())
+
     def stats(self) -> QueueStats:
         """Counts by status, overall and per account."""
         query = (self.Row.select(self.Row.phone, self.Row.status, peewee.fn.COUNT(self.Row.id))

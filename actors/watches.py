@@ -1,0 +1,104 @@
+"""What the supervisor keeps an eye on between commands: lifted pauses, and scripts draining.
+
+Both are small state machines with no I/O: the supervisor reads the database on its
+reader pool, hands the answers in here, and carries out what comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from storage import AccountPause
+
+#: Seconds between two reports of the accounts disabled until lifted.
+DISABLED_REPORT_EVERY = 60.0
+
+
+@dataclass
+class PauseWatch:
+    """Which accounts are paused, so that a pause lifted by another process (`postroom resume`)
+    reaches its account, and disabled accounts are reported while they last.
+
+    The database is the truth: the watch learns of pauses from the accounts that record them
+    (`noted`) and from reads of every pause in force (`read`). A phone it believed paused that
+    a read no longer shows, though its pause had not simply run out, was lifted: the account
+    must read its pause again. A note that came after the read was asked for outweighs it.
+    """
+
+    _believed: dict[str, tuple[int, datetime | None]] = field(default_factory=dict)
+    """phone -> (when it was last known paused, on the watch's own count; until when)."""
+    _count: int = 0
+    _reported_at: float | None = None
+
+    def noted(self, phone: str, until: datetime | None) -> None:
+        """An account recorded a pause until `until` (None: disabled until lifted)."""
+        self._count += 1
+        self._believed[phone] = (self._count, until)
+
+    def asking(self) -> int:
+        """A read of every pause in force is asked for now: the token to hand to `read`."""
+        self._count += 1
+        return self._count
+
+    def read(self, pauses: Sequence[AccountPause], asked: int, now: datetime) -> list[str]:
+        """The pauses in force as read after `asking()` answered `asked`: the phones lifted since."""
+        current = {pause.phone: pause for pause in pauses}
+        lifted = []
+        for phone, (known, until) in list(self._believed.items()):
+            if phone in current or known > asked:
+                continue
+            del self._believed[phone]
+            if until is None or until > now:  # gone before its end: someone lifted it
+                lifted.append(phone)
+        for phone, pause in current.items():
+            known = self._believed.get(phone, (0, None))[0]
+            self._believed[phone] = (max(known, asked), pause.until)
+        return lifted
+
+    def disabled_to_report(self, pauses: Sequence[AccountPause], monotonic: float) -> list[str]:
+        """The phones disabled until lifted, when it is time to say so again (else [])."""
+        disabled = sorted(pause.phone for pause in pauses if pause.until is None)
+        if not disabled:
+            self._reported_at = None
+            return []
+        if self._reported_at is not None and monotonic - self._reported_at < DISABLED_REPORT_EVERY:
+            return []
+        self._reported_at = monotonic
+        return disabled
+
+
+@dataclass
+class DrainWaiters:
+    """`Drain` commands waiting for the queue to empty, each until its deadline."""
+
+    _waiting: list[tuple[Any, float | None]] = field(default_factory=list)
+    """(the request to answer, its deadline on the monotonic clock or None)."""
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
+
+    def add(self, request: Any, deadline: float | None) -> None:
+        self._waiting.append((request, deadline))
+
+    def counted(self, open_messages: int, monotonic: float) -> list[Any]:
+        """After a count of the open messages: the requests to answer with it now."""
+        answered: list[tuple[Any, float | None]] = []
+        still: list[tuple[Any, float | None]] = []
+        for request, deadline in self._waiting:
+            over = open_messages == 0 or (deadline is not None and deadline <= monotonic)
+            (answered if over else still).append((request, deadline))
+        self._waiting = still
+        return [request for request, _ in answered]
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of those still waiting."""
+        deadlines = [d for _, d in self._waiting if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def take_all(self) -> list[Any]:
+        """Every waiting request (the supervisor is stopping, or the count failed)."""
+        taken, self._waiting = [request for request, _ in self._waiting], []
+        return taken

@@ -1,0 +1,81 @@
+"""`Drain`: a script waits until what it queued is sent, and hears how much is left."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import pykka
+import pytest
+
+from actors.errors import RateLimited
+from supervisor import (
+    AsyncPostroom,
+    Drain,
+    Enqueue,
+    EnqueueBatch,
+    GetStats,
+    Message,
+    Status,
+    SupervisorStopped,
+    ValidationError,
+)
+from tests.integration.helpers import RecordingSender, start
+
+
+def test_drain_answers_once_every_message_is_finished(sqlite_url: str) -> None:
+    """Drain answers 0 only when nothing is pending, retrying or processing any more."""
+    sender = RecordingSender(lambda m, n: time.sleep(0.002))
+    ref = start(sqlite_url, sender)
+    ref.ask(EnqueueBatch([Enqueue(phone=f"+1555000{i % 5}", user_id="u", text=str(i)) for i in range(300)]))
+    assert ref.ask(Drain(timeout=60)) == 0
+    stats = ref.ask(GetStats())
+    assert stats.by_status[Status.COMPLETED] == 300 == len(sender.calls)
+
+
+def test_drain_gives_up_at_its_timeout_and_says_what_is_left(sqlite_url: str) -> None:
+    """A message that cannot go (its account rate-limited for ten minutes) keeps Drain waiting
+    until its timeout, and no longer: it answers how many are still open."""
+    ref = start(sqlite_url, RecordingSender(lambda m, n: (_ for _ in ()).throw(RateLimited(600))))
+    ref.ask(Enqueue(phone="+15550001", user_id="u", text="stuck"))
+    started = time.monotonic()
+    assert ref.ask(Drain(timeout=0.3)) == 1
+    assert 0.3 <= time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("timeout", [-1.0, math.nan, math.inf, "soon", True])
+def test_a_bad_drain_timeout_is_refused(sqlite_url: str, timeout: object) -> None:
+    """A negative, infinite or non-numeric timeout is a ValidationError."""
+    ref = start(sqlite_url, RecordingSender())
+    with pytest.raises(ValidationError, match="Drain timeout"):
+        ref.ask(Drain(timeout=timeout))  # type: ignore[arg-type]
+
+
+def test_a_drain_still_waiting_when_the_supervisor_stops_gets_an_error(sqlite_url: str) -> None:
+    """Stopping the supervisor answers a waiting Drain with SupervisorStopped, not silence."""
+    ref = start(sqlite_url, RecordingSender(lambda m, n: (_ for _ in ()).throw(RateLimited(600))))
+    ref.ask(Enqueue(phone="+15550001", user_id="u", text="stuck"))
+    waiting = ref.ask(Drain(), block=False)
+    with pytest.raises(pykka.Timeout):
+        waiting.get(timeout=0.2)
+    ref.stop()
+    with pytest.raises(SupervisorStopped):
+        waiting.get(timeout=10)
+
+
+def test_drain_from_asyncio(sqlite_url: str) -> None:
+    """`await room.drain()` waits on the loop without blocking it."""
+
+    async def send(message: Message) -> None:
+        await asyncio.sleep(0.001)
+
+    async def main() -> int:
+        room = await AsyncPostroom.start(sqlite_url, send)
+        for i in range(50):
+            await room.enqueue("+15550001", "u", str(i))
+        left = await room.drain(timeout=30)
+        await room.stop()
+        return left
+
+    assert asyncio.run(main()) == 0

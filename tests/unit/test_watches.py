@@ -1,0 +1,66 @@
+"""The supervisor's watches: which pauses were lifted elsewhere, and which drains to answer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from actors.watches import DISABLED_REPORT_EVERY, DrainWaiters, PauseWatch
+from storage import AccountPause
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+LATER = NOW + timedelta(minutes=10)
+
+
+def pause(phone: str, until: datetime | None = None) -> AccountPause:
+    return AccountPause(phone, until, "AccountSuspended")
+
+
+def test_a_pause_gone_from_a_read_was_lifted() -> None:
+    """Believed paused (noted, or seen by a read), then absent from a later read: lifted."""
+    watch = PauseWatch()
+    watch.noted("+a", None)
+    assert watch.read([pause("+b", LATER)], watch.asking(), NOW) == ["+a"]
+    assert watch.read([], watch.asking(), NOW) == ["+b"]  # +b's ten minutes had not run out
+    assert watch.read([], watch.asking(), NOW) == []  # each is lifted once
+
+
+def test_a_pause_that_ran_out_was_not_lifted() -> None:
+    """A timed pause missing from a read made after its end simply ended: nothing to do."""
+    watch = PauseWatch()
+    watch.noted("+a", LATER)
+    assert watch.read([], watch.asking(), LATER + timedelta(seconds=1)) == []
+
+
+def test_a_note_after_the_read_was_asked_outweighs_it() -> None:
+    """A pause recorded after the read was asked for may be missing from it: not lifted."""
+    watch = PauseWatch()
+    asked = watch.asking()
+    watch.noted("+a", None)
+    assert watch.read([], asked, NOW) == []
+    assert watch.read([], watch.asking(), NOW) == ["+a"]
+
+
+def test_disabled_accounts_are_reported_once_per_period() -> None:
+    """Reported at once, then not before DISABLED_REPORT_EVERY seconds; the clock resets when
+    none is left."""
+    watch = PauseWatch()
+    disabled = [pause("+b"), pause("+a"), pause("+c", LATER)]
+    assert watch.disabled_to_report(disabled, 0.0) == ["+a", "+b"]
+    assert watch.disabled_to_report(disabled, DISABLED_REPORT_EVERY - 1) == []
+    assert watch.disabled_to_report(disabled, DISABLED_REPORT_EVERY) == ["+a", "+b"]
+    assert watch.disabled_to_report([], DISABLED_REPORT_EVERY + 1) == []
+    assert watch.disabled_to_report(disabled, DISABLED_REPORT_EVERY + 2) == ["+a", "+b"]
+
+
+def test_drains_are_answered_when_empty_or_past_their_deadline() -> None:
+    """A count of 0 answers every waiter; otherwise only those whose deadline has passed."""
+    waiters = DrainWaiters()
+    waiters.add("forever", None)
+    waiters.add("short", 1.0)
+    waiters.add("long", 5.0)
+    assert waiters.next_deadline() == 1.0
+    assert waiters.counted(3, 0.5) == []
+    assert waiters.counted(3, 1.0) == ["short"]
+    assert waiters.next_deadline() == 5.0
+    assert waiters.counted(0, 2.0) == ["forever", "long"]
+    assert not waiters
