@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from postroom_common import require_postroom_names
+
+require_postroom_names("actors", "storage")  # before importing them: a clear error if taken
+
 import pykka
 
 from actors import (
@@ -102,6 +106,7 @@ from actors.pacing import Pacing
 from actors.pool import DaemonPool
 from actors.sending import SendPool
 from actors.watches import DrainWaiters, PauseWatch
+from postroom_common.logs import get_logger
 from storage import (
     AccountPause,
     DatabaseLocked,
@@ -123,7 +128,6 @@ from storage import (
     ValidationError,
     open_database,
 )
-from storage.logs import get_logger
 
 __all__ = [
     "AccountSettings",

@@ -5,6 +5,10 @@ One module per actor (`account`, `persistence`), one for the messages
 `validation`, `privacy`) and for time (`clock`).
 """
 
+from postroom_common import require_postroom_names
+
+require_postroom_names("storage")  # before any import of it: a clear error if another file took the name
+
 from actors._mailbox import DeferredReplyActor, Request
 from actors.account import AccountActor, AccountDeps, AccountSettings
 from actors.adapters import classify, sender_with_adapters

@@ -53,8 +53,8 @@ from actors.privacy import describe_error, mask_phone
 from actors.readers import ReaderPool
 from actors.retry import BackoffPolicy, RandomSource, decide
 from actors.sending import SendPool
+from postroom_common.logs import get_logger
 from storage import AccountPause, Message, Status, Storage, StorageError, Transition, pause_end_text
-from storage.logs import get_logger
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from actors.messages import (
     Recover,
     Requeue,
 )
+from postroom_common.logs import get_logger
 from storage import (
     IdempotencyConflict,
     Message,
@@ -50,7 +51,6 @@ from storage import (
     Storage,
     StorageError,
 )
-from storage.logs import get_logger
 
 log = get_logger("postroom.persistence")
 

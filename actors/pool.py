@@ -13,7 +13,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from storage.logs import get_logger
+from postroom_common.logs import get_logger
 
 log = get_logger("postroom.pool")
 

@@ -59,7 +59,7 @@ class MemoryStore:
     def close(self) -> None:
         pass
 
-    def insert(self, news: Sequence[NewMessage]) -> list[int]:
+    def insert(self, news: Sequence[NewMessage], *, all_or_nothing: bool = False) -> list[int]:
         with self._lock:
             first, self._next_id = self._next_id, self._next_id + len(news)
             for n, new in enumerate(news):
@@ -99,6 +99,14 @@ class MemoryStore:
         with self._lock:
             return self._pauses.pop(phone, None) is not None
 
+    def pauses(self, now: datetime) -> list[AccountPause]:
+        with self._lock:
+            return [p for p in self._pauses.values() if _in_force(p, now)]
+
+    def count_open(self) -> int:
+        with self._lock:
+            return sum(1 for m in self._rows.values() if m.status not in FINAL_STATUSES)
+
     def recover_interrupted(self, delivery: Delivery, now: datetime,
                             phone: str | None = None) -> list[Message]:
         return []  # nothing survives a restart of memory
@@ -114,7 +122,7 @@ class MemoryStore:
             messages = list(self._open.get(phone, {}).values())
             pause = self._pauses.get(phone)
         due = sorted((m for m in messages if m.available_at <= now), key=lambda m: m.order_key)[:limit]
-        return AccountView(pause=pause if pause is not None and pause.until > now else None, due=due,
+        return AccountView(pause=pause if pause is not None and _in_force(pause, now) else None, due=due,
                            next_due_at=min((m.available_at for m in messages if m.available_at > now),
                                            default=None))
 
@@ -144,6 +152,10 @@ class MemoryStore:
             open_here[message.id] = message
         else:
             open_here.pop(message.id, None)
+
+
+def _in_force(pause: AccountPause, now: datetime) -> bool:
+    return pause.until is None or pause.until > now
 
 
 class MemorySupervisor(Supervisor):
