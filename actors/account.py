@@ -129,6 +129,7 @@ class AccountActor(PooledActor):
         self._pause_loaded = False  # a pause persisted before a restart still holds
         self.pacer = Pacer(deps.pacing, deps.clock.monotonic())
         self._paced = False  # the last pick found work, but pacing made it wait
+        self._limited_in_a_row = 0  # rate limits with no send going through between them
         self._timer: TimerHandle | None = None
         self._timer_at: datetime | None = None
         self._timer_generation = 0
@@ -432,9 +433,12 @@ class AccountActor(PooledActor):
     def _outcome(self, message: Message, error: BaseException | None) -> Transition:
         now = self.deps.clock.now()
         if error is None:
+            self._limited_in_a_row = 0
             return Transition(message.id, message.attempts, Status.COMPLETED, now)
         policy = self.settings.backoff
-        decision = decide(error, message.attempts, message.max_attempts, now, policy, self.deps.rng)
+        decision = decide(error, message.attempts, message.max_attempts, now, policy, self.deps.rng,
+                          limited_in_a_row=self._limited_in_a_row + 1)
+        self._limited_in_a_row = self._limited_in_a_row + 1 if decision.kind == "pause" else 0
         text = describe_error(error, message)
         if decision.kind == "retry":
             return Transition(message.id, message.attempts, Status.RETRYING, now, text, decision.at)

@@ -15,6 +15,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from postroom_common.logs import get_logger
+
+log = get_logger("postroom.clock")
+
 
 class TimerHandle:
     """A pending `call_later`; `cancel()` makes it a no-op."""
@@ -34,6 +38,16 @@ class TimerHandle:
 
 def _nothing() -> None:
     pass
+
+
+def _fire(due: list[TimerHandle]) -> None:
+    """Run callbacks; one that raises is logged and the others still run (the one timer thread
+    serves every send timeout, retry, schedule and pause of the process: it must not die)."""
+    for handle in due:
+        try:
+            handle.callback()
+        except Exception:  # logged: a timer's failure is its owner's business, not the thread's
+            log.exception("timer.callback_failed")
 
 
 class Clock(Protocol):
@@ -124,11 +138,11 @@ class SystemClock:
                 deadline = self._timers.next_deadline()
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is None or wait > 0:
-                    self._cond.wait(wait)
+                    # The platform's limit: a timer in the year 9999 waits in several goes.
+                    self._cond.wait(None if wait is None else min(wait, threading.TIMEOUT_MAX))
                     continue
                 due = self._timers.pop_due(time.monotonic())
-            for handle in due:
-                handle.callback()
+            _fire(due)
 
 
 class FakeClock:
@@ -160,8 +174,7 @@ class FakeClock:
             self._mono += seconds
             self._now += timedelta(seconds=seconds)
             due = self._timers.pop_due(self._mono)
-        for handle in due:
-            handle.callback()
+        _fire(due)
 
     def pending_timers(self) -> int:
         """Timers not yet fired nor cancelled (for tests)."""

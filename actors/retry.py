@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from actors.errors import AccountSuspended, PermanentError, RateLimited
+from storage import ValidationError
 
 
 class RandomSource(Protocol):
@@ -29,13 +31,41 @@ class BackoffPolicy:
     """Up to this fraction is taken off at random, so retries of a burst spread out."""
     max_retry_after: float = 3600.0
     """A rate limit's retry_after is capped at this many seconds."""
+    min_pause: float = 1.0
+    """The shortest pause a rate limit imposes: a retry_after of 0, negative or not a finite
+    number means this, and it doubles while the platform keeps rate-limiting the account."""
+
+    def __post_init__(self) -> None:
+        for name in ("base", "factor", "max_delay", "max_retry_after", "min_pause"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValidationError(f"BackoffPolicy.{name} must be a finite number > 0, not {value!r}")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValidationError(f"BackoffPolicy.jitter must be in [0, 1), not {self.jitter!r}")
 
 
 def compute_backoff(attempts: int, policy: BackoffPolicy, rng: RandomSource) -> float:
     """Seconds to wait after `attempts` failed attempts (1 = the first failure)."""
-    raw = policy.base * policy.factor ** max(0, attempts - 1)
-    capped = min(policy.max_delay, raw)
+    capped = min(policy.max_delay, _grown(policy.base, policy.factor, attempts - 1))
     return capped * (1.0 - policy.jitter * rng.random())
+
+
+def pause_for(retry_after: float | None, in_a_row: int, policy: BackoffPolicy) -> float:
+    """Seconds an account pauses for its `in_a_row`-th rate limit without a send between:
+    what the platform asked, but never less than `min_pause` doubled for each one before
+    (a platform answering "retry after 0" again and again is not hammered), nor more than
+    `max_retry_after`."""
+    asked = retry_after if retry_after is not None and math.isfinite(retry_after) else 0.0
+    floor = _grown(policy.min_pause, 2.0, in_a_row - 1)
+    return min(max(asked, floor), policy.max_retry_after)
+
+
+def _grown(start: float, factor: float, steps: int) -> float:
+    """`start * factor ** steps`, infinite rather than an OverflowError far past any cap."""
+    try:
+        return start * factor ** max(0, steps)
+    except OverflowError:
+        return math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +81,16 @@ class Decision:
 
 def decide(
     error: BaseException, attempts: int, max_attempts: int, now: datetime,
-    policy: BackoffPolicy, rng: RandomSource,
+    policy: BackoffPolicy, rng: RandomSource, limited_in_a_row: int = 1,
 ) -> Decision:
-    """Classify a sender's exception into retry, fail or pause."""
+    """Classify a sender's exception into retry, fail or pause (`limited_in_a_row`: the
+    account's rate limits without a send between, this one included)."""
     if isinstance(error, AccountSuspended) and error.retry_after is None:
         # Banned, or the session revoked: waiting cannot help, only a person can.
         return Decision("disable")
     if isinstance(error, RateLimited | AccountSuspended):
         # Not the message's fault: the whole account waits and the attempt is given back.
-        assert error.retry_after is not None
-        pause = min(max(0.0, error.retry_after), policy.max_retry_after)
+        pause = pause_for(error.retry_after, limited_in_a_row, policy)
         return Decision("pause", now + timedelta(seconds=pause))
     if isinstance(error, PermanentError) or attempts >= max_attempts:
         return Decision("fail")

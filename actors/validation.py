@@ -116,6 +116,8 @@ def _body(command: Enqueue | Broadcast, limits: Limits,
 def _recipient(value: object, limits: Limits, checked: set[tuple[str, str]]) -> str:
     """A user_id as stored: a string, or an int (Telegram's chat ids) as its decimal text."""
     if isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > 4 * limits.max_field_length:  # str() of a huge int raises
+            raise ValidationError(f"user_id is longer than {limits.max_field_length}")
         value = str(value)
     if not isinstance(value, str):
         raise ValidationError("user_id must be a non-empty string or an int")

@@ -123,12 +123,13 @@ def over_long(draw: st.DrawFn, limit: int) -> str:
     return draw(st.sampled_from(["x", "é", "😀", "\x00"])) * draw(st.integers(limit + 1, limit + 500))
 
 
-def bad_identifiers(limit: int = 255) -> st.SearchStrategy[Any]:
-    """Values no identifier field may take: empty, blank, not a string, control chars, too long."""
+def bad_identifiers(limit: int = 255, ints: bool = True) -> st.SearchStrategy[Any]:
+    """Values no identifier field may take: empty, blank, not a string (an int too, unless
+    `ints` is False: a user_id may be one), control chars, too long."""
     return st.one_of(
         st.sampled_from(["", " ", "   ", "\t", "\n", "\u3000", "\xa0 "]),
-        st.none(), st.integers(), st.floats(allow_nan=False), st.binary(min_size=1, max_size=8),
-        st.lists(st.text(max_size=3), max_size=2),
+        st.none(), st.integers() if ints else st.booleans(), st.floats(allow_nan=False),
+        st.binary(min_size=1, max_size=8), st.lists(st.text(max_size=3), max_size=2),
         with_control(identifiers), with_surrogate(identifiers),
         over_long(limit),
     )
@@ -144,15 +145,17 @@ def bad_texts() -> st.SearchStrategy[Any]:
 #: field -> strategy of values that make an otherwise valid Enqueue invalid.
 INVALID_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "phone": bad_identifiers(),
-    "user_id": bad_identifiers(),
+    # An int is a chat id, unless its decimal text is too long (or too long to write at all).
+    "user_id": st.one_of(bad_identifiers(ints=False), st.integers(min_value=10**256),
+                         st.sampled_from([10**5000, -(10**5000)])),
     "text": bad_texts(),
     "attachment": bad_identifiers(4096),
     "idempotency_key": bad_identifiers(),
     "priority": st.one_of(st.integers(), st.sampled_from(["HIGH", "high", None, 1.0]),
                           st.sampled_from([int(p) for p in Priority])),
     "scheduled_at": st.one_of(st.datetimes(), st.sampled_from(["2031-01-01T00:00:00Z", 0])),
-    "max_attempts": st.one_of(st.integers(max_value=0), st.floats(), st.booleans(),
-                              st.sampled_from(["3", "three", 2.0])),
+    "max_attempts": st.one_of(st.integers(max_value=0), st.integers(min_value=2**31), st.floats(),
+                              st.booleans(), st.sampled_from(["3", "three", 2.0])),
 }
 
 

@@ -72,3 +72,30 @@ def test_cancelled_timers_neither_pile_up_nor_hold_their_callbacks() -> None:
     clock.call_later(1, lambda: fired.append(1))
     clock.advance(100)
     assert fired == [1] and clock.pending_timers() == 0
+
+
+def test_system_clock_survives_a_timer_centuries_ahead() -> None:
+    """A timer in the year 9999 (more seconds than the platform's wait accepts) does not kill
+    the timer thread: a timer due soon after it still fires."""
+    clock = SystemClock()
+    far = clock.call_later(timedelta(days=365 * 7975).total_seconds(), lambda: None)
+    looped = threading.Event()
+    clock.call_later(0.01, looped.set)  # after it, the far timer is the only one to wait for
+    assert looped.wait(5)
+    done = threading.Event()
+    clock.call_later(0.05, done.set)
+    assert done.wait(5)
+    far.cancel()
+
+
+def test_system_clock_survives_a_failing_callback() -> None:
+    """A callback that raises is logged; the timers after it still fire."""
+    clock = SystemClock()
+    done = threading.Event()
+
+    def fail() -> None:
+        raise RuntimeError("a bug in a timer's owner")
+
+    clock.call_later(0.01, fail)
+    clock.call_later(0.02, done.set)
+    assert done.wait(5)

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from actors.errors import AccountSuspended, PermanentError, RateLimited, TransientError
-from actors.retry import BackoffPolicy, compute_backoff, decide
+from actors.retry import BackoffPolicy, compute_backoff, decide, pause_for
+from storage import ValidationError
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -29,6 +30,8 @@ class FixedRandom:
         (9, 0.0, 256.0),
         (10, 0.0, 300.0),  # capped at max_delay
         (50, 0.0, 300.0),  # no overflow far past the cap
+        (1025, 0.0, 300.0),  # nor where 2.0 ** 1024 overflows a float
+        (10**6, 0.0, 300.0),
         (1, 1.0, 0.8),  # full jitter takes 20% off
         (3, 0.5, 3.6),  # half jitter takes 10% off
     ],
@@ -47,7 +50,12 @@ def test_compute_backoff(attempts: int, rand: float, expected: float) -> None:
         (PermanentError("x"), 1, 3, "fail", None),  # permanent: fail at once
         (RateLimited(30), 3, 3, "pause", 30.0),  # rate limit: pause, even on the last attempt
         (RateLimited(99999), 1, 3, "pause", 3600.0),  # retry_after capped
-        (RateLimited(-5), 1, 3, "pause", 0.0),  # a negative retry_after means now
+        (RateLimited(0.5), 1, 3, "pause", 1.0),  # never less than min_pause
+        (RateLimited(-5), 1, 3, "pause", 1.0),  # a negative retry_after: the minimum pause
+        (RateLimited(0), 1, 3, "pause", 1.0),
+        (RateLimited(float("nan")), 1, 3, "pause", 1.0),  # not a number: the minimum too
+        (RateLimited(float("inf")), 1, 3, "pause", 1.0),
+        (AccountSuspended("flood", float("nan")), 1, 3, "pause", 1.0),
         (KeyboardInterrupt(), 1, 3, "retry", 1.0),  # BaseException from a sender is transient too
         (AccountSuspended("peer flood", 600), 1, 3, "pause", 600.0),  # the account waits
         (AccountSuspended("banned"), 3, 3, "disable", None),  # until a user lifts it, whatever the attempt
@@ -60,3 +68,29 @@ def test_decide(error: BaseException, attempts: int, max_attempts: int, kind: st
     assert decision.kind == kind
     expected_at = None if delay is None else NOW + timedelta(seconds=delay)
     assert decision.at == expected_at
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "in_a_row", "pause"),
+    [
+        (0.0, 1, 1.0),  # the first "retry after 0": the minimum
+        (0.0, 2, 2.0),  # asked again at once: doubled
+        (0.0, 4, 8.0),
+        (0.0, 13, 3600.0),  # up to max_retry_after
+        (0.0, 10**6, 3600.0),  # never an overflow
+        (30.0, 3, 30.0),  # a real retry_after above the floor is honoured as it is
+        (3.0, 3, 4.0),  # below the floor of a third limit in a row: the floor
+    ],
+)
+def test_pause_grows_while_the_platform_keeps_rate_limiting(retry_after: float, in_a_row: int,
+                                                            pause: float) -> None:
+    """A platform that keeps answering "retry after 0" gets a pause doubling from min_pause."""
+    assert pause_for(retry_after, in_a_row, BackoffPolicy()) == pause
+
+
+@pytest.mark.parametrize("field", ["base", "factor", "max_delay", "max_retry_after", "min_pause"])
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_backoff_policy_refuses_values_it_cannot_compute_with(field: str, value: float) -> None:
+    """Zero, negative, NaN and infinite durations are refused when the policy is made."""
+    with pytest.raises(ValidationError, match=field):
+        BackoffPolicy(**{field: value})

@@ -30,6 +30,8 @@ def command(**changes: Any) -> Enqueue:
         ({"user_id": 42.0}, "user_id"),  # a float is no chat id
         ({"user_id": True}, "user_id"),  # nor is a bool
         ({"user_id": None}, "user_id"),
+        ({"user_id": 10**300}, "user_id is longer than 255"),  # an int too long as text
+        ({"user_id": 10**5000}, "user_id is longer than 255"),  # too long even for str()
         ({"text": ""}, "text or an attachment"),  # nothing to send
         ({"text": None}, "text must be a string"),
         ({"text": "x" * 4097}, "longer than 4096"),  # over the text limit
