@@ -301,7 +301,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 def run_demo(options: DemoOptions, console: Console) -> int:
     """Run the demo; 0 when every message reached a final status within the timeout."""
-    console.print(prepare(options.database, keep=options.keep), highlight=False)
+    console.print(prepare(options.database, keep=options.keep), markup=False, highlight=False)
     sender = SimulatedSender(options.rates, options.latency, _rng(options.seed, "sender"))
     clock = SystemClock()
     ref = Supervisor.start(options.database, sender, settings=_settings(options),

@@ -192,9 +192,11 @@ def test_status_works_beside_a_running_supervisor(
     assert mask_phone("+15550001234") in out and "+15550001234" not in out
 
 
-def test_demo_exits_1_when_messages_are_still_open_at_the_timeout(tmp_path: Path) -> None:
-    """With a timeout shorter than the scheduled messages' delay, the demo exits 1."""
+def test_demo_exits_1_when_messages_are_still_open_at_the_timeout(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With a timeout shorter than the scheduled messages' delay, the demo exits 1, its bar "timed out"."""
     url = f"sqlite:///{tmp_path}/demo.db"
     assert _demo(url, "--messages", "200", "--timeout", "0.01") == 1
+    assert "timed out" in capsys.readouterr().out
     stats = read_stats(url)
     assert sum(stats.by_status[s] for s in FINAL_STATUSES) < stats.total
