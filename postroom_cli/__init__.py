@@ -1,4 +1,4 @@
-"""postroom's command line: `postroom demo` and `postroom status`.
+"""postroom's command line: `postroom demo`, `postroom status` and `postroom resume`.
 
 The library never configures logging; this package does, for its own process.
 """

@@ -4,6 +4,14 @@ The simulated sender sleeps like a network call and fails at the configured rate
 the supervisor runs with short backoffs so retries show within seconds. The demo
 watches the queue through `GetStats` until every message is finished, then prints
 a summary. Exit code 0 when every message reached a final status, 1 otherwise.
+
+The demo only ever touches a database it created and marked as its own (a SQLite
+file that did not exist, or a PostgreSQL database without postroom's tables): any
+other database, a real queue above all, is refused with exit code 2 before anything
+is written, with or without --keep. Its own database it starts afresh (the SQLite
+file and its -wal/-shm deleted, or postroom's tables emptied), or adds to with
+--keep; it deletes nothing else. Rate-limit warnings are counted on the live
+display, and logged only with --verbose.
 """
 
 from __future__ import annotations
@@ -29,8 +37,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from storage import FINAL_STATUSES, Message, OwnerLock, open_database
-from storage.database import sqlite_path
+from postroom_cli._demo_database import prepare
+from storage import FINAL_STATUSES, Message
 from supervisor import (
     AccountSettings,
     BackoffPolicy,
@@ -70,6 +78,8 @@ _PRIORITIES = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 _PRIORITY_WEIGHTS = (10, 70, 20)  # percent of the workload
 _SCHEDULED_SHARE = 0.05  # of messages scheduled 1-2 s ahead, to show the scheduler
 _RETRY_AFTER = 0.2  # seconds a simulated rate limit asks for
+# The progress bar's label: while messages are open, once none is, when the wait gave up.
+_SENDING, _FINISHED, _TIMED_OUT = "sending", "finished", "timed out"
 
 
 # -- the simulated platform -------------------------------------------------------------
@@ -158,9 +168,9 @@ class DemoOptions:
     """Everything `postroom demo` can be told."""
 
     database: str = DEFAULT_DATABASE
-    """Database URL; a SQLite file is deleted first unless `keep`."""
+    """Database URL: a new one, or one an earlier demo created (any other is refused)."""
     keep: bool = False
-    """Keep what a previous run left in the database."""
+    """Add to what an earlier demo left in its database, instead of starting afresh."""
     accounts: int = 20
     """Sending accounts (phones) the messages are spread over."""
     messages: int = 2000
@@ -186,9 +196,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of `postroom demo` to its subparser."""
     add = parser.add_argument
     add("--database", default=DEFAULT_DATABASE, metavar="URL",
-        help="database URL (default %(default)s); a SQLite file is deleted first unless "
-             "--keep: never point the demo at a real queue")
-    add("--keep", action="store_true", help="keep the rows a previous run left")
+        help="database URL (default %(default)s): a SQLite file that does not exist yet, a "
+             "PostgreSQL database without postroom's tables, or one an earlier demo created; "
+             "any other database is refused untouched")
+    add("--keep", action="store_true",
+        help="add to the demo's own database instead of starting it afresh (afresh deletes "
+             "only its SQLite file and -wal/-shm, or empties postroom's tables)")
+    add("--verbose", action="store_true",
+        help="log warnings such as each rate limit (default: errors only; the live display "
+             "counts rate limits anyway)")
     add("--accounts", type=_positive_int, default=20, metavar="N",
         help="sending accounts (default %(default)s)")
     add("--messages", type=_positive_int, default=2000, metavar="N",
@@ -285,8 +301,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 def run_demo(options: DemoOptions, console: Console) -> int:
     """Run the demo; 0 when every message reached a final status within the timeout."""
-    if not options.keep:
-        _remove_previous(options.database, console)
+    console.print(prepare(options.database, keep=options.keep), markup=False, highlight=False)
     sender = SimulatedSender(options.rates, options.latency, _rng(options.seed, "sender"))
     clock = SystemClock()
     ref = Supervisor.start(options.database, sender, settings=_settings(options),
@@ -312,23 +327,6 @@ def _settings(options: DemoOptions) -> SupervisorSettings:
         account=AccountSettings(backoff=backoff, storage_retry=0.2),
         cleanup_interval=None,  # the rows stay for `postroom status` to show
     )
-
-
-def _remove_previous(url: str, console: Console) -> None:
-    """Delete a previous demo's SQLite file (never a server database)."""
-    if not url.startswith("sqlite:"):
-        return
-    path = sqlite_path(url)
-    if not path.exists():
-        return
-    lock = OwnerLock(open_database(url))
-    lock.acquire()  # DatabaseLocked if a supervisor still runs on it: then keep the file
-    try:
-        for suffix in ("", "-wal", "-shm"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
-    finally:
-        lock.release()
-    console.print(f"Removed the previous demo database [bold]{path}[/] (use --keep to keep it).")
 
 
 def _drive(ref: pykka.ActorRef[Any], options: DemoOptions, sender: SimulatedSender,
@@ -366,11 +364,14 @@ def _watch(ref: pykka.ActorRef[Any], sender: SimulatedSender, baseline: QueueSta
            enqueued: int, deadline: float, console: Console) -> QueueStats:
     """Poll the counts into a progress display until nothing is open or time is up."""
     with _progress(console) as progress:
-        task = progress.add_task("finished", total=enqueued + _unfinished(baseline))
+        task = _add_task(progress, total=enqueued + _unfinished(baseline))
         while True:
             stats: QueueStats = _ask(ref, GetStats())
             _show(progress, task, stats, baseline, sender.counts())
-            if _unfinished(stats) == 0 or time.monotonic() >= deadline:
+            if _unfinished(stats) == 0:
+                return stats
+            if time.monotonic() >= deadline:
+                progress.update(task, description=_TIMED_OUT)
                 return stats
             time.sleep(_POLL_INTERVAL)
 
@@ -396,14 +397,20 @@ def _progress(console: Console) -> _DemoProgress:
     )
 
 
+def _add_task(progress: _DemoProgress, total: int) -> TaskID:
+    return progress.add_task(_SENDING, total=total)
+
+
 def _show(progress: _DemoProgress, task: TaskID, stats: QueueStats, baseline: QueueStats,
           counts: SenderCounts) -> None:
     delivered = stats.by_status[Status.COMPLETED] - baseline.by_status[Status.COMPLETED]
     failed = stats.by_status[Status.FAILED] - baseline.by_status[Status.FAILED]
+    # Each rate limit pauses its account: counted here, logged only with --verbose.
     progress.counters = (
         f"delivered [green]{delivered}[/] · retried [yellow]{counts.transient}[/] · "
-        f"failed [red]{failed}[/] · rate-limited [magenta]{counts.rate_limited}[/]")
-    progress.update(task, completed=_finished(stats) - _finished(baseline))
+        f"failed [red]{failed}[/] · account pauses [magenta]{counts.rate_limited}[/]")
+    label = _SENDING if _unfinished(stats) else _FINISHED
+    progress.update(task, completed=_finished(stats) - _finished(baseline), description=label)
 
 
 def _finished(stats: QueueStats) -> int:

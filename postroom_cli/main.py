@@ -1,4 +1,4 @@
-"""The `postroom` command line: `postroom demo` and `postroom status`."""
+"""The `postroom` command line: `postroom demo`, `postroom status` and `postroom resume`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import pykka
 from rich.console import Console
 
-from postroom_cli import demo, status
+from postroom_cli import demo, resume, status
 from postroom_cli._output import fail
 from postroom_cli.logconfig import FORMATS, LEVELS, configure_logging
 from storage import PostroomError
@@ -18,15 +18,17 @@ __all__ = ["build_parser", "main"]
 #: A subcommand: parsed arguments and the console for its output in, exit code out.
 Command = Callable[[argparse.Namespace, Console], int]
 
-#: Log level when --log-level is not given: the demo keeps its progress display readable.
-_DEFAULT_LEVELS = {"demo": "warning", "status": "info"}
+#: Log level when --log-level is not given: the demo keeps its progress display readable
+#: (its rate limits are counted there; --verbose logs each one as well).
+_DEFAULT_LEVELS = {"demo": "error", "status": "info", "resume": "info"}
+_VERBOSE_LEVEL = "warning"
 _EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_format, level=args.log_level or _DEFAULT_LEVELS[args.command])
+    configure_logging(args.log_format, level=_log_level(args))
     command: Command = args.run
     try:
         return command(args, Console(stderr=False))
@@ -36,6 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _EXIT_INTERRUPTED
 
 
+def _log_level(args: argparse.Namespace) -> str:
+    """--log-level if given, else the command's default (lowered by the demo's --verbose)."""
+    if args.log_level:
+        return str(args.log_level)
+    return _VERBOSE_LEVEL if getattr(args, "verbose", False) else _DEFAULT_LEVELS[args.command]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `postroom` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -43,9 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_command(commands, "demo", demo.add_arguments, demo.run,
-                 "run the queue on a SQLite file against a simulated messaging platform")
+                 "run the queue against a simulated messaging platform, on a database only "
+                 "the demo created")
     _add_command(commands, "status", status.add_arguments, status.run,
                  "print counts by status and by account (works beside a running supervisor)")
+    _add_command(commands, "resume", resume.add_arguments, resume.run,
+                 "lift an account's pause, a suspension until lifted included (works beside "
+                 "a running supervisor)")
     return parser
 
 
@@ -66,4 +79,5 @@ def _add_logging_options(parser: argparse.ArgumentParser, *, defaults: bool) -> 
                         help="console in a terminal, JSON lines otherwise (default: auto)")
     parser.add_argument("--log-level", choices=LEVELS,
                         default=None if defaults else argparse.SUPPRESS,
-                        help="lowest level logged (default: warning for demo, info otherwise)")
+                        help="lowest level logged (default: error for demo, warning with its "
+                             "--verbose, info otherwise)")

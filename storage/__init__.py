@@ -20,6 +20,7 @@ from storage.domain import (
 )
 from storage.errors import (
     DatabaseLocked,
+    DatabaseNotFound,
     IdempotencyConflict,
     InvalidTransition,
     MessageNotFound,
@@ -36,6 +37,7 @@ __all__ = [
     "AccountPause",
     "AccountView",
     "DatabaseLocked",
+    "DatabaseNotFound",
     "Delivery",
     "IdempotencyConflict",
     "InvalidTransition",

@@ -8,15 +8,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote, unquote
 
 import peewee
 from playhouse import db_url
 
-from storage.errors import DatabaseLocked, ValidationError
+from storage.errors import DatabaseLocked, DatabaseNotFound, ValidationError
 
 #: SQLite `synchronous` levels that still survive a power cut in WAL mode ("NORMAL" may
 #: lose the last commits on power loss but never corrupts; "OFF" is refused).
 SQLITE_SYNCHRONOUS = ("FULL", "EXTRA", "NORMAL")
+_URI_PREFIX = "file:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +41,18 @@ _quiet_peewee_sql_logging()
 
 
 def open_database(
-    url_or_db: str | peewee.Database, sqlite: SqliteSettings | None = None
+    url_or_db: str | peewee.Database, sqlite: SqliteSettings | None = None, *, create: bool = True
 ) -> peewee.Database:
-    """Open `sqlite:///path.db` or `postgresql://user@host/db`, or adopt a peewee Database."""
+    """Open `sqlite:///path.db` or `postgresql://user@host/db`, or adopt a peewee Database.
+
+    With `create=False` a SQLite file must exist (else `DatabaseNotFound`) and is opened
+    as it is: neither created nor switched to WAL, so opening it writes nothing.
+    """
     if isinstance(url_or_db, peewee.Database):
         return url_or_db
     settings = sqlite or SqliteSettings()
     if url_or_db.startswith("sqlite:"):
-        return _open_sqlite(url_or_db, settings)
+        return _open_sqlite(url_or_db, settings) if create else _open_existing_sqlite(url_or_db, settings)
     if url_or_db.startswith(("postgres://", "postgresql://")):
         database: peewee.Database = db_url.connect(url_or_db, autoconnect=True)
         return database
@@ -54,20 +60,42 @@ def open_database(
 
 
 def _open_sqlite(url: str, settings: SqliteSettings) -> peewee.SqliteDatabase:
-    if settings.synchronous.upper() not in SQLITE_SYNCHRONOUS:
-        raise ValidationError(f"synchronous must be one of {SQLITE_SYNCHRONOUS}")
+    pragmas = _sqlite_pragmas(settings)
     path = sqlite_path(url)
     _create_private_file(path)
     return peewee.SqliteDatabase(
         str(path),
-        pragmas={
-            "journal_mode": "wal",
-            "synchronous": settings.synchronous.upper(),
-            "busy_timeout": int(settings.busy_timeout * 1000),
-        },
+        pragmas={"journal_mode": "wal", **pragmas},
         timeout=settings.busy_timeout,
         lock_type="IMMEDIATE",  # writers take the write lock at BEGIN, never mid-transaction
     )
+
+
+def _open_existing_sqlite(url: str, settings: SqliteSettings) -> peewee.SqliteDatabase:
+    pragmas = _sqlite_pragmas(settings)
+    path = sqlite_path(url)
+    if not path.is_file():
+        raise DatabaseNotFound(f"no database at {path}")
+    # mode=rw: a file removed since the check is an error, not a new empty database.
+    return peewee.SqliteDatabase(f"{_URI_PREFIX}{quote(str(path))}?mode=rw", uri=True, pragmas=pragmas,
+                                 timeout=settings.busy_timeout, lock_type="IMMEDIATE")
+
+
+def _sqlite_pragmas(settings: SqliteSettings) -> dict[str, str | int]:
+    if settings.synchronous.upper() not in SQLITE_SYNCHRONOUS:
+        raise ValidationError(f"synchronous must be one of {SQLITE_SYNCHRONOUS}")
+    return {"synchronous": settings.synchronous.upper(),
+            "busy_timeout": int(settings.busy_timeout * 1000)}
+
+
+def _sqlite_file(database: peewee.Database) -> Path | None:
+    """The file of a SQLite database, opened by path or by `file:` URI; None for others."""
+    if not isinstance(database, peewee.SqliteDatabase) or database.database == ":memory:":
+        return None
+    name = str(database.database)
+    if name.startswith(_URI_PREFIX):
+        return Path(unquote(name.removeprefix(_URI_PREFIX).split("?", 1)[0]))
+    return Path(name)
 
 
 def sqlite_path(url: str) -> Path:
@@ -93,10 +121,8 @@ class OwnerLock:
 
     def __init__(self, database: peewee.Database) -> None:
         self._file: IO[bytes] | None = None
-        if isinstance(database, peewee.SqliteDatabase) and database.database != ":memory:":
-            self._path: Path | None = Path(f"{database.database}.lock")
-        else:
-            self._path = None
+        file = _sqlite_file(database)
+        self._path = None if file is None else file.with_name(file.name + ".lock")
 
     def acquire(self) -> None:
         if self._path is None:

@@ -40,3 +40,7 @@ class SupervisorStopped(PostroomError):
 
 class DatabaseLocked(PostroomError):
     """Another supervisor process already owns this SQLite database."""
+
+
+class DatabaseNotFound(PostroomError, LookupError):
+    """There is no database at this URL (and none was created)."""

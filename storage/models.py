@@ -100,6 +100,10 @@ class MetaRow(peewee.Model):
 #: their ids again, and an old id would name a new message).
 DELETED_UP_TO = "deleted_up_to"
 
+#: postroom_meta key: present when `postroom demo` created this database. The demo touches
+#: no database without it, so a real queue can never be emptied or sent by a demo.
+CREATED_BY_DEMO = "created_by_demo"
+
 
 # Unique among the rows that have one: most rows have none, and a partial index costs them
 # nothing on insert (a plain unique index stores every NULL too).

@@ -40,6 +40,7 @@ from storage.errors import (
     StorageError,
 )
 from storage.models import (
+    CREATED_BY_DEMO,
     DELETED_UP_TO,
     OPEN_ROWS,
     RETIRED_INDEXES,
@@ -179,6 +180,34 @@ class Storage:
                     "(SELECT COALESCE(MAX(id), 0) FROM message_queue), "
                     "(SELECT last_value FROM message_queue_id_seq)))"
                 )
+
+    def has_schema(self) -> bool:
+        """True when any of postroom's tables exists (a database postroom has used)."""
+        with self._guard():
+            return any(self.db.table_exists(model._meta.table_name)
+                       for model in (self.Row, self.Account, self.Facts))
+
+    def is_demo(self) -> bool:
+        """True when `postroom demo` created this database (`mark_demo`); reads only."""
+        with self._guard():
+            if not self.db.table_exists(self.Facts._meta.table_name):
+                return False
+            return self.Facts.get_or_none(self.Facts.key == CREATED_BY_DEMO) is not None
+
+    def mark_demo(self) -> None:
+        """Record that `postroom demo` created this database (inside write_transaction)."""
+        query = self.Facts.insert(key=CREATED_BY_DEMO, value=1).on_conflict_ignore()
+        with self._guard():
+            query.execute()
+
+    def empty_tables(self) -> None:
+        """Delete every message, pause and fact but the demo's mark (inside write_transaction):
+        what a new database holds, ids aside (PostgreSQL's sequence never goes back)."""
+        with self._guard():
+            self.Row.delete().execute()
+            self.Account.delete().execute()
+            self.Facts.delete().where(self.Facts.key != CREATED_BY_DEMO).execute()
+        self._dialect.forget_ids()
 
     def close(self) -> None:
         """Close this thread's connection."""
@@ -405,6 +434,13 @@ class Storage:
         with self._guard():
             return bool(self.Account.delete().where(self.Account.phone == phone).execute())
 
+    def pause(self, phone: str, now: datetime) -> AccountPause | None:
+        """The account's pause in force at `now`, if any."""
+        with self._guard():
+            row = self.db.execute_sql(self._dialect.sql(_PAUSES_IN_FORCE + " AND phone = ?"),
+                                      (to_micros(now), phone)).fetchone()
+        return None if row is None else _pause_from_row(row)
+
     def pauses(self, now: datetime) -> list[AccountPause]:
         """Every pause still in force at `now`."""
         with self._guard():
@@ -503,16 +539,13 @@ class Storage:
         One call per account start or page: at boot thousands of accounts load at once,
         and three round trips each through the reader pool were most of the boot time.
         """
-        micros = to_micros(now)
+        pause = self.pause(phone, now)
+        due = self.due_window(phone, now, limit)
         with self._guard():
-            pause = self.db.execute_sql(self._dialect.sql(_PAUSES_IN_FORCE + " AND phone = ?"),
-                                        (micros, phone)).fetchone()
-            due = self.due_window(phone, now, limit)
             (next_due,) = self.db.execute_sql(self._dialect.sql(
                 f"SELECT MIN(available_at) FROM message_queue WHERE phone = ? AND {OPEN_ROWS}"
-                " AND available_at > ?"), (phone, micros)).fetchone()
-        return AccountView(pause=None if pause is None else _pause_from_row(pause), due=due,
-                           next_due_at=_from_micros(next_due))
+                " AND available_at > ?"), (phone, to_micros(now))).fetchone()
+        return AccountView(pause=pause, due=due, next_due_at=_from_micros(next_due))
 
     def phones_with_open_work(self) -> list[str]:
         """Every account with a pending or retrying message."""

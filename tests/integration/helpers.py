@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 import pykka
+import structlog
 
 from actors.account import AccountActor, AccountSettings
 from actors.clock import Clock
@@ -78,3 +81,27 @@ def account_ref(phone: str) -> pykka.ActorRef[AccountActor]:
         if ref.proxy().phone.get() == phone:
             return ref
     raise LookupError(phone)
+
+
+@contextmanager
+def cli_globals_restored() -> Iterator[None]:
+    """Stop every actor and undo the CLI's global logging configuration on exit."""
+    root, pykka_logger = logging.getLogger(), logging.getLogger("pykka")
+    saved = (list(root.handlers), root.level, pykka_logger.level)
+    try:
+        yield
+    finally:
+        pykka.ActorRegistry.stop_all()
+        structlog.reset_defaults()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        pykka_logger.setLevel(saved[2])
+
+
+def quiet_library_logs() -> None:
+    """Keep a test's own supervisor from printing into the output a CLI test reads.
+
+    That supervisor stands for another process: its actors bind their loggers when they
+    start, and would write into the captured stdout.
+    """
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))

@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import json
-import logging
+import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pykka
 import pytest
-import structlog
 
+from actors.clock import FakeClock
+from actors.privacy import mask_phone
 from postroom_cli.main import main
 from postroom_cli.status import read_stats
-from storage import FINAL_STATUSES, Status
+from storage import FINAL_STATUSES, AccountPause, Message, Status, Storage, open_database
 from supervisor import Enqueue, Supervisor
+from tests.integration.helpers import RecordingSender, cli_globals_restored, quiet_library_logs
+
+#: Phones of the "real" queue: the demo's own accounts, so a demo that sent them would show.
+REAL_PHONES = [f"+1555{i:07d}" for i in range(1, 6)]
 
 
 @pytest.fixture(autouse=True)
 def _isolate_globals() -> Iterator[None]:
     """Stop every actor and undo the CLI's global logging configuration after each test."""
-    root, pykka_logger = logging.getLogger(), logging.getLogger("pykka")
-    saved = (list(root.handlers), root.level, pykka_logger.level)
-    yield
-    pykka.ActorRegistry.stop_all()
-    structlog.reset_defaults()
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    pykka_logger.setLevel(saved[2])
+    with cli_globals_restored():
+        yield
 
 
 def _demo(url: str, *extra: str) -> int:
@@ -60,14 +59,111 @@ def test_demo_finishes_every_message_and_status_reports_the_same_counts(
     assert sum(account["total"] for account in accounts) == 200
 
 
-def test_demo_starts_from_an_empty_file_unless_told_to_keep(tmp_path: Path) -> None:
-    """A second demo run deletes the first one's rows; with --keep it adds to them."""
+def test_demo_starts_its_own_database_afresh_unless_told_to_keep(
+        database_url: str, tmp_path: Path) -> None:
+    """On a database it created, a second demo run starts afresh; with --keep it adds to it."""
+    neighbour = tmp_path / "postroom.db.bak"
+    neighbour.write_text("not the demo's")
+    assert _demo(database_url, "--messages", "20") == 0
+    assert _demo(database_url, "--messages", "20") == 0
+    assert read_stats(database_url).total == 20
+    assert _demo(database_url, "--messages", "20", "--keep") == 0
+    assert read_stats(database_url).total == 40
+    assert neighbour.read_text() == "not the demo's"  # it deletes nothing but its own database
+
+
+def _real_queue(url: str) -> list[Message]:
+    """A queue made by a real supervisor: 50 messages pending, due now by the wall clock."""
+    # The supervisor's clock stands still in the past, so it never sends them itself.
+    clock = FakeClock(datetime(2020, 1, 1, tzinfo=UTC))
+    sender = RecordingSender()
+    quiet_library_logs()
+    ref = Supervisor.start(url, sender, clock=clock)
+    try:
+        for n in range(50):
+            ref.ask(Enqueue(phone=REAL_PHONES[n % 5], user_id=f"user-{n}", text=f"real #{n}",
+                            scheduled_at=clock.now() + timedelta(days=1)))
+    finally:
+        ref.stop()
+    assert sender.calls == []
+    return _rows(url)
+
+
+def _rows(url: str) -> list[Message]:
+    store = Storage(open_database(url))
+    try:
+        return [m for phone in REAL_PHONES for m in store.list_messages(phone, limit=1000)]
+    finally:
+        store.close()
+
+
+def _pauses_and_demo_mark(url: str) -> tuple[list[AccountPause], bool]:
+    store = Storage(open_database(url))
+    try:
+        return store.pauses(datetime(2000, 1, 1, tzinfo=UTC)), store.is_demo()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("keep", [[], ["--keep"]], ids=["afresh", "keep"])
+def test_demo_refuses_a_queue_it_did_not_create(
+        database_url: str, keep: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """On a real queue the demo exits 2 naming the database, and writes, sends and deletes nothing."""
+    before = _real_queue(database_url)
+    assert len(before) == 50 and {m.status for m in before} == {Status.PENDING}
+    capsys.readouterr()
+    assert _demo(database_url, "--messages", "20", *keep) == 2
+    err = capsys.readouterr().err
+    assert "not created by the demo" in err and "--database" in err
+    assert _rows(database_url) == before
+    assert read_stats(database_url).total == 50
+    assert _pauses_and_demo_mark(database_url) == ([], False)
+
+
+def test_demo_refuses_a_sqlite_file_that_is_not_a_queue(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another program's SQLite file is refused and left exactly as it was, journal mode included."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.execute("INSERT INTO notes VALUES ('keep me')")
+    db.close()
+    before = path.read_bytes()
+    assert _demo(f"sqlite:///{path}", "--messages", "20") == 2
+    assert str(path) in capsys.readouterr().err
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+
+def test_demo_does_not_start_afresh_while_a_supervisor_holds_its_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --keep, a demo database that a running supervisor holds is not deleted (exit 2)."""
     url = f"sqlite:///{tmp_path}/demo.db"
     assert _demo(url, "--messages", "20") == 0
-    assert _demo(url, "--messages", "20") == 0
-    assert read_stats(url).total == 20
-    assert _demo(url, "--messages", "20", "--keep") == 0
-    assert read_stats(url).total == 40
+    quiet_library_logs()
+    ref = Supervisor.start(url, lambda message: None)
+    try:
+        capsys.readouterr()
+        assert _demo(url, "--messages", "20") == 2
+        assert "DatabaseLocked" in capsys.readouterr().err
+        assert read_stats(url).total == 20
+    finally:
+        ref.stop()
+
+
+def test_demo_logs_no_rate_limit_warnings_unless_verbose(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rate limits leave stderr quiet by default; with --verbose each one logs account.rate_limited."""
+    url = f"sqlite:///{tmp_path}/demo.db"
+    capsys.readouterr()
+    assert _demo(url, "--messages", "40", "--rate-limit-rate", "0.5", "--failure-rate", "0") == 0
+    quiet = capsys.readouterr()
+    assert "account.rate_limited" not in quiet.err
+    assert "finished" in quiet.out and "sending" not in quiet.out  # the bar's last label
+    assert "account pauses" in quiet.out  # the live counters count the pauses
+    assert _demo(url, "--messages", "40", "--rate-limit-rate", "0.5", "--failure-rate", "0",
+                 "--verbose") == 0
+    assert "account.rate_limited" in capsys.readouterr().err
 
 
 def test_status_on_a_missing_file_fails_without_creating_it(
@@ -83,9 +179,7 @@ def test_status_works_beside_a_running_supervisor(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`status` reads a database whose supervisor is running and masks phones in its tables."""
     url = f"sqlite:///{tmp_path}/live.db"
-    # This supervisor stands for another process: its actors bind their loggers now, and
-    # must not print into the stdout that the status output is read from.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    quiet_library_logs()
     ref = Supervisor.start(url, lambda message: None)
     try:
         for n in range(3):
@@ -95,12 +189,14 @@ def test_status_works_beside_a_running_supervisor(
     finally:
         ref.stop()
     out = capsys.readouterr().out
-    assert "+15*******34" in out and "+15550001234" not in out
+    assert mask_phone("+15550001234") in out and "+15550001234" not in out
 
 
-def test_demo_exits_1_when_messages_are_still_open_at_the_timeout(tmp_path: Path) -> None:
-    """With a timeout shorter than the scheduled messages' delay, the demo exits 1."""
+def test_demo_exits_1_when_messages_are_still_open_at_the_timeout(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With a timeout shorter than the scheduled messages' delay, the demo exits 1, its bar "timed out"."""
     url = f"sqlite:///{tmp_path}/demo.db"
     assert _demo(url, "--messages", "200", "--timeout", "0.01") == 1
+    assert "timed out" in capsys.readouterr().out
     stats = read_stats(url)
     assert sum(stats.by_status[s] for s in FINAL_STATUSES) < stats.total

@@ -318,6 +318,46 @@ def test_an_accounts_open_work_is_read_through_its_own_index(storage: Storage,
             assert "message_queue_open_by_account" in plan, plan  # in send order, no sort
 
 
+def test_pause_of_one_account_is_read_while_in_force(storage: Storage) -> None:
+    """`pause(phone, now)` answers that account's pause in force, a pause until lifted included."""
+    from storage import AccountPause
+
+    with storage.write_transaction():
+        storage.set_pause(AccountPause("+1555", None, "AccountSuspended"), NOW)
+        storage.set_pause(AccountPause("+other", NOW + timedelta(minutes=5), "RateLimited"), NOW)
+    assert storage.pause("+1555", NOW) == AccountPause("+1555", None, "AccountSuspended")
+    assert storage.pause("+other", NOW) == AccountPause("+other", NOW + timedelta(minutes=5), "RateLimited")
+    assert storage.pause("+other", NOW + timedelta(minutes=5)) is None
+    assert storage.pause("+nobody", NOW) is None
+
+
+def test_demo_mark_is_absent_until_marked_and_survives_emptying(storage: Storage) -> None:
+    """A new schema is no demo's; `mark_demo` marks it; `empty_tables` deletes all rows but the mark."""
+    from storage import AccountPause
+
+    assert storage.has_schema() and not storage.is_demo()
+    insert(storage, new(), new(phone="+other"))
+    with storage.write_transaction():
+        storage.set_pause(AccountPause("+1555", None, "AccountSuspended"), NOW)
+        storage.mark_demo()
+        storage.mark_demo()  # marking twice is harmless
+    assert storage.is_demo()
+    with storage.write_transaction():
+        storage.empty_tables()
+    assert storage.is_demo() and storage.stats().total == 0 and storage.pauses(NOW) == []
+    assert insert(storage, new())  # ids are still handed out after emptying
+
+
+def test_a_database_without_postroom_tables_has_no_schema_and_no_mark(database_url: str) -> None:
+    """Before `create_schema`, `has_schema` and `is_demo` answer False without creating anything."""
+    store = Storage(open_database(database_url))
+    try:
+        assert not store.has_schema() and not store.is_demo()
+        assert not store.has_schema()  # reading created no table
+    finally:
+        store.close()
+
+
 def test_account_pause_round_trips(storage: Storage) -> None:
     """An account pause is stored, replaced, read while in force, and lifted."""
     from storage import AccountPause
@@ -346,3 +386,26 @@ def test_account_disabled_until_lifted(storage: Storage) -> None:
     with storage.write_transaction():
         assert storage.clear_pause("+1555")
     assert storage.account_view("+1555", NOW, limit=1).pause is None
+
+
+def test_opening_without_create_needs_the_sqlite_file_and_creates_nothing(tmp_path: Any) -> None:
+    """`open_database(url, create=False)` on a missing SQLite file raises DatabaseNotFound, writes nothing."""
+    from storage import DatabaseNotFound
+
+    missing = tmp_path / "nowhere" / "missing.db"
+    with pytest.raises(DatabaseNotFound, match="no database at"):
+        open_database(f"sqlite:///{missing}", create=False)
+    assert not missing.parent.exists()
+
+
+def test_owner_lock_is_one_lock_whichever_way_the_file_was_opened(sqlite_url: str) -> None:
+    """A file opened with create=False shares the owner lock of the same file opened normally."""
+    from storage import DatabaseLocked, OwnerLock
+
+    held = OwnerLock(open_database(sqlite_url))
+    held.acquire()
+    try:
+        with pytest.raises(DatabaseLocked):
+            OwnerLock(open_database(sqlite_url, create=False)).acquire()
+    finally:
+        held.release()

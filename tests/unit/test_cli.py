@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
+from rich.console import Console
 
 from actors.errors import PermanentError, RateLimited, TransientError
 from postroom_cli.demo import (
@@ -19,11 +20,14 @@ from postroom_cli.demo import (
     Rates,
     SenderCounts,
     SimulatedSender,
+    _add_task,
+    _progress,
+    _show,
     options_from_args,
 )
 from postroom_cli.logconfig import configure_logging
 from postroom_cli.main import build_parser
-from storage import Message, Priority, Status, ValidationError
+from storage import Message, Priority, QueueStats, Status, ValidationError
 
 
 @pytest.fixture(autouse=True)
@@ -58,14 +62,14 @@ def test_json_format_writes_one_object_per_line_with_event_and_fields() -> None:
     """With format=json every event is one JSON line: event, level, UTC timestamp and context."""
     stream = io.StringIO()
     configure_logging("json", stream, level="info")
-    log = structlog.get_logger("postroom.test").bind(account="+15*******01")
+    log = structlog.get_logger("postroom.test").bind(account="+15*******01~c5af")
     log.info("message.sent", message_id=7)
     log.warning("account.rate_limited", until="soon")
     lines = stream.getvalue().splitlines()
     first, second = (json.loads(line) for line in lines)
     assert len(lines) == 2
     assert first["event"] == "message.sent" and first["message_id"] == 7
-    assert first["account"] == "+15*******01" and first["level"] == "info"
+    assert first["account"] == "+15*******01~c5af" and first["level"] == "info"
     assert datetime.fromisoformat(first["timestamp"]).utcoffset() == timedelta(0)
     assert second["event"] == "account.rate_limited" and second["level"] == "warning"
 
@@ -130,6 +134,17 @@ def test_demo_defaults() -> None:
     assert options.database == DEFAULT_DATABASE
     assert (options.accounts, options.messages, options.latency) == (20, 2000, (0.001, 0.005))
     assert options.rates == Rates(transient=0.05, rate_limited=0.01, permanent=0.0)
+
+
+def test_verbose_is_off_by_default_and_keeps_the_demo_at_error_level() -> None:
+    """`demo` parses --verbose (default off); only then does it log warnings such as rate limits."""
+    from postroom_cli.main import _log_level
+
+    parser = build_parser()
+    assert _log_level(parser.parse_args(["demo"])) == "error"
+    assert _log_level(parser.parse_args(["demo", "--verbose"])) == "warning"
+    assert _log_level(parser.parse_args(["--log-level", "debug", "demo", "--verbose"])) == "debug"
+    assert _log_level(parser.parse_args(["status", "--database", "sqlite:///x.db"])) == "info"
 
 
 def test_a_single_latency_value_is_a_fixed_latency() -> None:
@@ -222,3 +237,24 @@ def test_sender_with_the_same_seed_gives_the_same_outcomes() -> None:
 
     rates = Rates(transient=0.3, rate_limited=0.2)
     assert outcomes(_quiet_sender(rates, seed=4)[0]) == outcomes(_quiet_sender(rates, seed=4)[0])
+
+
+# -- the live display ----------------------------------------------------------------------
+
+
+def _stats(**counts: int) -> QueueStats:
+    by_status = {status: counts.get(status.value, 0) for status in Status}
+    return QueueStats(by_status=by_status, by_account={"+15550000001": by_status})
+
+
+def test_the_bar_says_sending_until_every_message_is_finished() -> None:
+    """The progress bar is labelled "sending" while messages are open, "finished" once none is."""
+    progress = _progress(Console(file=io.StringIO()))
+    baseline = _stats()
+    task = _add_task(progress, total=10)
+    assert progress.tasks[0].description == "sending"
+    _show(progress, task, _stats(pending=4, completed=6), baseline, SenderCounts(rate_limited=3))
+    assert progress.tasks[0].description == "sending"
+    assert "account pauses [magenta]3" in progress.counters
+    _show(progress, task, _stats(completed=9, failed=1), baseline, SenderCounts(rate_limited=3))
+    assert progress.tasks[0].description == "finished"
