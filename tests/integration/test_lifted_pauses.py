@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 
 import pytest
 
 from actors.errors import AccountSuspended
-from storage import Storage, open_database
 from supervisor import Enqueue, FakeClock, GetHealth, GetMessage, Message, Status
 from tests.conftest import LogCapture, eventually
 from tests.integration.helpers import RecordingSender, start
@@ -19,13 +20,10 @@ def _ban(message: Message, call: int) -> None:
 
 
 def _lift_elsewhere(url: str, phone: str) -> None:
-    """What `postroom resume` does from another process: delete the pause row, nothing more."""
-    store = Storage(open_database(url))
-    try:
-        with store.write_transaction():
-            assert store.clear_pause(phone)
-    finally:
-        store.close()
+    """`postroom resume`, run as another process beside the supervisor."""
+    done = subprocess.run([sys.executable, "-m", "postroom_cli", "resume", phone, "--database", url],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
 
 
 def _advance_until(clock: FakeClock, seconds: float, check: object) -> None:
