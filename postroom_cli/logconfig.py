@@ -74,7 +74,9 @@ def _renderer(json_lines: bool, stream: TextIO) -> list[Processor]:
     if json_lines:
         # Tracebacks become a string field, so an exception stays on its event's line.
         return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-    return [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+    # Never the frames' locals (rich's default): they hold phones, texts and keys.
+    tracebacks = structlog.dev.RichTracebackFormatter(show_locals=False)
+    return [structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=tracebacks)]
 
 
 def _level_number(level: str) -> int:

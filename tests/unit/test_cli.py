@@ -104,6 +104,30 @@ def test_console_format_writes_readable_text() -> None:
     assert "\x1b[" not in line and not line.lstrip().startswith("{")
 
 
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_a_logged_traceback_never_shows_the_frames_locals(fmt: str) -> None:
+    """A crash logged with its traceback names the code, never the values its frames held
+    (rich's console tracebacks show locals by default: a message's phone, text and key)."""
+    stream = io.StringIO()
+    configure_logging(fmt, stream)
+
+    # Built from pieces, so that no source line a traceback quotes holds a whole value.
+    canaries = ["+1555" + "9990001", "canary text " + "0xBEEF", "canary-key-" + "7f3a"]
+
+    def send(phone: str, text: str) -> None:
+        key = canaries[2]
+        raise RuntimeError(f"failed ({len(phone) + len(text) + len(key)})")
+
+    try:
+        send(canaries[0], canaries[1])
+    except RuntimeError:
+        structlog.get_logger("postroom.test").exception("account.crashed")
+    out = stream.getvalue()
+    assert "RuntimeError" in out and "account.crashed" in out
+    for canary in canaries:
+        assert canary not in out
+
+
 def test_unknown_format_is_refused() -> None:
     """A format other than auto, console or json is a ValueError."""
     with pytest.raises(ValueError, match="log format"):
