@@ -1,7 +1,9 @@
 """`postroom status`: counts by status and by account, read straight from the database.
 
-No supervisor is started: a running one holds the SQLite file's lock, and status
-must work beside it. A SQLite file that does not exist is reported, never created.
+No supervisor is started: a running one holds the database's owner lock, and status
+must work beside it. The database is opened read-only: nothing is created or changed (not
+a SQLite file's journal mode, nor the WAL a crashed writer left), and a file its user can
+only read is enough. A SQLite file that does not exist is reported, never created.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 def read_pauses(url: str) -> list[AccountPause]:
     """Account-wide pauses in force now (rate limits, suspensions)."""
-    store = Storage(open_database(url))
+    store = Storage(open_database(url, read_only=True))
     try:
         return store.pauses(datetime.now(UTC))
     except StorageError:
@@ -72,8 +74,8 @@ def _pause_table(pauses: list[AccountPause]) -> Table:
 
 
 def read_stats(url: str) -> QueueStats:
-    """The counts, through a connection of our own (no supervisor, no lock)."""
-    store = Storage(open_database(url))
+    """The counts, through a read-only connection of our own (no supervisor, no lock)."""
+    store = Storage(open_database(url, read_only=True))
     try:
         return store.stats()
     finally:
@@ -90,7 +92,7 @@ def stats_to_json(stats: QueueStats) -> dict[str, Any]:
 
 
 def _missing_sqlite_file(url: str) -> bool:
-    # open_database creates a missing SQLite file; status must not leave one behind.
+    # A clear message, rather than SQLite's "unable to open database file".
     return url.startswith("sqlite:") and not sqlite_path(url).is_file()
 
 

@@ -39,4 +39,9 @@ class SupervisorStopped(PostroomError):
 
 
 class DatabaseLocked(PostroomError):
-    """Another supervisor process already owns this SQLite database."""
+    """Another supervisor already owns this database (SQLite file or PostgreSQL database)."""
+
+
+class OwnershipLost(StorageError):
+    """This supervisor no longer owns its database (its SQLite file was deleted or replaced):
+    every write is refused until it is restarted."""

@@ -44,6 +44,7 @@ def reset_postgres() -> None:
     db = open_database(POSTGRES_URL)
     db.execute_sql("DROP TABLE IF EXISTS message_queue")
     db.execute_sql("DROP TABLE IF EXISTS account_state")
+    db.execute_sql("DROP TABLE IF EXISTS postroom_meta")
     db.execute_sql("DROP SEQUENCE IF EXISTS message_queue_id_seq")
     db.close()
 
