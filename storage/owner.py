@@ -129,8 +129,7 @@ class _FileLock:
 
     def acquire(self) -> None:
         with _HELD_GUARD:
-            fd = self._open()
-            identity = _identity(os.fstat(fd))
+            fd, identity = self._open()
             if identity in _HELD:
                 _HELD[identity].append(fd)
                 raise DatabaseLocked(f"another supervisor in this process owns {self.path}: "
@@ -145,14 +144,16 @@ class _FileLock:
             _HELD[identity] = []
             self._fd, self._identity = fd, identity
 
-    def _open(self) -> int:
+    def _open(self) -> tuple[int, tuple[int, int]]:
+        """A descriptor on the file and the file's identity (st_dev, st_ino)."""
         try:
             # Read-write: a file its user cannot write fails here, clearly, not at the first
             # enqueue. Created if missing, as SQLite would: an adopted peewee database's file
             # may not exist yet (open_database has made its own).
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot open the database file {self.path}: {exc.strerror}") from exc
+        return fd, _identity(os.fstat(fd))  # fstat of an open descriptor cannot fail
 
     def _held_elsewhere(self, identity: tuple[int, int]) -> str:
         holder = _flock_holder(identity)
@@ -211,6 +212,9 @@ class _SessionLock:
     def acquire(self) -> None:
         conn = self._connect()
         try:
+            if conn.info.server_version >= 140000:
+                # A server that ends idle sessions would end this one, and the lock with it.
+                _one(conn, "SELECT set_config('idle_session_timeout', '0', false)", ())
             (taken,) = _one(conn, "SELECT pg_try_advisory_lock(%s)", (OWNER_LOCK_KEY,))
             if not taken:
                 raise DatabaseLocked(_holder_text(conn))

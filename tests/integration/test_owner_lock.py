@@ -208,6 +208,35 @@ def test_owner_lock_verify_retakes_a_lost_postgres_session(postgres_url: str) ->
         admin.close()
 
 
+@pytest.mark.postgres
+def test_the_postgres_owner_lock_outlives_an_idle_session_timeout(postgres_url: str) -> None:
+    """A server set to end idle sessions (idle_session_timeout) ends others, not the owner's
+    lock session: the lock is still held, never lost and taken again."""
+    import psycopg
+    from psycopg import sql
+
+    admin = psycopg.connect(postgres_url, autocommit=True)  # started before the setting: spared
+    if admin.info.server_version < 140000:
+        admin.close()
+        pytest.skip("idle_session_timeout exists from PostgreSQL 14 on")
+    (name,) = admin.execute("SELECT current_database()").fetchone() or ("",)
+    database = sql.Identifier(name)
+    admin.execute(sql.SQL("ALTER DATABASE {} SET idle_session_timeout = '300ms'").format(database))
+    lock = OwnerLock(open_database(postgres_url))
+    try:
+        lock.acquire()
+        idle = psycopg.connect(postgres_url, autocommit=True)
+        idle_pid = idle.info.backend_pid
+        eventually(lambda: not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                             (idle_pid,)).fetchall())
+        idle.close()
+        assert lock.verify() is True
+    finally:
+        admin.execute(sql.SQL("ALTER DATABASE {} RESET idle_session_timeout").format(database))
+        lock.release()
+        admin.close()
+
+
 def _terminate_lock_sessions(admin: Any) -> None:
     from storage.owner import OWNER_LOCK_KEY
 
