@@ -153,7 +153,11 @@ class _FileLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot open the database file {self.path}: {exc.strerror}") from exc
-        return fd, _identity(os.fstat(fd))  # fstat of an open descriptor cannot fail
+        try:
+            return fd, _identity(os.fstat(fd))
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(f"cannot read the database file {self.path}: {exc.strerror}") from exc
 
     def _held_elsewhere(self, identity: tuple[int, int]) -> str:
         holder = _flock_holder(identity)

@@ -221,7 +221,11 @@ def test_the_postgres_owner_lock_outlives_an_idle_session_timeout(postgres_url: 
         pytest.skip("idle_session_timeout exists from PostgreSQL 14 on")
     (name,) = admin.execute("SELECT current_database()").fetchone() or ("",)
     database = sql.Identifier(name)
-    admin.execute(sql.SQL("ALTER DATABASE {} SET idle_session_timeout = '300ms'").format(database))
+    try:
+        admin.execute(sql.SQL("ALTER DATABASE {} SET idle_session_timeout = '300ms'").format(database))
+    except psycopg.errors.InsufficientPrivilege as error:
+        admin.close()
+        pytest.skip(f"the test role may not set idle_session_timeout on its database: {error}")
     lock = OwnerLock(open_database(postgres_url))
     try:
         lock.acquire()
