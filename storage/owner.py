@@ -129,20 +129,24 @@ class _FileLock:
 
     def acquire(self) -> None:
         with _HELD_GUARD:
+            if _path_identity(self.path) in _HELD:  # before opening: no descriptor to keep
+                raise DatabaseLocked(self._held_here())
             fd, identity = self._open()
-            if identity in _HELD:
+            if identity in _HELD:  # the path was switched to a held file meanwhile
                 _HELD[identity].append(fd)
-                raise DatabaseLocked(f"another supervisor in this process owns {self.path}: "
-                                     f"{_ONE_SUPERVISOR}")
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)  # no supervisor of this process has the file (checked above)
-                if isinstance(exc, BlockingIOError):
-                    raise DatabaseLocked(self._held_elsewhere(identity)) from exc
-                raise StorageError(f"cannot lock the database file {self.path}: {exc.strerror}") from exc
-            _HELD[identity] = []
-            self._fd, self._identity = fd, identity
+                raise DatabaseLocked(self._held_here())
+            self._flock(fd, identity)
+
+    def _flock(self, fd: int, identity: tuple[int, int]) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)  # no supervisor of this process has the file (checked above)
+            if isinstance(exc, BlockingIOError):
+                raise DatabaseLocked(self._held_elsewhere(identity)) from exc
+            raise StorageError(f"cannot lock the database file {self.path}: {exc.strerror}") from exc
+        _HELD[identity] = []
+        self._fd, self._identity = fd, identity
 
     def _open(self) -> tuple[int, tuple[int, int]]:
         """A descriptor on the file and the file's identity (st_dev, st_ino)."""
@@ -158,6 +162,9 @@ class _FileLock:
         except OSError as exc:
             os.close(fd)
             raise StorageError(f"cannot read the database file {self.path}: {exc.strerror}") from exc
+
+    def _held_here(self) -> str:
+        return f"another supervisor in this process owns {self.path}: {_ONE_SUPERVISOR}"
 
     def _held_elsewhere(self, identity: tuple[int, int]) -> str:
         holder = _flock_holder(identity)
@@ -192,6 +199,13 @@ class _FileLock:
 
 def _identity(status: os.stat_result) -> tuple[int, int]:
     return status.st_dev, status.st_ino
+
+
+def _path_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        return _identity(os.stat(path))
+    except OSError:
+        return None  # opening it will say why
 
 
 def _flock_holder(identity: tuple[int, int]) -> int | None:

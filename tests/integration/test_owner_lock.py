@@ -297,3 +297,23 @@ def test_a_planted_lock_symlink_is_never_followed(tmp_path: Path) -> None:
 
     assert stat.S_IMODE(victim.stat().st_mode) == 0o644 and victim.read_text() == "precious"
     assert not (tmp_path / "created-through-the-link.txt").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc/self/fd")
+def test_refused_starts_in_the_owners_process_keep_no_descriptor(tmp_path: Path) -> None:
+    """Starting again and again beside the owner, in its own process, leaves no descriptor
+    open per refused attempt."""
+    db = tmp_path / "q.db"
+    owner = Supervisor.start(database=f"sqlite:///{db}", sender=RecordingSender())
+    (tmp_path / "link.db").symlink_to(db)
+
+    def refused() -> None:
+        with pytest.raises(DatabaseLocked):
+            Supervisor.start(database=f"sqlite:///{tmp_path / 'link.db'}", sender=RecordingSender())
+
+    refused()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        refused()
+    assert len(os.listdir("/proc/self/fd")) < before + 5
+    owner.stop()
