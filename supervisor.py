@@ -288,7 +288,7 @@ class Supervisor(DeferredReplyActor):
         self.lock = OwnerLock(db)
         self.lock.acquire()
         try:
-            self.storage = Storage(db)
+            self.storage = Storage(db, owner=self.lock)  # checks after each commit the file is still ours
             self.storage.create_schema()
             self.storage.close()  # this was the caller's thread; actors open their own
         except BaseException:
@@ -385,7 +385,7 @@ class Supervisor(DeferredReplyActor):
         self.persistence.stop()
         self.readers.shutdown(self.storage.close)
         self.storage.close()
-        self.lock.release()
+        self.lock.release()  # last: closing the locked file earlier would drop SQLite's own locks
 
     def unanswered_error(self, request: Request, error: Exception) -> None:
         # The supervisor is the root: a bad `tell` is refused and logged, never fatal.

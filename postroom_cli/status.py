@@ -1,7 +1,9 @@
 """`postroom status`: counts by status and by account, read straight from the database.
 
-No supervisor is started: a running one holds the SQLite file's lock, and status
-must work beside it. A SQLite file that does not exist is reported, never created.
+No supervisor is started: a running one holds the database's owner lock, and status
+must work beside it. The database is opened read-only: nothing is created or changed (not
+a SQLite file's journal mode, nor the WAL a crashed writer left), and a file its user can
+only read is enough. A SQLite file that does not exist is reported, never created.
 Phones are masked (`+15*******01~c5af`) unless `--unmasked` asks for them in full.
 """
 
@@ -57,7 +59,7 @@ def _show_phone(unmasked: bool) -> ShowPhone:
 
 def read_pauses(url: str) -> list[AccountPause]:
     """Account-wide pauses in force now (rate limits, suspensions)."""
-    store = Storage(open_database(url, create=False))
+    store = Storage(open_database(url, read_only=True))
     try:
         return store.pauses(datetime.now(UTC))
     except StorageError:
@@ -81,8 +83,8 @@ def _pause_table(pauses: list[AccountPause], show: ShowPhone) -> Table:
 
 
 def read_stats(url: str) -> QueueStats:
-    """The counts, through a connection of our own (no supervisor, no lock, no file created)."""
-    store = Storage(open_database(url, create=False))
+    """The counts, through a read-only connection of our own (no supervisor, no lock)."""
+    store = Storage(open_database(url, read_only=True))
     try:
         return store.stats()
     finally:

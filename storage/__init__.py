@@ -3,7 +3,7 @@
 No actors here; peewee never leaves this package (callers get `Message` values).
 """
 
-from storage.database import OwnerLock, SqliteSettings, open_database
+from storage.database import SqliteSettings, open_database
 from storage.domain import (
     FINAL_STATUSES,
     OPEN_STATUSES,
@@ -24,11 +24,13 @@ from storage.errors import (
     IdempotencyConflict,
     InvalidTransition,
     MessageNotFound,
+    OwnershipLost,
     PostroomError,
     StorageError,
     SupervisorStopped,
     ValidationError,
 )
+from storage.owner import OwnerLock
 from storage.store import Storage, Transition
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "NewBroadcast",
     "NewMessage",
     "OwnerLock",
+    "OwnershipLost",
     "PostroomError",
     "Priority",
     "QueueStats",

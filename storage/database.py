@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
+import stat
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
-from urllib.parse import quote, unquote
 
 import peewee
 from playhouse import db_url
 
-from storage.errors import DatabaseLocked, DatabaseNotFound, ValidationError
+from postroom_common.logs import get_logger
+from storage.errors import DatabaseNotFound, StorageError, ValidationError
+from storage.owner import OwnerLock
+
+__all__ = ["SQLITE_SYNCHRONOUS", "OwnerLock", "SqliteSettings", "open_database", "sqlite_path"]
+
+log = get_logger("postroom.storage")
 
 #: SQLite `synchronous` levels that still survive a power cut in WAL mode ("NORMAL" may
 #: lose the last commits on power loss but never corrupts; "OFF" is refused).
 SQLITE_SYNCHRONOUS = ("FULL", "EXTRA", "NORMAL")
-_URI_PREFIX = "file:"
+
+_SQLITE_PREFIX = "sqlite:///"
+_SLASHES = ("three slashes before a path relative to the working directory, four before an "
+            "absolute one (sqlite:////var/lib/postroom/postroom.db)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,103 +48,140 @@ def _quiet_peewee_sql_logging() -> None:
 _quiet_peewee_sql_logging()
 
 
-def open_database(
-    url_or_db: str | peewee.Database, sqlite: SqliteSettings | None = None, *, create: bool = True
-) -> peewee.Database:
+def open_database(url_or_db: str | peewee.Database, sqlite: SqliteSettings | None = None, *,
+                  create: bool = True, read_only: bool = False) -> peewee.Database:
     """Open `sqlite:///path.db` or `postgresql://user@host/db`, or adopt a peewee Database.
 
-    With `create=False` a SQLite file must exist (else `DatabaseNotFound`) and is opened
-    as it is: neither created nor switched to WAL, so opening it writes nothing.
+    `create=False`: a SQLite file must exist (else `DatabaseNotFound`) and is opened as it
+    is, neither created nor switched to WAL, so opening it writes nothing (`postroom resume`,
+    the demo's look at a file). `read_only`: nothing is created or changed, not even a SQLite
+    file's journal mode or WAL (`postroom status`); a write fails with StorageError.
     """
     if isinstance(url_or_db, peewee.Database):
         return url_or_db
     settings = sqlite or SqliteSettings()
     if url_or_db.startswith("sqlite:"):
-        return _open_sqlite(url_or_db, settings) if create else _open_existing_sqlite(url_or_db, settings)
+        return _open_sqlite(url_or_db, settings, create=create and not read_only, read_only=read_only)
     if url_or_db.startswith(("postgres://", "postgresql://")):
-        database: peewee.Database = db_url.connect(url_or_db, autoconnect=True)
+        options = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+        database: peewee.Database = db_url.connect(url_or_db, autoconnect=True, **options)
         return database
-    raise ValidationError(f"unsupported database URL scheme: {url_or_db.split(':', 1)[0]!r}")
+    raise ValidationError(_not_a_url(url_or_db))
 
 
-def _open_sqlite(url: str, settings: SqliteSettings) -> peewee.SqliteDatabase:
-    pragmas = _sqlite_pragmas(settings)
-    path = sqlite_path(url)
-    _create_private_file(path)
+def _not_a_url(text: str) -> str:
+    scheme, colon, rest = text.partition(":")
+    if colon and rest.startswith("//") and "/" not in scheme:
+        return (f"unsupported database URL scheme {scheme!r}: postroom opens "
+                "sqlite:///path/to/postroom.db and postgresql://user@host/dbname")
+    return f"{text!r} is not a database URL: for a SQLite file write sqlite:///{text} ({_SLASHES})"
+
+
+def _open_sqlite(url: str, settings: SqliteSettings, *, create: bool,
+                 read_only: bool) -> peewee.SqliteDatabase:
+    if settings.synchronous.upper() not in SQLITE_SYNCHRONOUS:
+        raise ValidationError(f"synchronous must be one of {SQLITE_SYNCHRONOUS}")
+    # Absolute now: every connection, opened later in any thread, reaches the same file.
+    path = sqlite_path(url).absolute()
+    if not create and not path.is_file():
+        raise DatabaseNotFound(f"no database at {path}")
+    if read_only:
+        return _open_sqlite_reader(path, settings)
+    pragmas: dict[str, str | int] = {"synchronous": settings.synchronous.upper(),
+                                     "busy_timeout": int(settings.busy_timeout * 1000)}
+    if create:
+        _create_private_file(path)
+        pragmas = {"journal_mode": "wal", **pragmas}
     return peewee.SqliteDatabase(
-        str(path),
-        pragmas={"journal_mode": "wal", **pragmas},
+        _file_uri(path, mode="rw"),  # "rw", not "rwc": a connection never creates a missing file
+        uri=True,
+        pragmas=pragmas,
         timeout=settings.busy_timeout,
         lock_type="IMMEDIATE",  # writers take the write lock at BEGIN, never mid-transaction
     )
 
 
-def _open_existing_sqlite(url: str, settings: SqliteSettings) -> peewee.SqliteDatabase:
-    pragmas = _sqlite_pragmas(settings)
-    path = sqlite_path(url)
-    if not path.is_file():
-        raise DatabaseNotFound(f"no database at {path}")
-    # mode=rw: a file removed since the check is an error, not a new empty database.
-    return peewee.SqliteDatabase(f"{_URI_PREFIX}{quote(str(path))}?mode=rw", uri=True, pragmas=pragmas,
-                                 timeout=settings.busy_timeout, lock_type="IMMEDIATE")
+def _open_sqlite_reader(path: Path, settings: SqliteSettings) -> peewee.SqliteDatabase:
+    # No journal_mode pragma: it would turn a rollback-journal database into a WAL one. A
+    # read-only connection never checkpoints, so a crashed writer's WAL stays as it is.
+    query = {"mode": "ro"}
+    if not os.access(path.parent, os.W_OK) and not Path(f"{path}-wal").exists():
+        # SQLite cannot make a WAL database's -shm index in a directory it may not write. With
+        # no -wal the file holds every commit and no writer has it open (one would have made
+        # the -wal), so it is read as immutable; a writer starting meanwhile could make the
+        # counts wrong, which a status display accepts.
+        query["immutable"] = "1"
+    return peewee.SqliteDatabase(_file_uri(path, **query), uri=True,
+                                 pragmas={"busy_timeout": int(settings.busy_timeout * 1000)},
+                                 timeout=settings.busy_timeout)
 
 
-def _sqlite_pragmas(settings: SqliteSettings) -> dict[str, str | int]:
-    if settings.synchronous.upper() not in SQLITE_SYNCHRONOUS:
-        raise ValidationError(f"synchronous must be one of {SQLITE_SYNCHRONOUS}")
-    return {"synchronous": settings.synchronous.upper(),
-            "busy_timeout": int(settings.busy_timeout * 1000)}
-
-
-def _sqlite_file(database: peewee.Database) -> Path | None:
-    """The file of a SQLite database, opened by path or by `file:` URI; None for others."""
-    if not isinstance(database, peewee.SqliteDatabase) or database.database == ":memory:":
-        return None
-    name = str(database.database)
-    if name.startswith(_URI_PREFIX):
-        return Path(unquote(name.removeprefix(_URI_PREFIX).split("?", 1)[0]))
-    return Path(name)
+def _file_uri(path: Path, **query: str) -> str:
+    """An SQLite `file:` URI (percent-encoded, so any file name is safe) with its options."""
+    return f"{path.as_uri()}?{urllib.parse.urlencode(query)}"
 
 
 def sqlite_path(url: str) -> Path:
     """The file path of a `sqlite:///relative.db` or `sqlite:////absolute.db` URL."""
-    path = url.split("://", 1)[1][1:] if "://" in url else ""
+    if not url.startswith(_SQLITE_PREFIX):
+        rest = url.removeprefix("sqlite:").lstrip("/")
+        raise ValidationError(f"{url!r}: write sqlite:///{rest} ({_SLASHES})" if rest
+                              else "postroom needs a SQLite file: sqlite:///path/to/postroom.db")
+    path = url[len(_SQLITE_PREFIX):]
     if not path or path == ":memory:":
         raise ValidationError("postroom needs a SQLite file: sqlite:///path/to/postroom.db")
     return Path(path)
 
 
 def _create_private_file(path: Path) -> None:
-    # SQLite gives its -wal and -shm files the mode of the database file: 0600 for all.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    """Create a missing database file 0600 (SQLite gives its -wal and -shm the same mode) in
+    directories made 0700; warn about an existing file others may read, and leave it so.
 
-
-class OwnerLock:
-    """An exclusive lock on `<db>.lock`: one supervisor process per SQLite file.
-
-    The kernel releases it when the process dies, SIGKILL included, so a restart
-    after a crash never finds a stale lock.
+    An existing file is never opened here: closing a descriptor of it would drop the fcntl
+    locks that this process's SQLite connections hold on it (POSIX).
     """
+    try:
+        _make_private_directories(path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        _warn_if_shared(path)
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot create the database file {path}: {exc.strerror}") from exc
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have narrowed it
+    finally:
+        os.close(fd)
 
-    def __init__(self, database: peewee.Database) -> None:
-        self._file: IO[bytes] | None = None
-        file = _sqlite_file(database)
-        self._path = None if file is None else file.with_name(file.name + ".lock")
 
-    def acquire(self) -> None:
-        if self._path is None:
-            return
-        handle = open(self._path, "ab")  # noqa: SIM115 - held open for the lock's lifetime
-        os.chmod(self._path, 0o600)
+def _make_private_directories(directory: Path) -> None:
+    """`mkdir -p`, each directory made here 0700 whatever the umask."""
+    missing: list[Path] = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for made in reversed(missing):
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            handle.close()
-            raise DatabaseLocked(f"{self._path.name} is held by another supervisor") from exc
-        self._file = handle
+            made.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs to set
+        # chmod after mkdir (through the directory itself, never a symlink put in its place):
+        # the umask applied to mkdir may have widened or narrowed it.
+        fd = os.open(made, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
 
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+
+def _warn_if_shared(path: Path) -> None:
+    try:
+        status = os.stat(path)
+    except OSError as exc:
+        raise StorageError(f"cannot open the database file {path}: {exc.strerror}") from exc
+    if not stat.S_ISREG(status.st_mode):
+        raise StorageError(f"the database path {path} is not a regular file")
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o077:
+        log.warning("storage.file_permissions", path=str(path), mode=f"{mode:04o}",
+                    advice="other users may read the queue: chmod 600 the file, its -wal and -shm")

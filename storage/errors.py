@@ -39,8 +39,13 @@ class SupervisorStopped(PostroomError):
 
 
 class DatabaseLocked(PostroomError):
-    """Another supervisor process already owns this SQLite database."""
+    """Another supervisor already owns this database (SQLite file or PostgreSQL database)."""
 
 
 class DatabaseNotFound(PostroomError, LookupError):
     """There is no database at this URL (and none was created)."""
+
+
+class OwnershipLost(StorageError):
+    """This supervisor no longer owns its database (its SQLite file was deleted or replaced):
+    every write is refused until it is restarted."""

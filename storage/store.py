@@ -36,6 +36,7 @@ from storage.errors import (
     IdempotencyConflict,
     InvalidTransition,
     MessageNotFound,
+    OwnershipLost,
     PostroomError,
     StorageError,
 )
@@ -50,6 +51,7 @@ from storage.models import (
     from_micros,
     to_micros,
 )
+from storage.owner import SCHEMA_LOCK_KEY, OwnerLock
 
 try:
     import psycopg
@@ -153,10 +155,17 @@ def _bound(model: type[_Model], db: peewee.Database, **options: Any) -> type[_Mo
 
 
 class Storage:
-    """The queries of postroom over one database."""
+    """The queries of postroom over one database.
 
-    def __init__(self, db: peewee.Database) -> None:
+    With an `owner` (the supervisor's lock), every commit is followed by its cheap check:
+    once it fails (the SQLite file was deleted or replaced) every later read and write is
+    refused with `OwnershipLost`, so nothing more is acknowledged from a file nobody will read.
+    """
+
+    def __init__(self, db: peewee.Database, owner: OwnerLock | None = None) -> None:
         self.db = db
+        self._owner = owner
+        self._lost: str | None = None  # why the database was lost, once it was
         self.Row = _bound(MessageRow, db, indexes=MessageRow._meta.indexes)
         self.Account = _bound(AccountRow, db)
         self.Facts = _bound(MetaRow, db)
@@ -168,8 +177,14 @@ class Storage:
     # -- lifecycle -------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create the table, its indexes and (PostgreSQL) the id sequence, if missing."""
-        with self._guard():
+        """Create the table, its indexes and (PostgreSQL) the id sequence, if missing.
+
+        In one transaction; on PostgreSQL under an advisory lock, since two sessions running
+        CREATE TABLE IF NOT EXISTS at once both try to create it (IntegrityError on pg_type).
+        """
+        with self._guard(), self.db.atomic():
+            if not self._dialect.is_sqlite:
+                self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
             self.db.create_tables([self.Row, self.Account, self.Facts], safe=True)
             for index in RETIRED_INDEXES:
                 self.db.execute_sql(f"DROP INDEX IF EXISTS {index}")
@@ -216,7 +231,11 @@ class Storage:
 
     @contextmanager
     def write_transaction(self) -> Iterator[None]:
-        """One transaction holding the write lock from its first statement; commits on exit."""
+        """One transaction holding the write lock from its first statement; commits on exit.
+
+        `OwnershipLost` after the commit when the owner's check fails: the commit went to a
+        file nobody will read again, and its callers must not be told it is durable.
+        """
         try:
             with self._guard():
                 self.db.begin()
@@ -228,6 +247,16 @@ class Storage:
                     raise
         except StorageError:
             self._dialect.forget_ids()
+            raise
+        self._check_owner()
+
+    def _check_owner(self) -> None:
+        if self._owner is None:
+            return
+        try:
+            self._owner.check()
+        except OwnershipLost as lost:
+            self._lost = str(lost)
             raise
 
     def _rollback_after_failure(self) -> None:
@@ -242,6 +271,8 @@ class Storage:
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
+        if self._lost is not None:
+            raise OwnershipLost(self._lost)  # a new exception each time: threads share none
         try:
             yield
         except PostroomError:
@@ -399,14 +430,39 @@ class Storage:
         At-least-once: retried now, unless the interrupted attempt was the last one.
         At-most-once: failed as interrupted. Returns the rows as written.
         """
+        return self.settle_interrupted(self.interrupted(phone), delivery, now)
+
+    def interrupted(self, phone: str | None = None) -> list[Message]:
+        """The rows in PROCESSING (of one account, or all): what `settle_interrupted` settles."""
         query = self.Row.select().where(self.Row.status == Status.PROCESSING.value)
         if phone is not None:
             query = query.where(self.Row.phone == phone)
         with self._guard():
-            interrupted = [self._message(row) for row in query]
-        settled = [_settle_interrupted(m, delivery, now) for m in interrupted]
-        self._write_states(settled)
-        return settled
+            return [self._message(row) for row in query]
+
+    def settle_interrupted(self, interrupted: Sequence[Message], delivery: Delivery,
+                           now: datetime) -> list[Message]:
+        """Settle rows read by `interrupted`, each only if it is still PROCESSING in the attempt
+        read: a row another connection recorded or claimed again since is left as it wrote
+        it. Returns the rows really changed, as written.
+
+        One UPDATE per row, to know which ones applied: only rows in flight at a crash or in
+        a crashed account (a few per account) come here.
+        """
+        sql = self._dialect.sql(
+            "UPDATE message_queue SET status = ?, attempts = ?, last_error = ?, available_at = ?,"
+            " completed_at = ?, updated_at = ? WHERE id = ? AND status = ? AND attempts = ?")
+        changed: list[Message] = []
+        with self._guard():
+            for message in interrupted:
+                m = _settle_interrupted(message, delivery, now)
+                cursor = self.db.execute_sql(sql, (
+                    m.status.value, m.attempts, m.last_error, to_micros(m.available_at),
+                    _micros(m.completed_at), to_micros(m.updated_at), m.id,
+                    Status.PROCESSING.value, message.attempts))
+                if cursor.rowcount == 1:
+                    changed.append(m)
+        return changed
 
     def interrupted_again(self) -> list[tuple[int, str]]:
         """(id, phone) of the rows left PROCESSING by a crash whose previous attempt a crash

@@ -118,7 +118,7 @@ def test_no_canary_in_debug_logs_or_stored_errors_and_files_are_0600(
     eventually(lambda: "account.restarted" in log_buffer.getvalue())
     assert ref.ask(GetHealth()).parked_accounts == ()
 
-    files = [db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}.lock")]
+    files = [db, Path(f"{db}-wal"), Path(f"{db}-shm")]
     modes = {p.name: oct(stat.S_IMODE(os.stat(p).st_mode)) for p in files}  # while open: WAL exists
     listed = ref.ask(ListMessages(CANARY_PHONE))
     ref.stop()
@@ -138,3 +138,4 @@ def test_no_canary_in_debug_logs_or_stored_errors_and_files_are_0600(
     for secret in CANARIES:
         assert secret not in logged, [line for line in logged.splitlines() if secret in line][:5]
     assert modes == {p.name: "0o600" for p in files}
+    assert not Path(f"{db}.lock").exists()  # the owner lock is taken on the database file itself

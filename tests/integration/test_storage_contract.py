@@ -199,6 +199,33 @@ def test_recover_interrupted(storage: Storage, delivery: Delivery, attempts_befo
     assert "interrupted" in (storage.get(mid).last_error or "")
 
 
+def test_recovery_settles_only_rows_still_held_by_the_attempt_it_read(
+        storage: Storage, database_url: str) -> None:
+    """Rows another connection completed, or claimed again, after recovery read them are left
+    as that connection wrote them; only a row still in the attempt recovery read is settled."""
+    completed, reclaimed, interrupted = insert(storage, new(), new(), new())
+    with storage.write_transaction():
+        storage.claim([completed, reclaimed, interrupted], NOW)
+    read = storage.interrupted()
+    assert sorted(m.id for m in read) == [completed, reclaimed, interrupted]
+
+    other = Storage(open_database(database_url))  # its own connection, committed in between
+    try:
+        with other.write_transaction():
+            other.record([Transition(completed, 1, Status.COMPLETED, NOW),
+                          Transition(reclaimed, 1, Status.RETRYING, NOW, "x", NOW)])
+            other.claim([reclaimed], NOW)
+    finally:
+        other.close()
+
+    with storage.write_transaction():
+        settled = storage.settle_interrupted(read, Delivery.AT_LEAST_ONCE, NOW)
+    assert [m.id for m in settled] == [interrupted]
+    assert storage.get(completed).status is Status.COMPLETED
+    assert (storage.get(reclaimed).status, storage.get(reclaimed).attempts) == (Status.PROCESSING, 2)
+    assert storage.get(interrupted).status is Status.RETRYING
+
+
 def test_cleanup_removes_only_old_finished_rows(storage: Storage) -> None:
     """Finished rows older than the cutoff go; open rows and recent finished rows stay."""
     old_done, old_open, new_done = insert(storage, new(), new(), new())
