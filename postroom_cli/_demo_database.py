@@ -90,13 +90,10 @@ def _create(url: str) -> None:
 
 
 def _create_in(store: Storage, url: str) -> None:
-    # Checked again inside the transaction: a supervisor may have created the schema
-    # since the first look, and its queue must not be marked as the demo's.
-    with store.write_transaction():
-        if store.has_schema():
-            raise _refusal(url)
-        store.create_schema()
-        store.mark_demo()
+    # Checked again inside the schema's transaction: a supervisor may have created the
+    # schema since the first look, and its queue must not be marked as the demo's.
+    if not store.create_demo_schema():
+        raise _refusal(url)
 
 
 def _delete_files(path: Path) -> None:

@@ -261,9 +261,16 @@ class _SessionLock:
         return False
 
     def release(self) -> None:
-        if self._conn is not None:
-            self._conn.close()  # the server drops a session's advisory locks with it
-            self._conn = None
+        if self._conn is None:
+            return
+        import psycopg
+
+        # Unlocked first, and answered: closing alone lets the server drop the lock a moment
+        # later, when a supervisor started right after this one would already have been refused.
+        with contextlib.suppress(psycopg.Error):
+            self._conn.execute("SELECT pg_advisory_unlock(%s)", (OWNER_LOCK_KEY,))
+        self._conn.close()  # a session's advisory locks go with it, whatever happened above
+        self._conn = None
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:

@@ -183,18 +183,31 @@ class Storage:
         CREATE TABLE IF NOT EXISTS at once both try to create it (IntegrityError on pg_type).
         """
         with self._guard(), self.db.atomic():
-            if not self._dialect.is_sqlite:
-                self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
-            self.db.create_tables([self.Row, self.Account, self.Facts], safe=True)
-            for index in RETIRED_INDEXES:
-                self.db.execute_sql(f"DROP INDEX IF EXISTS {index}")
-            if not self._dialect.is_sqlite:
-                self.db.execute_sql("CREATE SEQUENCE IF NOT EXISTS message_queue_id_seq")
-                self.db.execute_sql(
-                    "SELECT setval('message_queue_id_seq', GREATEST("
-                    "(SELECT COALESCE(MAX(id), 0) FROM message_queue), "
-                    "(SELECT last_value FROM message_queue_id_seq)))"
-                )
+            self._create_schema_objects()
+
+    def create_demo_schema(self) -> bool:
+        """Create the schema marked as `postroom demo`'s (`is_demo`), in one transaction, if the
+        database has none of postroom's tables; False (nothing written) if it has."""
+        with self._guard(), self.db.atomic():
+            if self.has_schema():
+                return False
+            self._create_schema_objects()
+            self.mark_demo()
+            return True
+
+    def _create_schema_objects(self) -> None:
+        if not self._dialect.is_sqlite:
+            self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        self.db.create_tables([self.Row, self.Account, self.Facts], safe=True)
+        for index in RETIRED_INDEXES:
+            self.db.execute_sql(f"DROP INDEX IF EXISTS {index}")
+        if not self._dialect.is_sqlite:
+            self.db.execute_sql("CREATE SEQUENCE IF NOT EXISTS message_queue_id_seq")
+            self.db.execute_sql(
+                "SELECT setval('message_queue_id_seq', GREATEST("
+                "(SELECT COALESCE(MAX(id), 0) FROM message_queue), "
+                "(SELECT last_value FROM message_queue_id_seq)))"
+            )
 
     def has_schema(self) -> bool:
         """True when any of postroom's tables exists (a database postroom has used)."""
@@ -210,7 +223,7 @@ class Storage:
             return self.Facts.get_or_none(self.Facts.key == CREATED_BY_DEMO) is not None
 
     def mark_demo(self) -> None:
-        """Record that `postroom demo` created this database (inside write_transaction)."""
+        """Record that `postroom demo` created this database (inside a transaction)."""
         query = self.Facts.insert(key=CREATED_BY_DEMO, value=1).on_conflict_ignore()
         with self._guard():
             query.execute()
