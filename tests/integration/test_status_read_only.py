@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from storage import NewMessage, Priority, Storage, StorageError, open_database
+from storage import DatabaseNotFound, NewMessage, Priority, Storage, StorageError, open_database
 
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -181,9 +181,8 @@ def test_a_read_only_postgres_session_refuses_writes(postgres_url: str) -> None:
 
 
 def test_a_read_only_sqlite_open_creates_nothing(tmp_path: Path) -> None:
-    """Opening a missing SQLite file read-only fails with StorageError and creates neither the
-    file nor its directory."""
-    store = Storage(open_database(f"sqlite:///{tmp_path}/sub/q.db", read_only=True))
-    with pytest.raises(StorageError):
-        store.stats()
+    """Opening a missing SQLite file read-only fails with DatabaseNotFound and creates neither
+    the file nor its directory."""
+    with pytest.raises(DatabaseNotFound):
+        open_database(f"sqlite:///{tmp_path}/sub/q.db", read_only=True)
     assert list(tmp_path.iterdir()) == []
