@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -19,6 +21,7 @@ from typing import Any, TypeVar, cast
 
 import peewee
 
+from postroom_common.logs import get_logger
 from storage.domain import (
     FINAL_STATUSES,
     OPEN_STATUSES,
@@ -33,6 +36,7 @@ from storage.domain import (
     Status,
 )
 from storage.errors import (
+    DatabaseLocked,
     IdempotencyConflict,
     InvalidTransition,
     MessageNotFound,
@@ -63,6 +67,8 @@ try:
     )
 except ImportError:  # the [postgres] extra is optional
     _DRIVER_ERRORS = (peewee.PeeweeException, sqlite3.Error)
+
+log = get_logger("postroom.storage")
 
 _OPEN = tuple(s.value for s in OPEN_STATUSES)
 _FINAL = tuple(s.value for s in FINAL_STATUSES)
@@ -96,6 +102,42 @@ class Transition:
     """Earliest next attempt, for RETRYING and for a given-back attempt."""
     give_back: bool = False
     """True when the attempt is not counted (rate limited): attempts goes back down."""
+
+
+#: Seconds between two checks, before a write, that this process still holds its owner lock.
+OWNER_VERIFY_EVERY = 5.0
+
+
+class _Reconnect:
+    """How soon a new connection may be tried after one failed: a database that is down is
+    not asked thousands of times a second (each account and each enqueue would try), and
+    the wait grows from `FIRST` to `MOST` while it stays down."""
+
+    FIRST = 0.05
+    MOST = 5.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wait = 0.0
+        self._not_before = 0.0
+        self._error = ""
+
+    def before_connect(self) -> None:
+        with self._lock:
+            left = self._not_before - time.monotonic()
+            if left > 0:
+                raise StorageError(f"the database is unreachable ({self._error}); "
+                                   f"the next connection is tried in {left:.2f} s")
+
+    def failed(self, error: str) -> None:
+        with self._lock:
+            self._wait = min(self.MOST, max(self.FIRST, 2 * self._wait))
+            self._not_before = time.monotonic() + self._wait
+            self._error = error
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._wait, self._not_before = 0.0, 0.0
 
 
 class _Dialect:
@@ -165,7 +207,9 @@ class Storage:
     def __init__(self, db: peewee.Database, owner: OwnerLock | None = None) -> None:
         self.db = db
         self._owner = owner
+        self._owner_verified_at = -OWNER_VERIFY_EVERY
         self._lost: str | None = None  # why the database was lost, once it was
+        self._reconnect = _Reconnect()
         self.Row = _bound(MessageRow, db, indexes=MessageRow._meta.indexes)
         self.Account = _bound(AccountRow, db)
         self.Facts = _bound(MetaRow, db)
@@ -251,6 +295,7 @@ class Storage:
         """
         try:
             with self._guard():
+                self._verify_owner_if_due()
                 self.db.begin()
                 try:
                     yield
@@ -262,6 +307,31 @@ class Storage:
             self._dialect.forget_ids()
             raise
         self._check_owner()
+
+    def _verify_owner_if_due(self) -> None:
+        """Before writing on a new connection (the last one was lost: the server restarted,
+        say), and every `OWNER_VERIFY_EVERY` seconds, ask whether this process still owns the
+        database: a PostgreSQL lock dies with its session, and another supervisor may have
+        taken it meanwhile. If so, nothing more is written (`OwnershipLost`), ever."""
+        if self._owner is None:
+            return
+        now = time.monotonic()
+        if not self.db.is_closed() and now < self._owner_verified_at + OWNER_VERIFY_EVERY:
+            return
+        try:
+            held_all_along = self._owner.verify()
+        except StorageError as unreachable:  # the server is not back yet
+            self._reconnect.failed(str(unreachable).splitlines()[0])
+            raise
+        except DatabaseLocked as taken:
+            self._lost = (f"another supervisor took the database while this one had lost its "
+                          f"connection ({taken}): restart this one, or stop the other")
+            raise OwnershipLost(self._lost) from taken
+        if not held_all_along:
+            log.warning("storage.owner_lock_retaken",
+                        reason="the lock's session had ended (the server restarted, or the "
+                               "connection dropped); it is held again")
+        self._owner_verified_at = now
 
     def _check_owner(self) -> None:
         if self._owner is None:
@@ -286,12 +356,30 @@ class Storage:
     def _guard(self) -> Iterator[None]:
         if self._lost is not None:
             raise OwnershipLost(self._lost)  # a new exception each time: threads share none
+        connecting = self.db.is_closed()  # this thread's next statement opens a connection
+        if connecting:
+            self._reconnect.before_connect()
         try:
             yield
         except PostroomError:
             raise
         except _DRIVER_ERRORS as exc:
+            if self._drop_lost_connection() or connecting:
+                self._reconnect.failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
             raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+        if connecting:
+            self._reconnect.succeeded()
+
+    def _drop_lost_connection(self) -> bool:
+        """After a driver error: close this thread's connection if the server dropped it (a
+        restart), so that the next statement opens a new one. True if it was dropped."""
+        if self._dialect.is_sqlite or self.db.is_closed() or self.db.is_connection_usable():
+            return False
+        try:
+            self.db.close()
+        except _DRIVER_ERRORS:
+            self.db.dispose()  # forget it: the socket is gone already
+        return True
 
     # -- writes (inside write_transaction, persistence actor only) -------------------
 
