@@ -1,4 +1,6 @@
-"""Crash points for the crash-test matrix: the process SIGKILLs itself at a named place.
+"""Crash points and fault points, for the tests of what survives a failure.
+
+Crash points, for the crash-test matrix: the process SIGKILLs itself at a named place.
 
 Test-only: nothing happens unless POSTROOM_CRASH_AT is set, e.g.
 `POSTROOM_CRASH_AT=claim.committed` (first time there) or `send.after:3` (third
@@ -42,3 +44,36 @@ def crash_point(name: str) -> None:
         _hits[name] = _hits.get(name, 0) + 1
         if _hits[name] >= _ARMED[name]:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- fault points: an exception inside postroom's own code, armed by a test in-process --------
+
+_faults: dict[str, int] = {}
+
+
+class InjectedFault(RuntimeError):
+    """A failure a test planted in postroom's own code (`arm_fault`)."""
+
+
+def arm_fault(name: str, times: int = 1) -> None:
+    """Make the next `times` passes through `fault_point(name)` raise InjectedFault (tests only)."""
+    with _lock:
+        _faults[name] = times
+
+
+def disarm_faults() -> None:
+    """Forget every armed fault point."""
+    with _lock:
+        _faults.clear()
+
+
+def fault_point(name: str) -> None:
+    """Raise InjectedFault if a test armed `name`; otherwise nothing (one dict look-up)."""
+    if not _faults or name not in _faults:
+        return
+    with _lock:
+        left = _faults.get(name, 0)
+        if left <= 0:
+            return
+        _faults[name] = left - 1
+    raise InjectedFault(f"fault injected at {name}")

@@ -294,8 +294,9 @@ class Storage:
         file nobody will read again, and its callers must not be told it is durable.
         """
         try:
+            fresh = self.db.is_closed()  # the guard opens a new connection: the last one went
             with self._guard():
-                self._verify_owner_if_due()
+                self._verify_owner_if_due(fresh)
                 self.db.begin()
                 try:
                     yield
@@ -308,7 +309,7 @@ class Storage:
             raise
         self._check_owner()
 
-    def _verify_owner_if_due(self) -> None:
+    def _verify_owner_if_due(self, fresh: bool) -> None:
         """Before writing on a new connection (the last one was lost: the server restarted,
         say), and every `OWNER_VERIFY_EVERY` seconds, ask whether this process still owns the
         database: a PostgreSQL lock dies with its session, and another supervisor may have
@@ -316,7 +317,7 @@ class Storage:
         if self._owner is None:
             return
         now = time.monotonic()
-        if not self.db.is_closed() and now < self._owner_verified_at + OWNER_VERIFY_EVERY:
+        if not fresh and now < self._owner_verified_at + OWNER_VERIFY_EVERY:
             return
         try:
             held_all_along = self._owner.verify()
@@ -356,19 +357,26 @@ class Storage:
     def _guard(self) -> Iterator[None]:
         if self._lost is not None:
             raise OwnershipLost(self._lost)  # a new exception each time: threads share none
-        connecting = self.db.is_closed()  # this thread's next statement opens a connection
-        if connecting:
-            self._reconnect.before_connect()
+        if self.db.is_closed():
+            self._connect()
         try:
             yield
         except PostroomError:
             raise
         except _DRIVER_ERRORS as exc:
-            if self._drop_lost_connection() or connecting:
-                self._reconnect.failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
+            if self._drop_lost_connection():
+                self._reconnect.failed(_first_line(exc))
             raise StorageError(f"{type(exc).__name__}: {exc}") from exc
-        if connecting:
-            self._reconnect.succeeded()
+
+    def _connect(self) -> None:
+        """Open this thread's connection, unless the last attempt failed too recently."""
+        self._reconnect.before_connect()
+        try:
+            self.db.connect(reuse_if_open=True)
+        except _DRIVER_ERRORS as exc:
+            self._reconnect.failed(_first_line(exc))
+            raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+        self._reconnect.succeeded()
 
     def _drop_lost_connection(self) -> bool:
         """After a driver error: close this thread's connection if the server dropped it (a
@@ -763,6 +771,10 @@ def _refuse_conflict(news: Sequence[NewMessage], plan: Sequence[object]) -> None
         noun = "recipient" if isinstance(news, NewBroadcast) else "message"
         raise IdempotencyConflict(f"{noun} {position}: its idempotency key was already used for a "
                                   "different message; nothing of the batch was written")
+
+
+def _first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
 def _pause_from_row(row: Sequence[Any]) -> AccountPause:
