@@ -19,6 +19,7 @@ import contextlib
 import functools
 import heapq
 import math
+import os
 import random
 import weakref
 from collections import deque
@@ -104,7 +105,7 @@ from actors.aio import AsyncSender, ask_async, is_coroutine_sender, running_awai
 from actors.door import Door, SupervisorInbox
 from actors.pacing import Pacing
 from actors.pool import DaemonPool
-from actors.sending import SendPool
+from actors.sending import SendPool, SendWatch
 from actors.watches import DrainWaiters, PauseWatch
 from postroom_common.logs import get_logger
 from storage import (
@@ -204,6 +205,16 @@ class SupervisorSettings:
     """synchronous and busy timeout of a SQLite database."""
     readers: int = 4
     """Threads (and connections) serving reads."""
+    send_threads: int = field(default_factory=lambda: min(1024, 64 * (os.cpu_count() or 2)))
+    """Threads plain senders run on at most (a send with a timeout runs on one); past it,
+    sends wait for a free thread, their timeout counting once begun. An `async def` sender
+    needs none."""
+    slow_send_after: float = 30.0
+    """Seconds after which a send still under way is named in `GetHealth().slow_sends`."""
+    stop_timeout: float = 75.0
+    """Seconds a graceful stop waits for the accounts to finish their sends in flight (each at
+    most `send_timeout`); past it the stop goes on, and what is still in flight stays
+    `processing` until the next start settles it (sent again: at-least-once)."""
     account_threads: int = 32
     """Threads the account actors take turns on (an account costs no thread of its own). A send
     with `send_timeout` set waits on one of them; with `send_timeout=None` it runs on one, so
@@ -270,13 +281,14 @@ class Supervisor(DeferredReplyActor):
         self._drains = DrainWaiters()
         self._drain_timer: Any = None
         self._counting = False  # a count of open messages for the drains is under way
-        self.send_pool = SendPool()
+        self.send_pool = SendPool(self.settings.send_threads)
+        self.sends = SendWatch()
         # Send timeouts run on real time, whatever `clock` is (a test's FakeClock).
         self.deadlines = self.clock if isinstance(self.clock, SystemClock) else _REAL_TIME
         self.turns = DaemonPool("postroom-account", self.settings.account_threads)
         self._open_storage(database)
         try:
-            self._boot_phones = self._recover()
+            self._boot_work = self._recover()
         except BaseException:
             self._close_storage()
             raise
@@ -298,7 +310,7 @@ class Supervisor(DeferredReplyActor):
         self.persistence = PersistenceActor.start(self.storage, self.clock, self._notify, self.health,
                                                   commit_delay=self.settings.commit_delay)
 
-    def _recover(self) -> list[str]:
+    def _recover(self) -> list[tuple[str, datetime]]:
         """Settle what a crash left PROCESSING and list the accounts with work.
 
         Runs in the caller of `start()`, so a database that cannot be read or written
@@ -310,10 +322,10 @@ class Supervisor(DeferredReplyActor):
         crash_point("boot.recovered")
         retried = {m.id for m in recovered if m.status is Status.RETRYING}
         self._suspects = deque((i, phone) for i, phone in again if i in retried)
-        phones: list[str] = self.readers.run(self.storage.phones_with_open_work)
-        log.info("supervisor.recovered", interrupted=len(recovered), accounts=len(phones),
+        work: list[tuple[str, datetime]] = self.readers.run(self.storage.open_work)
+        log.info("supervisor.recovered", interrupted=len(recovered), accounts=len(work),
                  suspects=len(self._suspects), delivery=self.settings.delivery.value)
-        return phones
+        return work
 
     def on_start(self) -> None:
         if self._suspects:
@@ -325,9 +337,17 @@ class Supervisor(DeferredReplyActor):
         self._check_pauses()  # at once: a disabled account is reported from the start
 
     def _start_boot_accounts(self) -> None:
-        for phone in self._boot_phones:
-            self._ensure_account(phone)
-        self._boot_phones = []
+        """Start the accounts with work due; the others sleep in the timer heap until theirs is
+        (50,000 accounts with tomorrow's messages cost no actor today)."""
+        now, slept = self.clock.now(), False
+        for phone, first_due in self._boot_work:
+            if first_due <= now:
+                self._ensure_account(phone)
+            else:
+                slept = self._sleep(phone, first_due) or slept
+        self._boot_work = []
+        if slept:
+            self._arm_sleepers()
 
     # -- suspects --------------------------------------------------------------------------
     # A crash charges an attempt to every message in flight. A poison message (its send kills
@@ -343,7 +363,7 @@ class Supervisor(DeferredReplyActor):
             self._suspect_timer.cancel()
             self._suspect_timer = None
         if self._quarantined is not None:
-            done = self.accounts.pop(self._quarantined, None)
+            done = self._forget_account(self._quarantined)
             if done is not None:
                 done.stop(block=False)  # it sends nothing more; the boot starts the account again
             self._quarantined = None
@@ -357,7 +377,7 @@ class Supervisor(DeferredReplyActor):
             return
         log.info("quarantine.finished")
         # Enqueues routed to nobody meanwhile are in the database: read who has work now.
-        self._boot_phones = self.readers.run(self.storage.phones_with_open_work)
+        self._boot_work = self.readers.run(self.storage.open_work)
         self._start_boot_accounts()
 
     def _suspect_settled(self, phone: str, urn: str) -> None:
@@ -373,12 +393,23 @@ class Supervisor(DeferredReplyActor):
                 timer.cancel()
         for request in self._drains.take_all():
             request.fail(SupervisorStopped("the supervisor stopped before the queue drained"))
-        pykka.get_all([ref.stop(block=False) for ref in self.accounts.values()])
-        self.accounts.clear()
+        self._stop_accounts()
         self.send_pool.shutdown()
         self.turns.shutdown()
         self._close_storage()
         log.info("supervisor.stopped")
+
+    def _stop_accounts(self) -> None:
+        """Stop every account, waiting at most `stop_timeout` for the sends in flight."""
+        stopping = [ref.stop(block=False) for ref in self.accounts.values()]
+        self.accounts.clear()
+        try:
+            pykka.get_all(stopping, timeout=self.settings.stop_timeout)
+        except pykka.Timeout:
+            hung = self.sends.running_longer_than(0.0, self.deadlines.monotonic())
+            log.error("supervisor.stop_incomplete", timeout=self.settings.stop_timeout,
+                      sends_in_flight=[mask_phone(phone) for phone in hung],
+                      left="in flight: processing until the next start settles it")
 
     def _close_storage(self) -> None:
         """Stop the writer (it commits what it holds), the readers, then release the file."""
@@ -480,8 +511,10 @@ class Supervisor(DeferredReplyActor):
 
     def _health(self) -> Health:
         degraded, error = self.health.snapshot()
+        slow = self.sends.running_longer_than(self.settings.slow_send_after, self.deadlines.monotonic())
         return Health(degraded=degraded, last_error=error, accounts_running=len(self.accounts),
-                      parked_accounts=tuple(sorted(mask_phone(p) for p in self.parked)))
+                      parked_accounts=tuple(sorted(mask_phone(p) for p in self.parked)),
+                      slow_sends=tuple(mask_phone(p) for p in slow))
 
     # -- account lifecycle -------------------------------------------------------------------
 
@@ -520,6 +553,7 @@ class Supervisor(DeferredReplyActor):
             deadlines=self.deadlines, clock=self.clock, rng=self.rng, settings=self.settings.account,
             loop=self.loop,
             pacing=self.settings.pacing_by_account.get(phone, self.settings.pacing), watch=watch,
+            sends=self.sends,
         )
         ref = AccountActor.start(phone, deps)
         self.accounts[phone] = ref
@@ -537,19 +571,20 @@ class Supervisor(DeferredReplyActor):
             log.warning("account.crashed_alone", account=mask_phone(phone), error=error)
             self._next_suspect()
             return
-        del self.accounts[phone]
+        self._forget_account(phone)
         now = self.clock.monotonic()
         history = self.restarts.setdefault(phone, deque())
         history.append(now)
         while history and now - history[0] > self.settings.restart_period:
             history.popleft()
+        # The dead actor gave back what it held (its on_failure); anything it could not write
+        # back is settled as a crash of the whole process would be, parked or not.
+        self.persistence.ask(Recover(self.settings.delivery, phone), block=True)
         if len(history) > self.settings.max_restarts:
             self.parked.add(phone)
             log.error("account.parked", account=mask_phone(phone), error=error,
                       restarts=len(history), period=self.settings.restart_period)
             return
-        # What the dead actor had claimed is settled like a crash of the whole process.
-        self.persistence.ask(Recover(self.settings.delivery, phone))
         log.warning("account.restarted", account=mask_phone(phone), error=error)
         self._start_account(phone)
 
@@ -557,10 +592,15 @@ class Supervisor(DeferredReplyActor):
         current = self.accounts.get(phone)
         if current is None or current.actor_urn != urn or self.routed.get(phone) != seen:
             return  # something was routed to it since: it is not idle after all
-        del self.accounts[phone]
+        self._forget_account(phone)
         current.stop(block=False)
         if wake_at is not None and self._sleep(phone, wake_at):
             self._arm_sleepers()
+
+    def _forget_account(self, phone: str) -> pykka.ActorRef[AccountActor] | None:
+        """An account actor is gone (stopped, crashed): nothing of it is kept."""
+        self.routed.pop(phone, None)
+        return self.accounts.pop(phone, None)
 
     def _sleep(self, phone: str, until: datetime) -> bool:
         """Wake `phone` at `until` unless it is already due to wake earlier; True if that is new."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import pykka
 
-from actors._faults import crash_point
+from actors._faults import crash_point, fault_point
 from actors._mailbox import Answered, MailedReply, ask_by_mail, tell_if_alive
 from actors.aio import Sender, is_coroutine_sender, submit_to_loop
 from actors.clock import Clock, TimerHandle
@@ -52,7 +52,7 @@ from actors.pool import DaemonPool
 from actors.privacy import describe_error, mask_phone
 from actors.readers import ReaderPool
 from actors.retry import BackoffPolicy, RandomSource, decide
-from actors.sending import SendPool
+from actors.sending import SendPool, SendWatch
 from postroom_common.logs import get_logger
 from storage import AccountPause, Message, Status, Storage, StorageError, Transition, pause_end_text
 
@@ -101,6 +101,8 @@ class AccountDeps:
     watch: int | None = None
     """A suspect's id: this account runs alone until that message's outcome is recorded (or
     it cannot be sent now), then tells the supervisor `SuspectSettled` and sends nothing more."""
+    sends: SendWatch = field(default_factory=SendWatch)
+    """Where the account says when its send begins and ends (for `GetHealth`)."""
 
 
 class AccountActor(PooledActor):
@@ -122,6 +124,8 @@ class AccountActor(PooledActor):
         self._unrecorded: Transition | None = None  # an outcome whose write failed
         self._unrecorded_message: Message | None = None
         self._claimed: Message | None = None  # claimed with the last outcome, not yet sent
+        self._in_hand: Message | None = None  # handed to the sender, outcome not yet recorded
+        self._returned: _Returned | None = None  # how the send of `_in_hand` ended, once it has
         self._waiting: MailedReply | None = None  # a write in flight: no step until it is answered
         self._then: Callable[[Advanced], None] | None = None  # what to do with its answer
         self._waiting_candidate: Message | None = None  # the message it claims, if any
@@ -145,11 +149,19 @@ class AccountActor(PooledActor):
         self._kick()
 
     def on_stop(self) -> None:
+        self._release()
+        self.log.info("account.stopped")
+
+    def _release(self) -> None:
+        """Hand back all this actor holds, stopping or crashed: a send in flight ends (within
+        its timeout) and its outcome is recorded, a write in flight is answered, and a message
+        claimed but never sent goes back with its attempt uncounted. Nothing stays PROCESSING."""
         self._settle_sending()
         self._settle_waiting()
         self._cancel_timer()
+        self._settle_unrecorded()
+        self._settle_in_hand()
         self._give_back_claimed()
-        self.log.info("account.stopped")
 
     def _settle_sending(self) -> None:
         """A send still under way: wait for it (at most its timeout), then record its outcome."""
@@ -178,10 +190,14 @@ class AccountActor(PooledActor):
 
     def on_failure(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                    tb: TracebackType | None) -> None:
-        self._cancel_timer()
-        self.log.error("account.crashed", error=exc_type.__name__ if exc_type else "unknown")
-        self._tell_supervisor(AccountFailed(self.phone, self.actor_urn,
-                                            exc_type.__name__ if exc_type else "unknown"))
+        name = exc_type.__name__ if exc_type else "unknown"
+        self.log.error("account.crashed", error=name)
+        try:
+            self._release()  # postroom's own code failed: what the account held goes back
+        except Exception as error:  # noqa: BLE001 - the report below must go out; the boot settles the rest
+            self.log.error("account.release_failed", error=type(error).__name__)
+        finally:
+            self._tell_supervisor(AccountFailed(self.phone, self.actor_urn, name))
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Pump):
@@ -222,6 +238,9 @@ class AccountActor(PooledActor):
                 if generation == self._timer_generation:
                     self._timer, self._timer_at = None, None
                     self._kick()
+            case SendBegan(future):
+                if self._sending is not None and self._sending.future is future:
+                    self._arm_send_timeout(self._sending)
             case SendDone() | Answered():
                 pass  # read mid-step (`_read_mail`): the late twin of a report already settled
             case _:
@@ -266,10 +285,13 @@ class AccountActor(PooledActor):
             return
         self._idle_since = None
         crash_point("claim.committed")
+        self._in_hand, self._returned = message, None
         self._send(message)
 
     def _sent(self, message: Message, error: BaseException | None, claim_next: bool) -> None:
         """The send is over: record its outcome (with the next claim) before anything else is sent."""
+        self._returned = _Returned(error)
+        self.deps.sends.ended(self.phone)
         self.pacer.sent(message.user_id, self.deps.clock.monotonic())
         self._unrecorded = self._outcome(message, error)
         self._unrecorded_message = message
@@ -287,6 +309,7 @@ class AccountActor(PooledActor):
         def claimed(answer: Advanced) -> None:
             # None: cancelled or finished since it was loaded; the next step tries the next one.
             self._claimed = answer.claimed.get(candidate.id)
+            fault_point("account.claimed")
             self._go_on()
 
         self._advance(Advance(claim=(candidate.id,)), candidate, claimed)
@@ -388,7 +411,9 @@ class AccountActor(PooledActor):
 
     def _send(self, message: Message) -> None:
         """Hand the message to the sender; whatever it raises (SystemExit too) is an outcome."""
+        fault_point("account.before_send")
         timeout = self.settings.send_timeout
+        self.deps.sends.started(self.phone, self.deps.deadlines.monotonic())
         if self.deps.loop is not None and is_coroutine_sender(self.deps.sender):
             try:
                 future = submit_to_loop(self.deps.sender, message, self.deps.loop)
@@ -404,19 +429,53 @@ class AccountActor(PooledActor):
             self._sent(message, None, claim_next=True)
             return
         else:
-            future = self.deps.send_pool.submit(self.deps.sender, message)
-        self._sending = send = _Send(message, future, self.deps.deadlines.monotonic())
+            ref = self.actor_ref
+            try:
+                future = self.deps.send_pool.submit(
+                    self.deps.sender, message, on_begin=lambda begun: tell_if_alive(ref, SendBegan(begun)))
+            except RuntimeError as error:  # no thread could be started (a process limit)
+                self._defer_send(message, error)
+                return
+        pooled = self.deps.loop is None or not is_coroutine_sender(self.deps.sender)
+        self._sending = send = _Send(message, future, self.deps.deadlines.monotonic(), pooled)
         ref = self.actor_ref
         future.add_done_callback(lambda done: tell_if_alive(ref, SendDone(done, timed_out=False)))
-        if timeout is not None:
-            send.timer = self.deps.deadlines.call_later(
-                timeout, lambda: tell_if_alive(ref, SendDone(future, timed_out=True)))
+        if not pooled:
+            self._arm_send_timeout(send)  # on the bot's loop it begins at once
+
+    def _arm_send_timeout(self, send: _Send) -> None:
+        """The send has begun (a pooled one may have waited for a thread): its time runs."""
+        if self.settings.send_timeout is None or send.timer is not None:
+            return
+        ref, future = self.actor_ref, send.future
+        send.started = self.deps.deadlines.monotonic()
+        send.timer = self.deps.deadlines.call_later(
+            self.settings.send_timeout, lambda: tell_if_alive(ref, SendDone(future, timed_out=True)))
+
+    def _call_off(self, send: _Send) -> bool:
+        """Stopping with a send that never began (it waits for a thread of the capped send
+        pool): it is called off, and the message given back uncounted. False if it began."""
+        if not send.future.cancel():
+            return False
+        self._sending = self._in_hand = None
+        self._claimed = send.message  # the rest of the release gives it back
+        self.deps.sends.ended(self.phone)
+        return True
+
+    def _defer_send(self, message: Message, error: RuntimeError) -> None:
+        """The send could not start for want of a thread: the claim is kept (its attempt is
+        this one, not a new one) and the send tried again a little later."""
+        self.deps.sends.ended(self.phone)
+        self._in_hand, self._claimed = None, message
+        self.log.warning("account.send_deferred", message_id=message.id, error=str(error))
+        self._arm(self.deps.clock.now() + timedelta(seconds=self.settings.storage_retry))
 
     def _send_done(self, done: SendDone, claim_next: bool) -> None:
         send = self._sending
         if send is None or done.future is not send.future:
             return  # the other report of a send already settled (its timeout, or its late return)
-        self._sending = None
+        if done.timed_out and send.waiting_for_a_thread and self._call_off(send):
+            return
         if send.timer is not None:
             send.timer.cancel()
         error: BaseException | None
@@ -428,9 +487,12 @@ class AccountActor(PooledActor):
             error = RuntimeError("the send was cancelled (the bot's loop is stopping)")
         else:
             error = send.future.exception()
+        self._returned, self._sending = _Returned(error), None  # known before anything can fail
+        fault_point("account.send_done")
         self._sent(send.message, error, claim_next)
 
     def _outcome(self, message: Message, error: BaseException | None) -> Transition:
+        fault_point("account.outcome")
         now = self.deps.clock.now()
         if error is None:
             self._limited_in_a_row = 0
@@ -470,6 +532,7 @@ class AccountActor(PooledActor):
 
         def recorded(answer: Advanced) -> None:
             self._unrecorded = self._unrecorded_message = None
+            self._in_hand = self._returned = None
             if candidate is not None:
                 self._claimed = answer.claimed.get(candidate.id)
             if transition.status is Status.COMPLETED:
@@ -477,6 +540,7 @@ class AccountActor(PooledActor):
             self._after_record(transition, message, transition.id in answer.recorded)
             if suspect:
                 self._settle_suspect()
+            fault_point("account.recorded")
             self._go_on()
 
         self._advance(Advance(record=(record,), claim=claim, pause=pause), candidate, recorded)
@@ -484,17 +548,44 @@ class AccountActor(PooledActor):
     def _give_back_claimed(self) -> None:
         """A message claimed but not sent (stopping, or paused) goes back, its attempt uncounted."""
         message, self._claimed = self._claimed, None
-        if message is None:
+        if message is not None:
+            self._write_now(_given_back(message, self.deps.clock.now()))
+
+    def _settle_unrecorded(self) -> None:
+        """An outcome known but not committed (its write failed, or was never asked for)."""
+        if self._unrecorded is not None and self._waiting is None:
+            transition, self._unrecorded = self._unrecorded, None
+            if self._write_now(transition):
+                self._in_hand = self._returned = None
+
+    def _settle_in_hand(self) -> None:
+        """After a crash between the claim and the record: a message never handed to the
+        sender goes back uncounted; one whose send ended is recorded by how it ended (a
+        return is a delivery), with no policy that could fail again."""
+        message, self._in_hand = self._in_hand, None
+        if message is None or self._sending is not None:
             return
-        now = self.deps.clock.now()
-        status = Status.PENDING if message.attempts <= 1 else Status.RETRYING
-        back = Transition(message.id, message.attempts, status, now, available_at=now,
-                          give_back=True)
+        now, returned = self.deps.clock.now(), self._returned
+        if returned is None:
+            self._write_now(_given_back(message, now))
+        elif returned.error is None:
+            self._write_now(Transition(message.id, message.attempts, Status.COMPLETED, now))
+        else:
+            final = message.attempts >= message.max_attempts
+            self._write_now(Transition(message.id, message.attempts,
+                                       Status.FAILED if final else Status.RETRYING, now,
+                                       describe_error(returned.error, message), None if final else now))
+
+    def _write_now(self, transition: Transition) -> bool:
+        """Record at once, waiting for the commit (stopping or crashed: no mail will be read)."""
         try:
-            self.deps.persistence.ask(Advance(record=(back,)), block=True)
-        except (StorageError, pykka.ActorDeadError) as error:
-            # Left PROCESSING: the next boot settles it as interrupted.
-            self.log.warning("account.give_back_failed", message_id=message.id, error=str(error))
+            self.deps.persistence.ask(Advance(record=(transition,)), block=True, timeout=self.STOP_WAIT)
+        except (StorageError, pykka.ActorDeadError, pykka.Timeout) as error:
+            # Left PROCESSING: recovery settles it (the supervisor's, or the next boot's).
+            self.log.warning("account.write_failed_at_release", message_id=transition.id,
+                             error=str(error))
+            return False
+        return True
 
     def _after_record(self, t: Transition, message: Message, applied: bool) -> None:
         log, ids = self.log, {"message_id": t.id, "attempt": t.attempt}  # no bind: it copies per message
@@ -562,6 +653,19 @@ class AccountActor(PooledActor):
         tell_if_alive(self.deps.supervisor, message)
 
 
+def _given_back(message: Message, now: datetime) -> Transition:
+    """A claimed message that was never sent, due again now with its attempt uncounted."""
+    status = Status.PENDING if message.attempts <= 1 else Status.RETRYING
+    return Transition(message.id, message.attempts, status, now, available_at=now, give_back=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Returned:
+    """How a send ended: returned (no error), or raised."""
+
+    error: BaseException | None
+
+
 @dataclass(slots=True)
 class _Send:
     """A send under way on the send pool or the bot's loop."""
@@ -569,7 +673,19 @@ class _Send:
     message: Message
     future: concurrent.futures.Future[Any]
     started: float  # deadlines.monotonic()
+    pooled: bool  # on the send pool, where it may wait for a thread before it begins
     timer: TimerHandle | None = None
+
+    @property
+    def waiting_for_a_thread(self) -> bool:
+        return self.pooled and not self.future.running() and not self.future.done()
+
+
+@dataclass(frozen=True, slots=True)
+class SendBegan:
+    """Mail to the account: its send left the queue of the send pool and runs now."""
+
+    future: concurrent.futures.Future[Any]
 
 
 @dataclass(frozen=True, slots=True)

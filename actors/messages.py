@@ -185,6 +185,9 @@ class Health:
     """Account actors alive now."""
     parked_accounts: tuple[str, ...]
     """Masked phones of accounts parked after a crash storm."""
+    slow_sends: tuple[str, ...] = ()
+    """Masked phones of accounts whose send has run longer than `slow_send_after` (a sender
+    that hangs: with `send_timeout=None` nothing gives up on it)."""
 
 
 # -- supervisor <-> persistence ---------------------------------------------------------

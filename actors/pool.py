@@ -13,6 +13,7 @@ import queue
 import threading
 from collections.abc import Callable
 
+from actors._faults import fault_point
 from postroom_common.logs import get_logger
 
 log = get_logger("postroom.pool")
@@ -23,7 +24,7 @@ Job = Callable[[], None]
 class DaemonPool:
     """Runs jobs on an idle thread, on a new one while under `max_threads`, else in order."""
 
-    def __init__(self, name: str, max_threads: int | None = None, idle_exit: float = 60.0) -> None:
+    def __init__(self, name: str, max_threads: int | None = None, idle_exit: float = 10.0) -> None:
         if max_threads is not None and max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.name = name
@@ -50,12 +51,25 @@ class DaemonPool:
                 raise RuntimeError(f"the {self.name} pool is shut down")
             if self._idle:
                 self._idle -= 1  # promised now, so two jobs never count on one idle thread
-            elif self.max_threads is None or self._threads < self.max_threads:
-                self._threads += 1
-                threading.Thread(target=self._work, name=self.name, daemon=True).start()
-            else:
-                self._queued += 1
+            elif not (self._under_cap() and self._start_thread()):
+                if not self._threads:
+                    raise RuntimeError(f"the {self.name} pool could not start a thread")
+                self._queued += 1  # at the cap, or refused a thread: the next one free takes it
         self._jobs.put(job)
+
+    def _under_cap(self) -> bool:
+        return self.max_threads is None or self._threads < self.max_threads
+
+    def _start_thread(self) -> bool:
+        """A new thread (under the lock); False if the process may start no more (RLIMIT_NPROC)."""
+        try:
+            fault_point(f"pool.start_thread.{self.name}")
+            threading.Thread(target=self._work, name=self.name, daemon=True).start()
+        except RuntimeError:
+            log.warning("pool.thread_refused", pool=self.name, threads=self._threads)
+            return False
+        self._threads += 1
+        return True
 
     def shutdown(self) -> None:
         """Idle threads exit now; busy ones exit when their job returns."""

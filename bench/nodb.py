@@ -126,9 +126,10 @@ class MemoryStore:
                            next_due_at=min((m.available_at for m in messages if m.available_at > now),
                                            default=None))
 
-    def phones_with_open_work(self) -> list[str]:
+    def open_work(self) -> list[tuple[str, datetime]]:
         with self._lock:
-            return [phone for phone, messages in self._open.items() if messages]
+            return [(phone, min(m.available_at for m in messages.values()))
+                    for phone, messages in self._open.items() if messages]
 
     def stats(self) -> QueueStats:
         by_status = dict.fromkeys(Status, 0)

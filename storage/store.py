@@ -712,11 +712,12 @@ class Storage:
                 " AND available_at > ?"), (phone, to_micros(now))).fetchone()
         return AccountView(pause=pause, due=due, next_due_at=_from_micros(next_due))
 
-    def phones_with_open_work(self) -> list[str]:
-        """Every account with a pending or retrying message."""
-        query = self.Row.select(self.Row.phone).where(self.Row.status.in_(_OPEN)).distinct()
+    def open_work(self) -> list[tuple[str, datetime]]:
+        """Every account with a pending or retrying message, and when its first one is due."""
+        sql = f"SELECT phone, MIN(available_at) FROM message_queue WHERE {OPEN_ROWS} GROUP BY phone"
         with self._guard():
-            return [phone for (phone,) in cast(Iterable[tuple[str]], query.tuples())]
+            rows = self.db.execute_sql(sql).fetchall()
+        return [(phone, from_micros(first)) for phone, first in rows]
 
     def count_open(self) -> int:
         """Messages not finished yet: pending, retrying or processing."""

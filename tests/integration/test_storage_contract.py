@@ -270,7 +270,7 @@ def test_open_messages_phones_and_stats(storage: Storage) -> None:
         storage.claim([ids[2]], NOW)
         storage.record([Transition(ids[2], 1, Status.COMPLETED, NOW)])
     assert [m.id for m in storage.open_messages()] == [ids[1], ids[0]]
-    assert storage.phones_with_open_work() == ["+a"]
+    assert storage.open_work() == [("+a", NOW)]
     stats = storage.stats()
     assert stats.by_status[Status.PENDING] == 2 and stats.by_status[Status.COMPLETED] == 1
     assert stats.by_account["+b"] == {Status.COMPLETED: 1}

@@ -1,0 +1,58 @@
+"""Many accounts cost nothing while they have nothing to do: at boot, and after they idle out."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from datetime import timedelta
+
+from actors.account import AccountActor
+from storage import NewMessage, Priority, Storage, open_database
+from supervisor import Enqueue, EnqueueBatch, FakeClock, GetHealth, GetMessage, GetStats, Status
+from tests.conftest import eventually
+from tests.integration.helpers import RecordingSender, start
+
+ACCOUNTS = 2_000
+
+
+def test_a_boot_with_only_future_work_starts_no_account(sqlite_url: str) -> None:
+    """2,000 accounts whose messages are due tomorrow start no actor at boot; a new message is
+    sent at once, and tomorrow every account sends its own."""
+    clock = FakeClock()
+    store = Storage(open_database(sqlite_url))
+    store.create_schema()
+    tomorrow = clock.now() + timedelta(days=1)
+    with store.write_transaction():
+        store.insert([NewMessage(f"+1{n:07d}", "u", "later", None, Priority.NORMAL, clock.now(),
+                                 tomorrow, 5, None) for n in range(ACCOUNTS)])
+    store.close()
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender, clock=clock)
+    assert ref.ask(GetHealth()).accounts_running == 0
+    now_id = ref.ask(Enqueue(phone="+19999999", user_id="u", text="now"))
+    eventually(lambda: ref.ask(GetMessage(now_id)).status is Status.COMPLETED)
+    assert ref.ask(GetHealth()).accounts_running == 1 and sender.ids() == [now_id]
+    clock.advance(timedelta(days=1).total_seconds())
+    eventually(lambda: ref.ask(GetStats()).by_status[Status.COMPLETED] == ACCOUNTS + 1, timeout=60)
+
+
+def test_accounts_that_idle_out_leave_nothing_behind(sqlite_url: str) -> None:
+    """Once 2,000 accounts have sent and stopped while idle, no account actor is left in
+    memory, and the supervisor keeps no entry for any of them."""
+    clock = FakeClock()
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender, clock=clock, idle_timeout=30)
+    for n in range(0, ACCOUNTS, 500):
+        ref.ask(EnqueueBatch([Enqueue(phone=f"+1{k:07d}", user_id="u", text="hi")
+                              for k in range(n, n + 500)]))
+    eventually(lambda: ref.ask(GetStats()).by_status[Status.COMPLETED] == ACCOUNTS, timeout=60)
+    for _ in range(20):  # each account arms its idle timer a moment after its send is recorded
+        clock.advance(31)
+        with contextlib.suppress(AssertionError):
+            eventually(lambda: ref.ask(GetHealth()).accounts_running == 0, timeout=1)
+            break
+    assert ref.ask(GetHealth()).accounts_running == 0
+    proxy = ref.proxy()
+    eventually(lambda: not proxy.routed.get() and not proxy.accounts.get())
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, AccountActor)]
