@@ -6,6 +6,8 @@ import contextlib
 import gc
 from datetime import timedelta
 
+import pykka
+
 from actors.account import AccountActor
 from storage import NewMessage, Priority, Storage, open_database
 from supervisor import Enqueue, EnqueueBatch, FakeClock, GetHealth, GetMessage, GetStats, Status
@@ -54,5 +56,7 @@ def test_accounts_that_idle_out_leave_nothing_behind(sqlite_url: str) -> None:
     assert ref.ask(GetHealth()).accounts_running == 0
     proxy = ref.proxy()
     eventually(lambda: not proxy.routed.get() and not proxy.accounts.get())
+    eventually(lambda: not pykka.ActorRegistry.get_by_class(AccountActor))  # stops are asynchronous
     gc.collect()
-    assert not [o for o in gc.get_objects() if isinstance(o, AccountActor)]
+    assert not [o for o in gc.get_objects()
+                if isinstance(o, AccountActor) and o.deps.supervisor.actor_urn == ref.actor_urn]
