@@ -113,6 +113,30 @@ def boot(args: dict[str, Any]) -> dict[str, Any]:
     return _observe(deliveries, start, before, stop, args)
 
 
+def sleeping_boot(args: dict[str, Any]) -> dict[str, Any]:
+    """Start postroom on a file whose accounts all have work due tomorrow; how many actors it
+    started, and how long a new message due now takes to be sent."""
+    from supervisor import Enqueue, GetHealth, Message, Supervisor
+
+    deliveries = Deliveries(expected=1)
+
+    def send(message: Message) -> None:
+        deliveries.record(0, message.phone)
+
+    start = time.perf_counter()
+    ref = Supervisor.start(database=f"sqlite:///{args['path']}", sender=send)
+    booted = time.perf_counter() - start
+    running = ref.ask(GetHealth()).accounts_running
+    rss, _ = rss_mb()
+    asked = time.perf_counter()
+    ref.ask(Enqueue(phone="+19999999999", user_id="u", text="now"))
+    deliveries.wait(float(args["timeout"]))
+    assert deliveries.first_at is not None
+    sent_s = deliveries.first_at - asked
+    ref.stop()
+    return {"boot_s": booted, "actors": float(running), "new_message_ms": sent_s * 1000, "rss_mb": rss}
+
+
 def _observe(deliveries: Deliveries, start: float, before: float, stop: Callable[[], object],
              args: dict[str, Any]) -> dict[str, Any]:
     """Wait for every account's first send (or the first send), read RSS, stop; what was seen.

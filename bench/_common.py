@@ -185,15 +185,17 @@ def write_finished_rows(path: Path, count: int, finished_at: datetime) -> None:
         connection.close()
 
 
-def write_rows(path: Path, rows: Iterable[tuple[int, str]]) -> None:
-    """Append pending rows (index, phone) to a postroom database, id = index + 1, text = index."""
+def write_rows(path: Path, rows: Iterable[tuple[int, str]], due: datetime | None = None) -> None:
+    """Append pending rows (index, phone) to a postroom database, id = index + 1, text = index,
+    due at `due` (default now)."""
     now = to_micros(datetime.now(UTC))
+    at = now if due is None else to_micros(due)
     connection = sqlite3.connect(path, isolation_level=None)
     try:
         connection.execute("PRAGMA synchronous=OFF")  # generation is set-up, not measured
         connection.execute("BEGIN")
         connection.executemany(
-            INSERT_ROW, ((i + 1, p, "u", str(i).encode(), now, now, now) for i, p in rows))
+            INSERT_ROW, ((i + 1, p, "u", str(i).encode(), now, at, now) for i, p in rows))
         connection.execute("COMMIT")
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:

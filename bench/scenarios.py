@@ -17,6 +17,7 @@ import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -90,6 +91,8 @@ class Params:
     """(f) messages whose database work is counted."""
     cleanup_rows: int = 1_000_000
     """(g) finished rows past retention that cleanup deletes while accounts send."""
+    sleeping_accounts: int = 50_000
+    """(h) accounts whose only message is due tomorrow."""
     settle: float = 1.0
     """(e) seconds after every account has sent before RSS is read."""
     boot_timeout: float = 600.0
@@ -100,7 +103,8 @@ class Params:
 
 QUICK = Params(runs=1, messages=2_000, accounts=20, enqueue_messages=1_600, bulk_messages=5_000,
                rate=250.0, latency_seconds=2.0, boot_rows=10_000, boot_accounts=100, busy_accounts=10,
-               busy_backlog=50, work_messages=1_000, cleanup_rows=20_000, settle=0.5, boot_timeout=60.0,
+               busy_backlog=50, work_messages=1_000, cleanup_rows=20_000, sleeping_accounts=2_000, settle=0.5,
+               boot_timeout=60.0,
                timeout=120.0)
 
 
@@ -489,6 +493,42 @@ def _longest_gap(times: Sequence[float]) -> float:
     return max(b - a for a, b in itertools.pairwise(times))
 
 
+# -- (h) a boot where nothing is due yet ----------------------------------------------------------
+
+
+def sleeping_boot(p: Params) -> list[Figure]:
+    """Boot on `sleeping_accounts` accounts whose messages are due tomorrow, then send one now."""
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    rows = [(n, phone(n)) for n in range(p.sleeping_accounts)]
+    with temp_dir() as directory:
+        template = directory / "template.db"
+        create_postroom_file(template)
+        write_rows(template, rows, due=tomorrow)
+
+        def measure(system: str) -> dict[str, float | None]:
+            run = directory / "run.db"
+            shutil.copyfile(template, run)
+            try:
+                return run_child("sleeping_boot", {"path": str(run), "timeout": p.timeout},
+                                 timeout=p.timeout + 120)
+            finally:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{run}{suffix}").unlink(missing_ok=True)
+
+        samples = collect(p, ("postroom",), measure)
+    where = f"{p.sleeping_accounts:,} accounts with work due tomorrow"
+    actors = figure("h", "actors", samples, f"account actors started at boot, {where}", "actors",
+                    higher_is_better=False, target="0")
+    actors.met = actors.values.get("postroom") == 0
+    latency = figure("h", "new_message_ms", samples, f"then a new message due now: enqueue to send, {where}",
+                     "ms", higher_is_better=False, target="< 100 ms")
+    latency.met = _below(latency.values.get("postroom"), 100)
+    return [actors, latency,
+            figure("h", "boot_s", samples, f"boot, {where}", "s", higher_is_better=False),
+            figure("h", "rss_mb", samples, f"RSS after that boot, {where}", "MiB", higher_is_better=False)]
+
+
 SCENARIOS: dict[str, Callable[[Params], list[Figure]]] = {
     "a": end_to_end, "b": enqueue, "c": latency, "d": boot, "e": memory, "f": database_work, "g": cleanup,
+    "h": sleeping_boot,
 }
