@@ -107,8 +107,7 @@ from actors.pacing import Pacing
 from actors.pool import DaemonPool
 from actors.sending import SendPool, SendWatch
 from actors.watches import DrainWaiters, PauseWatch
-from postroom_common.logs import get_logger
-from storage import (
+from postroom_common import (
     AccountPause,
     DatabaseLocked,
     DatabaseNotFound,
@@ -118,19 +117,17 @@ from storage import (
     Message,
     MessageNotFound,
     NewMessage,
-    OwnerLock,
     OwnershipLost,
     PostroomError,
     Priority,
     QueueStats,
-    SqliteSettings,
     Status,
-    Storage,
     StorageError,
     SupervisorStopped,
     ValidationError,
-    open_database,
 )
+from postroom_common.logs import get_logger
+from storage import OwnerLock, SqliteSettings, Storage, open_database
 
 __all__ = [
     "AccountSettings",

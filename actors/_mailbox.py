@@ -25,8 +25,8 @@ from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 from pykka._threading import ThreadingFutureResult
 
+from postroom_common import PostroomError, ValidationError
 from postroom_common.logs import get_logger
-from storage import PostroomError, ValidationError
 
 log = get_logger("postroom.commands")
 

@@ -53,8 +53,9 @@ from actors.privacy import describe_error, mask_phone
 from actors.readers import ReaderPool
 from actors.retry import BackoffPolicy, RandomSource, decide
 from actors.sending import SendPool, SendWatch
+from postroom_common import AccountPause, Message, Status, StorageError, Transition, pause_end_text
 from postroom_common.logs import get_logger
-from storage import AccountPause, Message, Status, Storage, StorageError, Transition, pause_end_text
+from storage import Storage
 
 
 @dataclass(frozen=True, slots=True)

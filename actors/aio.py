@@ -27,8 +27,8 @@ import pykka
 from pykka._envelope import Envelope
 
 from actors.errors import SenderReturnedAwaitable, SendTimeout
+from postroom_common import Message
 from postroom_common.logs import get_logger
-from storage import Message
 
 log = get_logger("postroom.sender")
 

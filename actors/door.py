@@ -28,7 +28,7 @@ from actors._mailbox import DeferredInbox, log_unanswered
 from actors.clock import Clock
 from actors.messages import Broadcast, Enqueue, EnqueueBatch, Persist
 from actors.validation import Limits, validate_enqueue
-from storage import ValidationError
+from postroom_common import ValidationError
 
 #: Commands that write new rows: their order among themselves is the order of the rows.
 ENQUEUE_COMMANDS = (Enqueue, EnqueueBatch, Broadcast)

@@ -5,7 +5,7 @@ Any other exception counts as a transient failure.
 
 from __future__ import annotations
 
-from storage.errors import PostroomError
+from postroom_common.errors import PostroomError
 
 
 class SendError(PostroomError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from storage import (
+from postroom_common import (
     AccountPause,
     Delivery,
     Message,

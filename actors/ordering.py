@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable
 
-from storage import Message
+from postroom_common import Message
 
 
 class SendOrder:

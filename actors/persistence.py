@@ -40,17 +40,17 @@ from actors.messages import (
     Recover,
     Requeue,
 )
-from postroom_common.logs import get_logger
-from storage import (
+from postroom_common import (
     IdempotencyConflict,
     Message,
     NewBroadcast,
     NewMessage,
     PostroomError,
     Status,
-    Storage,
     StorageError,
 )
+from postroom_common.logs import get_logger
+from storage import Storage
 
 log = get_logger("postroom.persistence")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from storage import Message
+from postroom_common import Message
 
 _MAX_ERROR = 500
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from actors.errors import AccountSuspended, PermanentError, RateLimited
-from storage import ValidationError
+from postroom_common import ValidationError
 
 
 class RandomSource(Protocol):

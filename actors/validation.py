@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from actors.messages import Broadcast, Enqueue
-from storage import NewBroadcast, NewMessage, Priority, ValidationError
+from postroom_common import NewBroadcast, NewMessage, Priority, ValidationError
 
 #: The most attempts a message may have: what an INTEGER column holds on PostgreSQL.
 MAX_ATTEMPTS = 2**31 - 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from storage import AccountPause
+from postroom_common import AccountPause
 
 #: Seconds between two reports of the accounts disabled until lifted.
 DISABLED_REPORT_EVERY = 60.0

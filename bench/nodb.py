@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from actors import PersistenceActor, ReaderPool
-from storage import (
+from postroom_common import (
     FINAL_STATUSES,
     OPEN_STATUSES,
     AccountPause,
@@ -28,12 +28,11 @@ from storage import (
     Delivery,
     Message,
     NewMessage,
-    OwnerLock,
     QueueStats,
     Status,
-    Storage,
     Transition,
 )
+from storage import OwnerLock, Storage
 from supervisor import Supervisor
 
 __all__ = ["MemoryStore", "MemorySupervisor"]

@@ -27,7 +27,8 @@ from typing import Any
 import pykka
 
 from bench._common import Deliveries
-from storage import Status, Storage, open_database
+from postroom_common import Status
+from storage import Storage, open_database
 from storage.models import MessageRow
 
 __all__ = ["SeedQueue"]

@@ -21,7 +21,8 @@ from bench._common import Deliveries, wait_until
 from bench.huey_baseline import HueyQueue
 from bench.nodb import MemorySupervisor
 from bench.seed import SeedQueue
-from storage import Message, open_database
+from postroom_common import Message
+from storage import open_database
 from supervisor import (
     AccountSettings,
     Broadcast,

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from storage import OwnerLock, PostroomError, Storage, open_database
+from postroom_common import PostroomError
+from storage import OwnerLock, Storage, open_database
 from storage.database import sqlite_path
 
 __all__ = ["NotADemoDatabase", "prepare"]

@@ -38,7 +38,7 @@ from rich.progress import (
 from rich.table import Table
 
 from postroom_cli._demo_database import prepare
-from storage import FINAL_STATUSES, Message
+from postroom_common import FINAL_STATUSES, Message
 from supervisor import (
     AccountSettings,
     BackoffPolicy,

@@ -11,7 +11,7 @@ from rich.console import Console
 from postroom_cli import demo, resume, status
 from postroom_cli._output import fail
 from postroom_cli.logconfig import FORMATS, LEVELS, configure_logging
-from storage import PostroomError
+from postroom_common import PostroomError
 
 __all__ = ["build_parser", "main"]
 

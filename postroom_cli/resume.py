@@ -18,7 +18,8 @@ from rich.markup import escape
 
 from actors import Limits
 from actors.privacy import mask_phone
-from storage import AccountPause, Storage, ValidationError, open_database, pause_end_text
+from postroom_common import AccountPause, ValidationError, pause_end_text
+from storage import Storage, open_database
 
 __all__ = ["add_arguments", "lift_pause", "run"]
 

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from actors.privacy import mask_phone
-from storage import AccountPause, QueueStats, Status, Storage, StorageError, open_database, pause_end_text
+from postroom_common import AccountPause, QueueStats, Status, StorageError, pause_end_text
+from storage import Storage, open_database
 
 __all__ = ["add_arguments", "read_pauses", "read_stats", "run", "stats_to_json"]
 

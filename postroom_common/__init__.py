@@ -1,11 +1,66 @@
-"""What every part of postroom shares and none owns: its loggers, and the check that the
-top-level names it installs (`supervisor`, `actors`, `storage`) are its own.
+"""What every part of postroom shares and none owns: the domain values (messages, statuses,
+priorities, outcomes), the one error hierarchy, the quiet logger, and the check that the
+top-level names postroom installs (`supervisor`, `actors`, `storage`) are its own.
 
-A leaf: it imports nothing of postroom, so every part can import it first. Its name is
+A leaf: it imports nothing of postroom, so actors and storage both build on it. Its name is
 prefixed because `supervisor`, `actors` and `storage` are names other code uses too.
 """
 
+from postroom_common.domain import (
+    FINAL_STATUSES,
+    OPEN_STATUSES,
+    AccountPause,
+    AccountView,
+    Delivery,
+    Message,
+    NewBroadcast,
+    NewMessage,
+    Priority,
+    QueueStats,
+    Status,
+    Transition,
+    pause_end_text,
+)
+from postroom_common.errors import (
+    DatabaseLocked,
+    DatabaseNotFound,
+    IdempotencyConflict,
+    InvalidTransition,
+    MessageNotFound,
+    OwnershipLost,
+    PostroomError,
+    StorageError,
+    SupervisorStopped,
+    ValidationError,
+)
 from postroom_common.imports import require_postroom_names
 from postroom_common.logs import PostroomLogger, get_logger
 
-__all__ = ["PostroomLogger", "get_logger", "require_postroom_names"]
+__all__ = [
+    "FINAL_STATUSES",
+    "OPEN_STATUSES",
+    "AccountPause",
+    "AccountView",
+    "DatabaseLocked",
+    "DatabaseNotFound",
+    "Delivery",
+    "IdempotencyConflict",
+    "InvalidTransition",
+    "Message",
+    "MessageNotFound",
+    "NewBroadcast",
+    "NewMessage",
+    "OwnershipLost",
+    "PostroomError",
+    "PostroomLogger",
+    "Priority",
+    "QueueStats",
+    "Status",
+    "StorageError",
+    "SupervisorStopped",
+    "Transition",
+    "ValidationError",
+    "get_logger",
+    "pause_end_text",
+    "require_postroom_names",
+]

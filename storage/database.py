@@ -12,8 +12,8 @@ from pathlib import Path
 import peewee
 from playhouse import db_url
 
+from postroom_common.errors import DatabaseNotFound, StorageError, ValidationError
 from postroom_common.logs import get_logger
-from storage.errors import DatabaseNotFound, StorageError, ValidationError
 from storage.owner import OwnerLock
 
 __all__ = ["SQLITE_SYNCHRONOUS", "OwnerLock", "SqliteSettings", "open_database", "sqlite_path"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import peewee
 
-from storage.domain import OPEN_STATUSES
+from postroom_common.domain import OPEN_STATUSES
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import peewee
 
-from storage.errors import DatabaseLocked, OwnershipLost, StorageError
+from postroom_common.errors import DatabaseLocked, OwnershipLost, StorageError
 
 if TYPE_CHECKING:
     import psycopg

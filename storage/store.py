@@ -15,14 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import peewee
 
-from postroom_common.logs import get_logger
-from storage.domain import (
+from postroom_common.domain import (
     FINAL_STATUSES,
     OPEN_STATUSES,
     AccountPause,
@@ -34,8 +33,9 @@ from storage.domain import (
     Priority,
     QueueStats,
     Status,
+    Transition,
 )
-from storage.errors import (
+from postroom_common.errors import (
     DatabaseLocked,
     IdempotencyConflict,
     InvalidTransition,
@@ -44,6 +44,7 @@ from storage.errors import (
     PostroomError,
     StorageError,
 )
+from postroom_common.logs import get_logger
 from storage.models import (
     CREATED_BY_DEMO,
     DELETED_UP_TO,
@@ -82,26 +83,6 @@ _ID_CHUNK = 500  # ids per IN (...) list, far below every backend's parameter li
 # An account_state row pauses its account until paused_until, or (NULL) until it is lifted.
 _PAUSES_IN_FORCE = ("SELECT phone, paused_until, reason FROM account_state"
                     " WHERE (paused_until > ? OR paused_until IS NULL)")
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """The outcome of one claimed attempt, applied only if that attempt still holds the row."""
-
-    id: int
-    """Message id."""
-    attempt: int
-    """The attempt number the claim returned: a lease token against late results."""
-    status: Status
-    """COMPLETED, RETRYING, FAILED, or PENDING/RETRYING for an attempt given back."""
-    at: datetime
-    """When the outcome was known."""
-    error: str | None = None
-    """Sanitised error text for RETRYING and FAILED."""
-    available_at: datetime | None = None
-    """Earliest next attempt, for RETRYING and for a given-back attempt."""
-    give_back: bool = False
-    """True when the attempt is not counted (rate limited): attempts goes back down."""
 
 
 #: Seconds between two checks, before a write, that this process still holds its owner lock.

@@ -114,7 +114,7 @@ def child(args: argparse.Namespace) -> int:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     from actors.account import AccountSettings
     from actors.retry import BackoffPolicy
-    from storage import Delivery, Priority, Status
+    from postroom_common import Delivery, Priority, Status
     from supervisor import Enqueue, GetStats, Supervisor, SupervisorSettings
 
     plan = json.loads(Path(args.plan).read_text())

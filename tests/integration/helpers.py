@@ -14,7 +14,7 @@ import structlog
 
 from actors.account import AccountActor, AccountSettings
 from actors.clock import Clock
-from storage import Message
+from postroom_common import Message
 from supervisor import GetMessage, Status, Supervisor, SupervisorSettings
 
 

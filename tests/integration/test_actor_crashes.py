@@ -23,7 +23,7 @@ import structlog
 
 from actors.account import AccountActor
 from actors.privacy import mask_phone
-from storage import Message
+from postroom_common import Message
 from supervisor import (
     AccountSettings,
     Enqueue,

@@ -11,7 +11,8 @@ import pytest
 
 from actors.privacy import mask_phone
 from postroom_cli.main import main
-from storage import AccountPause, NewMessage, Priority, Storage, open_database
+from postroom_common import AccountPause, NewMessage, Priority
+from storage import Storage, open_database
 from supervisor import AccountSuspended, Enqueue, Message
 from tests.conftest import eventually
 from tests.integration.helpers import cli_globals_restored, quiet_library_logs, start

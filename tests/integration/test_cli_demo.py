@@ -14,7 +14,8 @@ from actors.clock import FakeClock
 from actors.privacy import mask_phone
 from postroom_cli.main import main
 from postroom_cli.status import read_stats
-from storage import FINAL_STATUSES, AccountPause, Message, Status, Storage, open_database
+from postroom_common import FINAL_STATUSES, AccountPause, Message, Status
+from storage import Storage, open_database
 from supervisor import Enqueue, Supervisor
 from tests.integration.helpers import RecordingSender, cli_globals_restored, quiet_library_logs
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import Storage, StorageError, ValidationError, open_database
+from postroom_common import StorageError, ValidationError
+from storage import Storage, open_database
 from supervisor import Enqueue, GetHealth, GetStats, Supervisor
 from tests.conftest import LogCapture
 from tests.integration.helpers import RecordingSender

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import structlog
 
-from storage import Message
+from postroom_common import Message
 from supervisor import Enqueue, EnqueueBatch, GetHealth, GetStats, Status
 from tests.conftest import eventually
 from tests.integration.helpers import start

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.validation import Limits
-from storage import Message
+from postroom_common import Message
 from supervisor import (
     Broadcast,
     Enqueue,

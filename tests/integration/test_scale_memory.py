@@ -9,7 +9,8 @@ from datetime import timedelta
 import pykka
 
 from actors.account import AccountActor
-from storage import NewMessage, Priority, Storage, open_database
+from postroom_common import NewMessage, Priority
+from storage import Storage, open_database
 from supervisor import Enqueue, EnqueueBatch, FakeClock, GetHealth, GetMessage, GetStats, Status
 from tests.conftest import eventually
 from tests.integration.helpers import RecordingSender, start

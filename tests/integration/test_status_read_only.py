@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from storage import DatabaseNotFound, NewMessage, Priority, Storage, StorageError, open_database
+from postroom_common import DatabaseNotFound, NewMessage, Priority, StorageError
+from storage import Storage, open_database
 
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534

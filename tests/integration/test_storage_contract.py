@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from peewee import SqliteDatabase
 
-from storage import (
+from postroom_common import (
     Delivery,
     IdempotencyConflict,
     InvalidTransition,
@@ -17,10 +17,9 @@ from storage import (
     NewMessage,
     Priority,
     Status,
-    Storage,
     Transition,
-    open_database,
 )
+from storage import Storage, open_database
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -61,7 +60,7 @@ def test_due_window_orders_by_priority_then_id(storage: Storage) -> None:
 
 def test_account_view_loads_pause_window_and_next_due(storage: Storage) -> None:
     """One read gives an account's start: its pause, its first due messages, its next due instant."""
-    from storage import AccountPause
+    from postroom_common import AccountPause
 
     ids = insert(storage, new(priority=Priority.LOW), new(), new(scheduled_at=NOW + timedelta(hours=1)),
                  new(scheduled_at=NOW + timedelta(hours=2)), new(phone="+other"))
@@ -347,7 +346,7 @@ def test_an_accounts_open_work_is_read_through_its_own_index(storage: Storage,
 
 def test_pause_of_one_account_is_read_while_in_force(storage: Storage) -> None:
     """`pause(phone, now)` answers that account's pause in force, a pause until lifted included."""
-    from storage import AccountPause
+    from postroom_common import AccountPause
 
     with storage.write_transaction():
         storage.set_pause(AccountPause("+1555", None, "AccountSuspended"), NOW)
@@ -360,7 +359,7 @@ def test_pause_of_one_account_is_read_while_in_force(storage: Storage) -> None:
 
 def test_demo_mark_is_absent_until_marked_and_survives_emptying(storage: Storage) -> None:
     """A new schema is no demo's; `mark_demo` marks it; `empty_tables` deletes all rows but the mark."""
-    from storage import AccountPause
+    from postroom_common import AccountPause
 
     assert storage.has_schema() and not storage.is_demo()
     insert(storage, new(), new(phone="+other"))
@@ -387,7 +386,7 @@ def test_a_database_without_postroom_tables_has_no_schema_and_no_mark(database_u
 
 def test_account_pause_round_trips(storage: Storage) -> None:
     """An account pause is stored, replaced, read while in force, and lifted."""
-    from storage import AccountPause
+    from postroom_common import AccountPause
 
     with storage.write_transaction():
         storage.set_pause(AccountPause("+1555", NOW + timedelta(seconds=30), "RateLimited"), NOW)
@@ -402,7 +401,7 @@ def test_account_pause_round_trips(storage: Storage) -> None:
 
 def test_account_disabled_until_lifted(storage: Storage) -> None:
     """A pause without an end (banned, session revoked) holds at any time until it is lifted."""
-    from storage import AccountPause
+    from postroom_common import AccountPause
 
     with storage.write_transaction():
         storage.set_pause(AccountPause("+1555", None, "AccountSuspended"), NOW)
@@ -417,7 +416,7 @@ def test_account_disabled_until_lifted(storage: Storage) -> None:
 
 def test_opening_without_create_needs_the_sqlite_file_and_creates_nothing(tmp_path: Any) -> None:
     """`open_database(url, create=False)` on a missing SQLite file raises DatabaseNotFound, writes nothing."""
-    from storage import DatabaseNotFound
+    from postroom_common import DatabaseNotFound
 
     missing = tmp_path / "nowhere" / "missing.db"
     with pytest.raises(DatabaseNotFound, match="no database at"):
@@ -427,7 +426,8 @@ def test_opening_without_create_needs_the_sqlite_file_and_creates_nothing(tmp_pa
 
 def test_owner_lock_is_one_lock_whichever_way_the_file_was_opened(sqlite_url: str) -> None:
     """A file opened with create=False shares the owner lock of the same file opened normally."""
-    from storage import DatabaseLocked, OwnerLock
+    from postroom_common import DatabaseLocked
+    from storage import OwnerLock
 
     held = OwnerLock(open_database(sqlite_url))
     held.acquire()

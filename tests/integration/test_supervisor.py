@@ -610,7 +610,7 @@ def test_suspension_until_lifted_disables_the_account_across_restarts(
     uncounted, `postroom status` shows it, other accounts go on, and ResumeAccount lifts it."""
     from actors.errors import AccountSuspended
     from postroom_cli.status import read_pauses
-    from storage import AccountPause
+    from postroom_common import AccountPause
 
     clock = FakeClock()
     def revoke(message: Message, _: int) -> None:

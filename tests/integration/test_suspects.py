@@ -12,7 +12,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from storage import AccountPause, Delivery, Message, NewMessage, Priority, Status, Storage, open_database
+from postroom_common import AccountPause, Delivery, Message, NewMessage, Priority, Status
+from storage import Storage, open_database
 from supervisor import FakeClock, GetStats
 from tests.conftest import LogCapture, eventually
 from tests.integration.helpers import start

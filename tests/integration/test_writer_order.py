@@ -11,7 +11,8 @@ from actors._mailbox import ReplyFuture, Request
 from actors.clock import FakeClock
 from actors.messages import Persist
 from actors.persistence import HealthState, PersistenceActor
-from storage import NewBroadcast, NewMessage, Priority, Storage
+from postroom_common import NewBroadcast, NewMessage, Priority
+from storage import Storage
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -12,7 +12,7 @@ import pytest
 
 from actors.aio import running_awaitables
 from actors.errors import SenderReturnedAwaitable, SendTimeout
-from storage import Message, Priority, Status
+from postroom_common import Message, Priority, Status
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 MESSAGE = Message(id=1, phone="+15550001", user_id="42", text="hi", attachment=None,

@@ -27,7 +27,7 @@ from postroom_cli.demo import (
 )
 from postroom_cli.logconfig import configure_logging
 from postroom_cli.main import build_parser
-from storage import Message, Priority, QueueStats, Status, ValidationError
+from postroom_common import Message, Priority, QueueStats, Status, ValidationError
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from actors.clock import FakeClock
 from actors.door import Door, SupervisorInbox
 from actors.messages import Broadcast, Enqueue, EnqueueBatch, GetStats, Persist
 from actors.validation import Limits
-from storage import ValidationError
+from postroom_common import ValidationError
 from tests.conftest import LogCapture
 
 GOOD = Enqueue(phone="+15550001", user_id="u", text="hello")

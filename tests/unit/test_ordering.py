@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from actors.ordering import SendOrder
-from storage import Message, Priority, Status
+from postroom_common import Message, Priority, Status
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from actors.privacy import describe_error, mask_phone
-from storage import Message, Priority, Status
+from postroom_common import Message, Priority, Status
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 

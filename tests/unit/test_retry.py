@@ -8,7 +8,7 @@ import pytest
 
 from actors.errors import AccountSuspended, PermanentError, RateLimited, TransientError
 from actors.retry import BackoffPolicy, compute_backoff, decide, pause_for
-from storage import ValidationError
+from postroom_common import ValidationError
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 

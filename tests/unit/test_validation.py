@@ -9,7 +9,7 @@ import pytest
 
 from actors.messages import Broadcast, Enqueue
 from actors.validation import Limits, validate_broadcast, validate_enqueue, validate_enqueues
-from storage import Priority, ValidationError
+from postroom_common import Priority, ValidationError
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 GOOD = {"phone": "+15550001", "user_id": "42", "text": "hi"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from actors.watches import DISABLED_REPORT_EVERY, DrainWaiters, PauseWatch
-from storage import AccountPause
+from postroom_common import AccountPause
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 LATER = NOW + timedelta(minutes=10)

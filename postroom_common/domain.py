@@ -225,3 +225,23 @@ class QueueStats:
     def total(self) -> int:
         """All messages in the table."""
         return sum(self.by_status.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The outcome of one claimed attempt, applied only if that attempt still holds the row."""
+
+    id: int
+    """Message id."""
+    attempt: int
+    """The attempt number the claim returned: a lease token against late results."""
+    status: Status
+    """COMPLETED, RETRYING, FAILED, or PENDING/RETRYING for an attempt given back."""
+    at: datetime
+    """When the outcome was known."""
+    error: str | None = None
+    """Sanitised error text for RETRYING and FAILED."""
+    available_at: datetime | None = None
+    """Earliest next attempt, for RETRYING and for a given-back attempt."""
+    give_back: bool = False
+    """True when the attempt is not counted (rate limited): attempts goes back down."""
