@@ -9,8 +9,8 @@ The threads are daemons: a sender hung forever must not keep the process alive
 
 from __future__ import annotations
 
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 
 from actors._faults import fault_point
@@ -22,7 +22,8 @@ Job = Callable[[], None]
 
 
 class DaemonPool:
-    """Runs jobs on an idle thread, on a new one while under `max_threads`, else in order."""
+    """Runs jobs on an idle thread, on a new one while under `max_threads`, else in order
+    (urgent jobs ahead of the others)."""
 
     def __init__(self, name: str, max_threads: int | None = None, idle_exit: float = 10.0) -> None:
         if max_threads is not None and max_threads < 1:
@@ -31,31 +32,32 @@ class DaemonPool:
         self.max_threads = max_threads
         self.idle_exit = idle_exit
         """Seconds an idle thread waits for work before it exits."""
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0  # threads waiting for a job and not yet promised one
-        self._queued = 0  # jobs waiting for a thread (only at the cap)
+        self._jobs: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._idle = 0  # threads waiting for a job
         self._threads = 0
         self._closed = False
 
     @property
     def threads(self) -> int:
         """Threads alive now (busy, idle, or stuck in a job that never returned)."""
-        with self._lock:
+        with self._cond:
             return self._threads
 
-    def run(self, job: Job) -> None:
+    def run(self, job: Job, urgent: bool = False) -> None:
         """Run `job()` on a thread of the pool; its exceptions are the job's own business."""
-        with self._lock:
+        with self._cond:
             if self._closed:
                 raise RuntimeError(f"the {self.name} pool is shut down")
-            if self._idle:
-                self._idle -= 1  # promised now, so two jobs never count on one idle thread
-            elif not (self._under_cap() and self._start_thread()):
-                if not self._threads:
-                    raise RuntimeError(f"the {self.name} pool could not start a thread")
-                self._queued += 1  # at the cap, or refused a thread: the next one free takes it
-        self._jobs.put(job)
+            if urgent:
+                self._jobs.appendleft(job)
+            else:
+                self._jobs.append(job)
+            wanted = len(self._jobs) > self._idle and self._under_cap()
+            if wanted and not self._start_thread() and not self._threads:  # nobody would ever take it
+                self._jobs.remove(job)
+                raise RuntimeError(f"the {self.name} pool could not start a thread")
+            self._cond.notify()
 
     def _under_cap(self) -> bool:
         return self.max_threads is None or self._threads < self.max_threads
@@ -72,38 +74,30 @@ class DaemonPool:
         return True
 
     def shutdown(self) -> None:
-        """Idle threads exit now; busy ones exit when their job returns."""
-        with self._lock:
+        """No more jobs are taken; threads exit once the jobs already queued have run."""
+        with self._cond:
             self._closed = True
-            idle, self._idle = self._idle, 0
-        for _ in range(idle):
-            self._jobs.put(None)
+            self._cond.notify_all()
 
     def _work(self) -> None:
-        while True:
-            try:
-                job = self._jobs.get(timeout=self.idle_exit)
-            except queue.Empty:
-                with self._lock:
-                    if self._idle == 0:
-                        continue  # a job has just been promised to this thread: it is coming
-                    self._idle -= 1
-                    self._threads -= 1
-                return
-            if job is None:
-                with self._lock:
-                    self._threads -= 1
-                return
+        while (job := self._next_job()) is not None:
             try:
                 job()
             except BaseException:  # a job's own failure must not shrink the pool
                 log.exception("pool.job_failed", pool=self.name)
             del job  # a finished job keeps nothing alive while the thread waits
-            with self._lock:
-                if self._closed:
-                    self._threads -= 1
-                    return
-                if self._queued:
-                    self._queued -= 1  # take a job that waited at the cap
-                else:
-                    self._idle += 1
+
+    def _next_job(self) -> Job | None:
+        """The next job, or None when this thread should exit: idle for `idle_exit`, or the
+        pool shut down with nothing left to run."""
+        with self._cond:
+            while not self._jobs and not self._closed:
+                self._idle += 1
+                woken = self._cond.wait(self.idle_exit)
+                self._idle -= 1
+                if not woken and not self._jobs:
+                    break
+            if self._jobs:
+                return self._jobs.popleft()
+            self._threads -= 1
+            return None
