@@ -51,7 +51,7 @@ from actors.pacing import Pacer, Pacing
 from actors.pool import DaemonPool
 from actors.privacy import describe_error, mask_phone
 from actors.readers import ReaderPool
-from actors.retry import BackoffPolicy, RandomSource, decide
+from actors.retry import BackoffPolicy, Next, RandomSource, decide
 from actors.sending import SendPool, SendWatch
 from postroom_common import AccountPause, Message, Status, StorageError, Transition, pause_end_text
 from postroom_common.logs import get_logger
@@ -501,11 +501,11 @@ class AccountActor(PooledActor):
         policy = self.settings.backoff
         decision = decide(error, message.attempts, message.max_attempts, now, policy, self.deps.rng,
                           limited_in_a_row=self._limited_in_a_row + 1)
-        self._limited_in_a_row = self._limited_in_a_row + 1 if decision.kind == "pause" else 0
+        self._limited_in_a_row = self._limited_in_a_row + 1 if decision.next is Next.PAUSE else 0
         text = describe_error(error, message)
-        if decision.kind == "retry":
+        if decision.next is Next.RETRY:
             return Transition(message.id, message.attempts, Status.RETRYING, now, text, decision.at)
-        if decision.kind == "fail":
+        if decision.next is Next.FAIL:
             return Transition(message.id, message.attempts, Status.FAILED, now, text)
         # "pause" or "disable": the account stops, the message keeps its place and its attempts.
         given_back = Status.PENDING if message.attempts <= 1 else Status.RETRYING

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -68,15 +69,23 @@ def _grown(start: float, factor: float, steps: int) -> float:
         return math.inf
 
 
+class Next(enum.Enum):
+    """What follows a failed attempt."""
+
+    RETRY = "retry"  # the message again, after its backoff
+    FAIL = "fail"  # the message ends failed (permanent error, or its last attempt)
+    PAUSE = "pause"  # the whole account waits (rate limited, suspended for a while); attempt given back
+    DISABLE = "disable"  # the account sends nothing until a user lifts it; attempt given back
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What to write after a failed attempt."""
 
-    kind: str
-    """"retry", "fail", "pause" (rate limited or suspended for a while: the attempt is given
-    back), or "disable" (suspended until a user lifts it: the attempt is given back)."""
+    next: Next
+    """What follows it."""
     at: datetime | None = None
-    """When the message (or, for "pause", the whole account) may be tried again."""
+    """When the message (or, after PAUSE, the whole account) may be tried again."""
 
 
 def decide(
@@ -87,11 +96,11 @@ def decide(
     account's rate limits without a send between, this one included)."""
     if isinstance(error, AccountSuspended) and error.retry_after is None:
         # Banned, or the session revoked: waiting cannot help, only a person can.
-        return Decision("disable")
+        return Decision(Next.DISABLE)
     if isinstance(error, RateLimited | AccountSuspended):
         # Not the message's fault: the whole account waits and the attempt is given back.
         pause = pause_for(error.retry_after, limited_in_a_row, policy)
-        return Decision("pause", now + timedelta(seconds=pause))
+        return Decision(Next.PAUSE, now + timedelta(seconds=pause))
     if isinstance(error, PermanentError) or attempts >= max_attempts:
-        return Decision("fail")
-    return Decision("retry", now + timedelta(seconds=compute_backoff(attempts, policy, rng)))
+        return Decision(Next.FAIL)
+    return Decision(Next.RETRY, now + timedelta(seconds=compute_backoff(attempts, policy, rng)))

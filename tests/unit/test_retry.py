@@ -65,7 +65,7 @@ def test_decide(error: BaseException, attempts: int, max_attempts: int, kind: st
                 delay: float | None) -> None:
     """Each sender outcome maps to retry, fail or pause at the right time."""
     decision = decide(error, attempts, max_attempts, NOW, BackoffPolicy(), FixedRandom(0.0))
-    assert decision.kind == kind
+    assert decision.next.value == kind
     expected_at = None if delay is None else NOW + timedelta(seconds=delay)
     assert decision.at == expected_at
 
