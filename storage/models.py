@@ -62,6 +62,9 @@ class MessageRow(peewee.Model):
     completed_at = UtcTimestampField(null=True)
     updated_at = UtcTimestampField()
     idempotency_key = peewee.CharField(max_length=255, null=True)
+    # How many crashes in a row interrupted this message's attempts: recovery adds one, any
+    # outcome, requeue or cancel sets 0. In SQL too: inserts leave it out.
+    interrupted = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
 
     class Meta:
         table_name = "message_queue"

@@ -224,6 +224,7 @@ class Storage:
         if not self._dialect.is_sqlite:
             self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
         self.db.create_tables([self.Row, self.Account, self.Facts], safe=True)
+        self._add_crash_count()
         for index in RETIRED_INDEXES:
             self.db.execute_sql(f"DROP INDEX IF EXISTS {index}")
         if not self._dialect.is_sqlite:
@@ -233,6 +234,19 @@ class Storage:
                 "(SELECT COALESCE(MAX(id), 0) FROM message_queue), "
                 "(SELECT last_value FROM message_queue_id_seq)))"
             )
+
+    def _add_crash_count(self) -> None:
+        """Migrate a table of an earlier version: add `interrupted`, counting one crash for each
+        row whose run of crashes no outcome has ended (its last_error was the only sign)."""
+        # The columns as every query sees them (search_path included), the same on both backends.
+        cursor = self.db.execute_sql("SELECT * FROM message_queue LIMIT 0")
+        if "interrupted" in {column[0] for column in cursor.description}:
+            return
+        self.db.execute_sql("ALTER TABLE message_queue ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0")
+        # A completed or cancelled row may still carry the text (COALESCE kept it): its run ended.
+        self.db.execute_sql(self._dialect.sql(
+            "UPDATE message_queue SET interrupted = 1 WHERE last_error = ? AND status NOT IN (?, ?)"),
+            (INTERRUPTED, Status.COMPLETED.value, Status.CANCELLED.value))
 
     def has_schema(self) -> bool:
         """True when any of postroom's tables exists (a database postroom has used)."""
@@ -470,7 +484,8 @@ class Storage:
         applied = [t for t in transitions if held.get(t.id) == t.attempt]
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, last_error = COALESCE(?, last_error),"
-            " available_at = COALESCE(?, available_at), completed_at = ?, updated_at = ? WHERE id = ?"
+            " available_at = COALESCE(?, available_at), completed_at = ?, updated_at = ?,"
+            " interrupted = 0 WHERE id = ?"
         )
         self._executemany(sql, [
             (t.status.value, t.attempt - 1 if t.give_back else t.attempt, t.error,
@@ -481,9 +496,10 @@ class Storage:
         return {t.id for t in applied}
 
     def _write_states(self, messages: Sequence[Message]) -> None:
+        """Write a user's change (cancel, requeue): it ends the message's run of crashes."""
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, last_error = ?, available_at = ?, "
-            "completed_at = ?, updated_at = ? WHERE id = ?"
+            "completed_at = ?, updated_at = ?, interrupted = 0 WHERE id = ?"
         )
         params = [
             (m.status.value, m.attempts, m.last_error, to_micros(m.available_at),
@@ -541,7 +557,8 @@ class Storage:
         """
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, last_error = ?, available_at = ?,"
-            " completed_at = ?, updated_at = ? WHERE id = ? AND status = ? AND attempts = ?")
+            " completed_at = ?, updated_at = ?, interrupted = interrupted + 1"
+            " WHERE id = ? AND status = ? AND attempts = ?")
         changed: list[Message] = []
         with self._guard():
             for message in interrupted:
@@ -556,10 +573,10 @@ class Storage:
 
     def interrupted_again(self) -> list[tuple[int, str]]:
         """(id, phone) of the rows left PROCESSING by a crash whose previous attempt a crash
-        had interrupted too (its last outcome is still that one), in id order: to be read
-        before `recover_interrupted` settles them."""
+        had interrupted too (`interrupted`: no outcome since), in id order: to be read before
+        `recover_interrupted` settles them."""
         query = (self.Row.select(self.Row.id, self.Row.phone)
-                 .where((self.Row.status == Status.PROCESSING.value) & (self.Row.last_error == INTERRUPTED))
+                 .where((self.Row.status == Status.PROCESSING.value) & (self.Row.interrupted >= 1))
                  .order_by(self.Row.id))
         with self._guard():
             return [(int(row.id), str(row.phone)) for row in query]
