@@ -20,7 +20,7 @@ def to_micros(value: datetime) -> int:
 
 def from_micros(value: int) -> datetime:
     """The inverse of `to_micros`, always timezone-aware (epoch + timedelta: twice as fast)."""
-    return _EPOCH + timedelta(microseconds=value)
+    return _EPOCH + timedelta(0, 0, value)  # positional: keywords cost every row read
 
 
 class UtcTimestampField(peewee.BigIntegerField):

@@ -148,6 +148,31 @@ def test_idempotency_key(storage: Storage) -> None:
     assert storage.stats().total == 2
 
 
+def test_every_query_returning_messages_reads_a_row_alike(storage: Storage) -> None:
+    """get, list_messages, due_window, claim, interrupted, cancel and an idempotent replay
+    build one message from one row, every column set (the single row-to-Message mapper)."""
+    at, later = NOW + timedelta(minutes=1), NOW + timedelta(minutes=2)
+    message = new(text="héllo \x00", scheduled_at=at, key="k")._replace(attachment="file-1")
+    (mid,) = insert(storage, message)
+    with storage.write_transaction():
+        claimed = storage.claim([mid], at)[mid]
+        storage.record([Transition(mid, 1, Status.RETRYING, later, "TimeoutError: slow", later)])
+    retrying = storage.get(mid)
+    assert (retrying.attachment, retrying.scheduled_at, retrying.last_error) == (
+        "file-1", at, "TimeoutError: slow")
+    assert retrying == replace(claimed, status=Status.RETRYING, available_at=later, updated_at=later,
+                               last_error="TimeoutError: slow")
+    assert storage.list_messages("+1555") == storage.due_window("+1555", later, 10) == [retrying]
+    with storage.write_transaction():
+        (replayed,) = storage.insert([message])
+        assert replayed == retrying
+        reclaimed = storage.claim([mid], later)[mid]
+    assert storage.interrupted() == [reclaimed] == [storage.get(mid)]
+    with storage.write_transaction():
+        storage.record([Transition(mid, 2, Status.PENDING, later, None, later, give_back=True)])
+        cancelled = storage.cancel(mid, later)
+    assert cancelled == storage.get(mid) and cancelled.completed_at == later
+
 @pytest.mark.parametrize("key", [None, "news"])
 def test_a_broadcast_writes_the_rows_its_messages_would(storage: Storage, key: str | None) -> None:
     """A broadcast, written from its shared fields, leaves the same rows as its messages one by one."""
