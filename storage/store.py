@@ -607,12 +607,6 @@ class Storage:
             rows = self.db.execute_sql(self._dialect.sql(_PAUSES_IN_FORCE), (to_micros(now),)).fetchall()
         return [_pause_from_row(row) for row in rows]
 
-    def delete(self, message_id: int) -> bool:
-        """Delete one message whatever its status (the seed's `delete`)."""
-        with self._guard():
-            self._dialect.before_delete()
-            return bool(self.Row.delete().where(self.Row.id == message_id).execute())
-
     def delete_finished_before(self, cutoff: datetime, limit: int) -> int:
         """Delete up to `limit` final rows that finished before `cutoff`; returns how many."""
         oldest = (self.Row.select(self.Row.id)
@@ -685,12 +679,6 @@ class Storage:
                            " AND phone = ? AND id > ? ORDER BY id LIMIT ?",
                            (*statuses, phone, after_id, limit))
 
-    def open_messages(self, phone: str | None = None) -> list[Message]:
-        """Pending and retrying messages in send order (the seed's boot query)."""
-        where, params = (OPEN_ROWS, ()) if phone is None else (f"{OPEN_ROWS} AND phone = ?", (phone,))
-        return self._fetch(f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE {where}"
-                           " ORDER BY phone, priority, id", params)
-
     def due_window(self, phone: str, now: datetime, limit: int) -> list[Message]:
         """Up to `limit` of an account's open messages due by `now`, in send order."""
         sql = (f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE phone = ? AND {OPEN_ROWS}"
@@ -735,12 +723,6 @@ class Storage:
                 by_status[Status(status)] += count
                 by_account.setdefault(phone, {})[Status(status)] = count
         return QueueStats(by_status=by_status, by_account=by_account)
-
-    def ping(self) -> None:
-        """Run a trivial query; raises StorageError when the database is unreachable."""
-        with self._guard():
-            self.db.execute_sql("SELECT 1").fetchone()
-
 
 
 # Enums by value for `_message`: a dict lookup, where calling the Enum costs every row far more.
