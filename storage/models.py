@@ -63,7 +63,7 @@ class MessageRow(peewee.Model):
     updated_at = UtcTimestampField()
     idempotency_key = peewee.CharField(max_length=255, null=True)
     # How many crashes in a row interrupted this message's attempts: recovery adds one, any
-    # outcome, requeue or cancel sets 0. In SQL too: inserts leave it out.
+    # outcome, requeue or cancel sets 0. A default in the table too: inserts leave it out.
     interrupted = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
 
     class Meta:

@@ -547,7 +547,9 @@ class Storage:
                            now: datetime) -> list[Message]:
         """Settle rows read by `interrupted`, each only if it is still PROCESSING in the attempt
         read: a row another connection recorded or claimed again since is left as it wrote
-        it. Returns the rows really changed, as written.
+        it. Each row settled counts one more crash in a row (`interrupted`, what makes a
+        suspect of it if it is in flight at the next crash too). Returns the rows really
+        changed, as written.
 
         One UPDATE per row, to know which ones applied: only rows in flight at a crash or in
         a crashed account (a few per account) come here.
