@@ -13,7 +13,7 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -77,8 +77,9 @@ _INSERT_COLUMNS = (
     "id, phone, user_id, text, attachment, priority, status, created_at, scheduled_at, "
     "available_at, attempts, max_attempts, updated_at, idempotency_key"
 )
-# Every column, in the order `_from_tuple` reads them (the hot paths skip peewee's builder).
-_ALL_COLUMNS = _INSERT_COLUMNS + ", last_error, completed_at"
+#: What a `Message` holds: the select list of every query that returns messages (raw SQL,
+#: no peewee model per row). `_message` reads a row by column name, so the order is free.
+_MESSAGE_COLUMNS = _INSERT_COLUMNS + ", last_error, completed_at"
 _ID_CHUNK = 500  # ids per IN (...) list, far below every backend's parameter limit
 # An account_state row pauses its account until paused_until, or (NULL) until it is lifted.
 _PAUSES_IN_FORCE = ("SELECT phone, paused_until, reason FROM account_state"
@@ -169,6 +170,7 @@ class _Dialect:
 
 
 _Model = TypeVar("_Model", bound=peewee.Model)
+_T = TypeVar("_T")
 
 
 def _bound(model: type[_Model], db: peewee.Database, **options: Any) -> type[_Model]:
@@ -224,6 +226,7 @@ class Storage:
         if not self._dialect.is_sqlite:
             self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
         self.db.create_tables([self.Row, self.Account, self.Facts], safe=True)
+        self._add_crash_count()
         for index in RETIRED_INDEXES:
             self.db.execute_sql(f"DROP INDEX IF EXISTS {index}")
         if not self._dialect.is_sqlite:
@@ -233,6 +236,19 @@ class Storage:
                 "(SELECT COALESCE(MAX(id), 0) FROM message_queue), "
                 "(SELECT last_value FROM message_queue_id_seq)))"
             )
+
+    def _add_crash_count(self) -> None:
+        """Migrate a table of an earlier version: add `interrupted`, counting one crash for each
+        row whose run of crashes no outcome has ended (its last_error was the only sign)."""
+        # The columns as every query sees them (search_path included), the same on both backends.
+        cursor = self.db.execute_sql("SELECT * FROM message_queue LIMIT 0")
+        if "interrupted" in {column[0] for column in cursor.description}:
+            return
+        self.db.execute_sql("ALTER TABLE message_queue ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0")
+        # A completed or cancelled row may still carry the text (COALESCE kept it): its run ended.
+        self.db.execute_sql(self._dialect.sql(
+            "UPDATE message_queue SET interrupted = 1 WHERE last_error = ? AND status NOT IN (?, ?)"),
+            (INTERRUPTED, Status.COMPLETED.value, Status.CANCELLED.value))
 
     def has_schema(self) -> bool:
         """True when any of postroom's tables exists (a database postroom has used)."""
@@ -434,11 +450,9 @@ class Storage:
         if not keys:
             return {}
         found: dict[str | None, Message] = {}
-        for start in range(0, len(keys), _ID_CHUNK):  # PostgreSQL takes at most 65,535 parameters
-            chunk = list(keys[start:start + _ID_CHUNK])
-            with self._guard():
-                rows = self.Row.select().where(self.Row.idempotency_key.in_(chunk))
-                found.update((row.idempotency_key, self._message(row)) for row in rows)
+        for chunk, marks in _chunks(keys):
+            found.update((m.idempotency_key, m) for m in self._fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE idempotency_key IN ({marks})", chunk))
         return found
 
     def claim(self, ids: Sequence[int], now: datetime) -> dict[int, Message]:
@@ -448,29 +462,28 @@ class Storage:
         backing off since the caller loaded it is not claimed.
         """
         at = to_micros(now)
-        rows = [r for r in self._select_rows(ids) if r[6] in _OPEN and r[9] <= at]
+        rows = [r for r in self._select_rows(ids) if r["status"] in _OPEN and r["available_at"] <= at]
         for row in rows:
-            row[6], row[10], row[12] = Status.PROCESSING.value, row[10] + 1, at
+            row.update(status=Status.PROCESSING.value, attempts=row["attempts"] + 1, updated_at=at)
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, updated_at = ? WHERE id = ?"
         )
-        self._executemany(sql, [(r[6], r[10], at, r[0]) for r in rows])
-        return {row[0]: _from_tuple(row) for row in rows}
+        self._executemany(sql, [(r["status"], r["attempts"], at, r["id"]) for r in rows])
+        return {row["id"]: _message(row) for row in rows}
 
     def record(self, transitions: Sequence[Transition]) -> set[int]:
         """Apply outcomes whose attempt still holds its row (PROCESSING, same attempt number).
 
         Returns the ids applied; a transition missing from the answer was stale (a late
         result of an attempt that was already recovered or cancelled). Hot path: only the
-        three columns the check needs are read.
+        attempt numbers of the rows still in flight are read.
         """
-        ids = [t.id for t in transitions]
-        held = {row[0]: row[2] for row in self._select_columns("id, status, attempts", ids)
-                if row[1] == Status.PROCESSING.value}
+        held = self._attempts_in_flight([t.id for t in transitions])
         applied = [t for t in transitions if held.get(t.id) == t.attempt]
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, last_error = COALESCE(?, last_error),"
-            " available_at = COALESCE(?, available_at), completed_at = ?, updated_at = ? WHERE id = ?"
+            " available_at = COALESCE(?, available_at), completed_at = ?, updated_at = ?,"
+            " interrupted = 0 WHERE id = ?"
         )
         self._executemany(sql, [
             (t.status.value, t.attempt - 1 if t.give_back else t.attempt, t.error,
@@ -481,9 +494,10 @@ class Storage:
         return {t.id for t in applied}
 
     def _write_states(self, messages: Sequence[Message]) -> None:
+        """Write a user's change (cancel, requeue): it ends the message's run of crashes."""
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, last_error = ?, available_at = ?, "
-            "completed_at = ?, updated_at = ? WHERE id = ?"
+            "completed_at = ?, updated_at = ?, interrupted = 0 WHERE id = ?"
         )
         params = [
             (m.status.value, m.attempts, m.last_error, to_micros(m.available_at),
@@ -524,24 +538,26 @@ class Storage:
 
     def interrupted(self, phone: str | None = None) -> list[Message]:
         """The rows in PROCESSING (of one account, or all): what `settle_interrupted` settles."""
-        query = self.Row.select().where(self.Row.status == Status.PROCESSING.value)
-        if phone is not None:
-            query = query.where(self.Row.phone == phone)
-        with self._guard():
-            return [self._message(row) for row in query]
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE status = ?"
+        if phone is None:
+            return self._fetch(sql, (Status.PROCESSING.value,))
+        return self._fetch(sql + " AND phone = ?", (Status.PROCESSING.value, phone))
 
     def settle_interrupted(self, interrupted: Sequence[Message], delivery: Delivery,
                            now: datetime) -> list[Message]:
         """Settle rows read by `interrupted`, each only if it is still PROCESSING in the attempt
         read: a row another connection recorded or claimed again since is left as it wrote
-        it. Returns the rows really changed, as written.
+        it. Each row settled counts one more crash in a row (`interrupted`, what makes a
+        suspect of it if it is in flight at the next crash too). Returns the rows really
+        changed, as written.
 
         One UPDATE per row, to know which ones applied: only rows in flight at a crash or in
         a crashed account (a few per account) come here.
         """
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, last_error = ?, available_at = ?,"
-            " completed_at = ?, updated_at = ? WHERE id = ? AND status = ? AND attempts = ?")
+            " completed_at = ?, updated_at = ?, interrupted = interrupted + 1"
+            " WHERE id = ? AND status = ? AND attempts = ?")
         changed: list[Message] = []
         with self._guard():
             for message in interrupted:
@@ -556,10 +572,10 @@ class Storage:
 
     def interrupted_again(self) -> list[tuple[int, str]]:
         """(id, phone) of the rows left PROCESSING by a crash whose previous attempt a crash
-        had interrupted too (its last outcome is still that one), in id order: to be read
-        before `recover_interrupted` settles them."""
+        had interrupted too (`interrupted`: no outcome since), in id order: to be read before
+        `recover_interrupted` settles them."""
         query = (self.Row.select(self.Row.id, self.Row.phone)
-                 .where((self.Row.status == Status.PROCESSING.value) & (self.Row.last_error == INTERRUPTED))
+                 .where((self.Row.status == Status.PROCESSING.value) & (self.Row.interrupted >= 1))
                  .order_by(self.Row.id))
         with self._guard():
             return [(int(row.id), str(row.phone)) for row in query]
@@ -593,12 +609,6 @@ class Storage:
             rows = self.db.execute_sql(self._dialect.sql(_PAUSES_IN_FORCE), (to_micros(now),)).fetchall()
         return [_pause_from_row(row) for row in rows]
 
-    def delete(self, message_id: int) -> bool:
-        """Delete one message whatever its status (the seed's `delete`)."""
-        with self._guard():
-            self._dialect.before_delete()
-            return bool(self.Row.delete().where(self.Row.id == message_id).execute())
-
     def delete_finished_before(self, cutoff: datetime, limit: int) -> int:
         """Delete up to `limit` final rows that finished before `cutoff`; returns how many."""
         oldest = (self.Row.select(self.Row.id)
@@ -614,27 +624,37 @@ class Storage:
                 self.db.cursor().executemany(sql, params)
 
     def _select_for_update(self, ids: Sequence[int]) -> list[Message]:
-        return [_from_tuple(row) for row in self._select_rows(ids)]
+        return [_message(row) for row in self._select_rows(ids)]
 
-    def _select_rows(self, ids: Sequence[int]) -> list[list[Any]]:
-        """Raw rows (mutable, `_ALL_COLUMNS` order) by id, locked on PostgreSQL."""
-        return self._select_columns(_ALL_COLUMNS, ids)
-
-    def _select_columns(self, columns: str, ids: Sequence[int]) -> list[list[Any]]:
-        found: list[list[Any]] = []
-        for start in range(0, len(ids), _ID_CHUNK):
-            chunk = list(ids[start:start + _ID_CHUNK])
-            marks = ", ".join("?" * len(chunk))
-            sql = self._dialect.sql(
-                f"SELECT {columns} FROM message_queue WHERE id IN ({marks})"
-            ) + self._dialect.lock_rows()
-            with self._guard():
-                found.extend(list(row) for row in self.db.execute_sql(sql, chunk).fetchall())
+    def _select_rows(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Rows of `_MESSAGE_COLUMNS` by id, as dicts by column name (mutable), locked on PostgreSQL."""
+        found: list[dict[str, Any]] = []
+        for chunk, marks in _chunks(ids):
+            sql = f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE id IN ({marks})"
+            found.extend(self._named_rows(sql, chunk, self._dialect.lock_rows()))
         return found
 
-    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Message]:
+    def _attempts_in_flight(self, ids: Sequence[int]) -> dict[int, int]:
+        """{id: attempt} of the rows of `ids` still PROCESSING, locked on PostgreSQL."""
+        held: dict[int, int] = {}
+        for chunk, marks in _chunks(ids):
+            sql = self._dialect.sql(f"SELECT id, attempts FROM message_queue WHERE id IN ({marks})"
+                                    " AND status = ?") + self._dialect.lock_rows()
+            with self._guard():
+                held.update(self.db.execute_sql(sql, [*chunk, Status.PROCESSING.value]).fetchall())
+        return held
+
+    def _named_rows(self, sql: str, params: Sequence[Any], suffix: str = "") -> list[dict[str, Any]]:
+        """Run a select (`?` marks) and return its rows as dicts by column name."""
         with self._guard():
-            return [_from_tuple(row) for row in self.db.execute_sql(sql, params).fetchall()]
+            cursor = self.db.execute_sql(self._dialect.sql(sql) + suffix, params)
+            names = [column[0] for column in cursor.description]
+            # Not strict: names and values come from the same cursor (and strict costs every row).
+            return [dict(zip(names, row, strict=False)) for row in cursor.fetchall()]
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Message]:
+        """The messages a select of `_MESSAGE_COLUMNS` (`?` marks) returns."""
+        return [_message(row) for row in self._named_rows(sql, params)]
 
     def _one_for_update(self, message_id: int) -> Message:
         found = self._select_for_update([message_id])
@@ -646,37 +666,25 @@ class Storage:
 
     def get(self, message_id: int) -> Message:
         """One message by id."""
-        with self._guard():
-            row = self.Row.get_or_none(self.Row.id == message_id)
-        if row is None:
+        found = self._fetch(f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE id = ?", (message_id,))
+        if not found:
             raise MessageNotFound(f"no message with id {message_id}")
-        return self._message(row)
+        return found[0]
 
     def list_messages(self, phone: str, status: Status | None = None, limit: int = 100,
                       after_id: int = 0) -> list[Message]:
         """An account's messages in enqueue order, optionally of one status (the seed's `get by phone`)."""
         # Every status spelled out: (status, phone) is the one index over all of an account's rows.
         statuses = [status.value] if status is not None else [s.value for s in Status]
-        query = self.Row.select().where(self.Row.status.in_(statuses) & (self.Row.phone == phone)
-                                        & (self.Row.id > after_id))
-        with self._guard():
-            return [self._message(row) for row in query.order_by(self.Row.id).limit(limit)]
-
-    def open_messages(self, phone: str | None = None) -> list[Message]:
-        """Pending and retrying messages in send order (the seed's boot query)."""
-        query = self.Row.select().where(peewee.SQL(OPEN_ROWS))
-        if phone is not None:
-            query = query.where(self.Row.phone == phone)
-        with self._guard():
-            return [self._message(row)
-                    for row in query.order_by(self.Row.phone, self.Row.priority, self.Row.id)]
+        marks = ", ".join("?" * len(statuses))
+        return self._fetch(f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE status IN ({marks})"
+                           " AND phone = ? AND id > ? ORDER BY id LIMIT ?",
+                           (*statuses, phone, after_id, limit))
 
     def due_window(self, phone: str, now: datetime, limit: int) -> list[Message]:
         """Up to `limit` of an account's open messages due by `now`, in send order."""
-        sql = self._dialect.sql(
-            f"SELECT {_ALL_COLUMNS} FROM message_queue WHERE phone = ? AND {OPEN_ROWS}"
-            " AND available_at <= ? ORDER BY priority, id LIMIT ?"
-        )
+        sql = (f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE phone = ? AND {OPEN_ROWS}"
+               " AND available_at <= ? ORDER BY priority, id LIMIT ?")
         return self._fetch(sql, (phone, to_micros(now), limit))
 
     def account_view(self, phone: str, now: datetime, limit: int) -> AccountView:
@@ -718,32 +726,36 @@ class Storage:
                 by_account.setdefault(phone, {})[Status(status)] = count
         return QueueStats(by_status=by_status, by_account=by_account)
 
-    def ping(self) -> None:
-        """Run a trivial query; raises StorageError when the database is unreachable."""
-        with self._guard():
-            self.db.execute_sql("SELECT 1").fetchone()
 
-    def _message(self, row: MessageRow) -> Message:
-        return Message(
-            id=row.id, phone=row.phone, user_id=row.user_id, text=row.text,
-            attachment=row.attachment, priority=Priority(row.priority), status=Status(row.status),
-            created_at=row.created_at, scheduled_at=row.scheduled_at,
-            available_at=row.available_at, attempts=row.attempts, max_attempts=row.max_attempts,
-            last_error=row.last_error, completed_at=row.completed_at, updated_at=row.updated_at,
-            idempotency_key=row.idempotency_key,
-        )
+# Enums by value for `_message`: a dict lookup, where calling the Enum costs every row far more.
+_PRIORITIES = {int(priority): priority for priority in Priority}
+_STATUSES = {status.value: status for status in Status}
+# A row's instants repeat (a new row was created, made available and updated at its enqueue
+# instant; a claim's rows were all updated at once): each is converted once, then looked up.
+_instant = functools.lru_cache(maxsize=1024)(from_micros)
 
 
-def _from_tuple(row: Sequence[Any]) -> Message:
-    """A Message from a row in `_ALL_COLUMNS` order."""
+def _message(row: Mapping[str, Any]) -> Message:
+    """The one reader of a message: a row of `_MESSAGE_COLUMNS` by column name, in the
+    database's own encoding (UTC microseconds, UTF-8 bytes), which is storage's to decode."""
     return Message(
-        id=row[0], phone=row[1], user_id=row[2], text=bytes(row[3]).decode("utf-8"),
-        attachment=row[4], priority=Priority(row[5]), status=Status(row[6]),
-        created_at=from_micros(row[7]), scheduled_at=_from_micros(row[8]),
-        available_at=from_micros(row[9]), attempts=row[10], max_attempts=row[11],
-        updated_at=from_micros(row[12]), idempotency_key=row[13], last_error=row[14],
-        completed_at=_from_micros(row[15]),
+        id=row["id"], phone=row["phone"], user_id=row["user_id"],
+        text=bytes(row["text"]).decode("utf-8"), attachment=row["attachment"],
+        priority=_PRIORITIES[row["priority"]], status=_STATUSES[row["status"]],
+        created_at=_instant(row["created_at"]), scheduled_at=_from_micros(row["scheduled_at"]),
+        available_at=_instant(row["available_at"]), attempts=row["attempts"],
+        max_attempts=row["max_attempts"], last_error=row["last_error"],
+        completed_at=_from_micros(row["completed_at"]), updated_at=_instant(row["updated_at"]),
+        idempotency_key=row["idempotency_key"],
     )
+
+
+def _chunks(values: Sequence[_T]) -> Iterator[tuple[list[_T], str]]:
+    """`values` in lists short enough for one IN (...) (PostgreSQL takes at most 65,535
+    parameters), each with its `?` marks."""
+    for start in range(0, len(values), _ID_CHUNK):
+        chunk = list(values[start:start + _ID_CHUNK])
+        yield chunk, ", ".join("?" * len(chunk))
 
 
 def _refuse_conflict(news: Sequence[NewMessage], plan: Sequence[object]) -> None:

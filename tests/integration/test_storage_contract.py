@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,8 @@ from postroom_common import (
     Transition,
 )
 from storage import Storage, open_database
+from storage.models import to_micros
+from storage.store import INTERRUPTED
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -145,6 +148,31 @@ def test_idempotency_key(storage: Storage) -> None:
     assert storage.stats().total == 2
 
 
+def test_every_query_returning_messages_reads_a_row_alike(storage: Storage) -> None:
+    """get, list_messages, due_window, claim, interrupted, cancel and an idempotent replay
+    build one message from one row, every column set (the single row-to-Message mapper)."""
+    at, later = NOW + timedelta(minutes=1), NOW + timedelta(minutes=2)
+    message = new(text="héllo \x00", scheduled_at=at, key="k")._replace(attachment="file-1")
+    (mid,) = insert(storage, message)
+    with storage.write_transaction():
+        claimed = storage.claim([mid], at)[mid]
+        storage.record([Transition(mid, 1, Status.RETRYING, later, "TimeoutError: slow", later)])
+    retrying = storage.get(mid)
+    assert (retrying.attachment, retrying.scheduled_at, retrying.last_error) == (
+        "file-1", at, "TimeoutError: slow")
+    assert retrying == replace(claimed, status=Status.RETRYING, available_at=later, updated_at=later,
+                               last_error="TimeoutError: slow")
+    assert storage.list_messages("+1555") == storage.due_window("+1555", later, 10) == [retrying]
+    with storage.write_transaction():
+        (replayed,) = storage.insert([message])
+        assert replayed == retrying
+        reclaimed = storage.claim([mid], later)[mid]
+    assert storage.interrupted() == [reclaimed] == [storage.get(mid)]
+    with storage.write_transaction():
+        storage.record([Transition(mid, 2, Status.PENDING, later, None, later, give_back=True)])
+        cancelled = storage.cancel(mid, later)
+    assert cancelled == storage.get(mid) and cancelled.completed_at == later
+
 @pytest.mark.parametrize("key", [None, "news"])
 def test_a_broadcast_writes_the_rows_its_messages_would(storage: Storage, key: str | None) -> None:
     """A broadcast, written from its shared fields, leaves the same rows as its messages one by one."""
@@ -225,6 +253,76 @@ def test_recovery_settles_only_rows_still_held_by_the_attempt_it_read(
     assert storage.get(interrupted).status is Status.RETRYING
 
 
+def _interrupted(storage: Storage, mid: int) -> int:
+    """How many crashes in a row interrupted a row's attempts (storage's own column)."""
+    return int(storage.Row.select(storage.Row.interrupted).where(storage.Row.id == mid).scalar())
+
+
+def _interrupt(storage: Storage, mid: int, delivery: Delivery = Delivery.AT_LEAST_ONCE) -> None:
+    """Claim a message, then settle it as the boot after a crash does."""
+    with storage.write_transaction():
+        storage.claim([mid], NOW)
+        storage.recover_interrupted(delivery, NOW)
+
+
+def test_recovery_counts_the_crashes_in_a_row(storage: Storage) -> None:
+    """Each recovery that settles a row counts one more crash; a claim keeps the count, and
+    the next recorded outcome sets it back to 0."""
+    (mid,) = insert(storage, new(max_attempts=5))
+    assert _interrupted(storage, mid) == 0
+    for crashes in (1, 2):
+        _interrupt(storage, mid)
+        assert _interrupted(storage, mid) == crashes
+    with storage.write_transaction():
+        storage.claim([mid], NOW)
+    assert _interrupted(storage, mid) == 2
+    with storage.write_transaction():
+        storage.record([Transition(mid, 3, Status.COMPLETED, NOW)])
+    assert _interrupted(storage, mid) == 0
+
+
+_AFTER_A_CLAIM = {  # outcomes of the claim that follows the interruption (attempt 2)
+    "completed": Transition(0, 2, Status.COMPLETED, NOW),
+    # No error: last_error keeps the interruption's text (COALESCE), the count must not.
+    "retrying": Transition(0, 2, Status.RETRYING, NOW, None, NOW),
+    "failed": Transition(0, 2, Status.FAILED, NOW, "PermanentError: no"),
+    "given back": Transition(0, 2, Status.PENDING, NOW, None, NOW, give_back=True),
+}
+
+
+@pytest.mark.parametrize("outcome", [*_AFTER_A_CLAIM, "requeued", "cancelled"])
+def test_an_outcome_after_an_interruption_ends_the_run_of_crashes(storage: Storage,
+                                                                 outcome: str) -> None:
+    """A recorded outcome, a requeue or a cancel sets the count back to 0: a message claimed
+    again after it is in flight for the first time since a crash, no suspect."""
+    (mid,) = insert(storage, new(max_attempts=5))
+    _interrupt(storage, mid, Delivery.AT_MOST_ONCE if outcome == "requeued" else Delivery.AT_LEAST_ONCE)
+    assert _interrupted(storage, mid) == 1
+    with storage.write_transaction():
+        if outcome == "requeued":
+            storage.requeue(mid, NOW)
+        elif outcome == "cancelled":
+            storage.cancel(mid, NOW)
+        else:
+            storage.claim([mid], NOW)
+            assert storage.record([replace(_AFTER_A_CLAIM[outcome], id=mid)]) == {mid}
+    assert _interrupted(storage, mid) == 0
+    with storage.write_transaction():
+        storage.claim([mid], NOW)
+    assert storage.interrupted_again() == []
+
+
+def test_interrupted_again_names_the_rows_in_flight_at_a_second_crash(storage: Storage) -> None:
+    """(id, phone) in id order of the rows in flight again after an interruption; not a row in
+    flight for the first time, nor an interrupted one not claimed again."""
+    twice_b, first_time, twice_a, waiting = insert(storage, new(phone="+b"), new(), new(phone="+a"),
+                                                   new())
+    for mid in (twice_b, twice_a, waiting):
+        _interrupt(storage, mid)
+    with storage.write_transaction():
+        storage.claim([twice_a, twice_b, first_time], NOW)
+    assert storage.interrupted_again() == [(twice_b, "+b"), (twice_a, "+a")]
+
 def test_cleanup_removes_only_old_finished_rows(storage: Storage) -> None:
     """Finished rows older than the cutoff go; open rows and recent finished rows stay."""
     old_done, old_open, new_done = insert(storage, new(), new(), new())
@@ -239,19 +337,15 @@ def test_cleanup_removes_only_old_finished_rows(storage: Storage) -> None:
     assert remaining == {old_open, new_done}
 
 
-@pytest.mark.parametrize("deletion", ["cleanup", "delete"])
 def test_an_id_is_never_given_twice_even_after_the_newest_rows_are_deleted(
-        storage: Storage, database_url: str, deletion: str) -> None:
+        storage: Storage, database_url: str) -> None:
     """Ids go on from the highest ever written, across a restart (a new Storage), even once
-    cleanup or `delete` removed the newest rows: an old id never names a new message."""
+    cleanup removed the newest rows: an old id never names a new message."""
     first = insert(storage, new(), new(), new())
     with storage.write_transaction():
         storage.claim(first, NOW)
         storage.record([Transition(i, 1, Status.COMPLETED, NOW) for i in first])
-        if deletion == "cleanup":
-            assert storage.delete_finished_before(NOW + timedelta(days=1), limit=100) == 3
-    if deletion == "delete":
-        assert all(storage.delete(i) for i in first)
+        assert storage.delete_finished_before(NOW + timedelta(days=1), limit=100) == 3
     assert storage.list_messages("+1555") == []
     restarted = Storage(open_database(database_url))
     try:
@@ -262,18 +356,18 @@ def test_an_id_is_never_given_twice_even_after_the_newest_rows_are_deleted(
     assert later > max(first)
 
 
-def test_open_messages_phones_and_stats(storage: Storage) -> None:
-    """The seed's boot query, the accounts with work, and counts by status and account."""
+def test_open_work_and_stats(storage: Storage) -> None:
+    """The boot's reads (the accounts with work, then each one's due window) and counts by
+    status and account."""
     ids = insert(storage, new(phone="+a", priority=Priority.LOW), new(phone="+a"), new(phone="+b"))
     with storage.write_transaction():
         storage.claim([ids[2]], NOW)
         storage.record([Transition(ids[2], 1, Status.COMPLETED, NOW)])
-    assert [m.id for m in storage.open_messages()] == [ids[1], ids[0]]
     assert storage.open_work() == [("+a", NOW)]
+    assert [m.id for m in storage.due_window("+a", NOW, limit=10)] == [ids[1], ids[0]]
     stats = storage.stats()
     assert stats.by_status[Status.PENDING] == 2 and stats.by_status[Status.COMPLETED] == 1
     assert stats.by_account["+b"] == {Status.COMPLETED: 1}
-    assert storage.delete(ids[0]) and not storage.delete(ids[0])
 
 
 def test_list_messages_filters_and_pages(storage: Storage) -> None:
@@ -313,6 +407,61 @@ def test_schema_retires_the_indexes_of_earlier_versions(storage: Storage) -> Non
     assert not set(RETIRED_INDEXES) & names and "message_queue_open_by_account" in names
     assert [m.id for m in storage.due_window("+1555", NOW, limit=10)] == [ids[1], ids[0]]
 
+
+#: `message_queue` as the previous version created it (no `interrupted` column), per backend.
+_PREVIOUS_TABLE = {
+    "sqlite": 'CREATE TABLE "message_queue" ("id" INTEGER NOT NULL PRIMARY KEY,'
+              ' "phone" VARCHAR(64) NOT NULL, "user_id" VARCHAR(255) NOT NULL, "text" BLOB NOT NULL,'
+              ' "attachment" TEXT, "priority" INTEGER NOT NULL, "status" VARCHAR(16) NOT NULL,'
+              ' "created_at" INTEGER NOT NULL, "scheduled_at" INTEGER, "available_at" INTEGER NOT NULL,'
+              ' "attempts" INTEGER NOT NULL, "max_attempts" INTEGER NOT NULL, "last_error" TEXT,'
+              ' "completed_at" INTEGER, "updated_at" INTEGER NOT NULL, "idempotency_key" VARCHAR(255))',
+    "postgres": 'CREATE TABLE "message_queue" ("id" BIGINT NOT NULL PRIMARY KEY,'
+                ' "phone" VARCHAR(64) NOT NULL, "user_id" VARCHAR(255) NOT NULL, "text" BYTEA NOT NULL,'
+                ' "attachment" TEXT, "priority" SMALLINT NOT NULL, "status" VARCHAR(16) NOT NULL,'
+                ' "created_at" BIGINT NOT NULL, "scheduled_at" BIGINT, "available_at" BIGINT NOT NULL,'
+                ' "attempts" INTEGER NOT NULL, "max_attempts" INTEGER NOT NULL, "last_error" TEXT,'
+                ' "completed_at" BIGINT, "updated_at" BIGINT NOT NULL, "idempotency_key" VARCHAR(255))',
+}
+
+
+def _previous_database(url: str, rows: list[tuple[int, Status, str | None]]) -> Storage:
+    """A database as the previous version left it: its table, rows of (id, status, last_error)."""
+    db = open_database(url)
+    db.execute_sql(_PREVIOUS_TABLE["sqlite" if isinstance(db, SqliteDatabase) else "postgres"])
+    at = to_micros(NOW)
+    sql = ("INSERT INTO message_queue (id, phone, user_id, text, priority, status, created_at,"
+           " available_at, attempts, max_attempts, last_error, updated_at)"
+           " VALUES (?, '+1555', 'u1', ?, 1, ?, ?, ?, 1, 3, ?, ?)").replace("?", db.param)
+    for mid, status, error in rows:
+        db.execute_sql(sql, (mid, b"hi", status.value, at, at, error, at))
+    return Storage(db)
+
+
+def test_a_database_of_the_previous_schema_gains_the_crash_count_when_opened(database_url: str) -> None:
+    """Opening it adds `interrupted`; a row the old text marks as interrupted, and whose run of
+    crashes no outcome ended since, counts one, so being in flight again makes it a suspect;
+    its last_error stays as users read it; opening it again backfills nothing."""
+    storage = _previous_database(database_url, [
+        (1, Status.PROCESSING, INTERRUPTED),  # interrupted, in flight again: a suspect
+        (2, Status.PROCESSING, "TimeoutError: slow"),  # in flight after an ordinary failure
+        (3, Status.RETRYING, INTERRUPTED),  # interrupted, waiting to be sent again
+        (4, Status.COMPLETED, INTERRUPTED),  # sent after its interruption (COALESCE kept the text)
+        (5, Status.FAILED, INTERRUPTED),  # failed as interrupted (at-most-once)
+    ])
+    try:
+        storage.create_schema()
+        assert [_interrupted(storage, mid) for mid in range(1, 6)] == [1, 0, 1, 0, 1]
+        assert storage.interrupted_again() == [(1, "+1555")]
+        assert storage.get(1).last_error == INTERRUPTED
+        with storage.write_transaction():
+            storage.record([Transition(1, 1, Status.COMPLETED, NOW)])
+        storage.create_schema()
+        assert _interrupted(storage, 1) == 0
+        (later,) = insert(storage, new())
+        assert later > 5 and _interrupted(storage, later) == 0
+    finally:
+        storage.close()
 
 def test_an_accounts_open_work_is_read_through_its_own_index(storage: Storage,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:

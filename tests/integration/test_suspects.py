@@ -92,6 +92,24 @@ def test_each_suspect_is_sent_alone_then_everything_else(database_url: str, logs
     assert logs.events("quarantine.finished")
 
 
+
+def test_the_first_boot_after_the_upgrade_knows_the_suspects_of_a_previous_database(
+        database_url: str, logs: LogCapture) -> None:
+    """A database the previous version left after two crashes (no `interrupted` column, the
+    suspects known only by their last_error) is migrated at start, and its suspects are
+    still sent alone (SQLite and PostgreSQL)."""
+    ids = left_by_two_crashes(database_url)
+    db = open_database(database_url)
+    db.execute_sql("ALTER TABLE message_queue DROP COLUMN interrupted")  # as the previous version made it
+    db.close()
+    sender = TimingSender()
+    ref = start(database_url, sender)
+    eventually(lambda: ref.ask(GetStats()).by_status[Status.COMPLETED] == len(ids))
+    assert [e["message_id"] for e in logs.events("quarantine.sending_alone")] == [
+        ids[f"suspect {p}"] for p in SUSPECTS]
+    for phone in SUSPECTS:
+        assert sender.overlapping(f"suspect {phone}") == []
+
 def test_an_interruption_once_is_no_suspect(sqlite_url: str, logs: LogCapture) -> None:
     """In flight at one crash only (the usual bystander of a crash): retried as usual."""
     storage = Storage(open_database(sqlite_url))
