@@ -24,8 +24,9 @@ def test_quick_benchmark_runs_every_scenario_and_prints_the_table(tmp_path: Path
     assert done.returncode == 0, done.stderr[-3000:]
     for header in HEADERS:
         assert header in done.stdout
-    for figure in ("delivered end to end", "single enqueues", "latency p99", "boot to first send",
-                   "RSS,", "fsyncs per message", "longest pause between two sends during cleanup"):
-        # one of each scenario (a) to (g)
+    for figure in ("one tell(Enqueue) per message", "EnqueueBatch of", "async def sender",
+                   "single enqueues", "latency p99", "boot to first send", "RSS,", "fsyncs per message",
+                   "longest pause between two sends during cleanup", "account actors started at boot"):
+        # (a) in each of its three ways, then one of each scenario (b) to (h)
         assert figure in done.stdout
     assert (tmp_path / "bench.json").exists()
