@@ -9,6 +9,10 @@ both alike. The table shows, per figure and system, the median over rounds for A
 for B, B/A, the change in postroom's favour and the spread between rounds (the
 run-to-run noise to judge the change against).
 
+Each side runs its own bench/ unless `--bench-from REV` puts that revision's bench/ in
+both worktrees, so that a change of the core is measured by one benchmark (the bench's
+notes and settings alike).
+
 Options after the revisions that `compare` does not know are passed to both sides'
 `python -m bench`; one that only one side's bench knows is left out for both (and
 said so). Only the scenarios both sides know run. Both sides use this interpreter
@@ -78,6 +82,8 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--rounds", type=int, default=3, help="A, B rounds (default 3); figures are "
                         "medians over rounds")
     parser.add_argument("--scenarios", help="comma-separated letters (default: every scenario both know)")
+    parser.add_argument("--bench-from", metavar="REV", help="measure both sides with this revision's "
+                        "bench/ (the core's API it uses must exist on both); default: each side's own")
     parser.add_argument("--show", default=",".join(SYSTEMS + RATIOS),
                         help="rows per figure, in this order (default all: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the comparison and every round's figures here")
@@ -95,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parse(argv)
     try:
         with tempfile.TemporaryDirectory(prefix="postroom-compare-") as temp, \
-                _worktrees((args.rev_a, args.rev_b), Path(temp)) as (a, b):
+                _worktrees((args.rev_a, args.rev_b), Path(temp), args.bench_from) as (a, b):
             return _compare(args, rest, a, b, Path(temp))
     except CompareError as error:
         print(f"python -m bench.compare: {error}", file=sys.stderr)
@@ -110,7 +116,7 @@ def _compare(args: argparse.Namespace, rest: Sequence[str], a: Side, b: Side, di
         for side in (a, b):
             _run_round(side, round_, args.rounds, scenarios, options, directory)
     rows = _rows(a, b, scenarios, args.show)
-    _print(rows, a, b, scenarios, options, args.rounds)
+    _print(rows, a, b, scenarios, options, args.rounds, args.bench_from)
     if args.json is not None:
         _write_json(args.json, rows, a, b, scenarios, options)
     return 1 if a.failures or b.failures else 0
@@ -127,16 +133,31 @@ def _git(*args: str) -> str:
 
 
 @contextmanager
-def _worktrees(revs: Sequence[str], directory: Path) -> Iterator[tuple[Side, Side]]:
-    """Each revision checked out (detached) under `directory`; removed on exit, whatever happened."""
+def _worktrees(revs: Sequence[str], directory: Path,
+               bench_from: str | None) -> Iterator[tuple[Side, Side]]:
+    """Each revision checked out (detached) under `directory`, with `bench_from`'s bench/ if
+    given; removed on exit, whatever happened."""
     commits = [_resolve(rev) for rev in revs]  # before any checkout: a typo costs nothing
+    bench = _resolve(bench_from) if bench_from else None
     with ExitStack() as stack:
         sides = []
         for label, rev, commit in zip("AB", revs, commits, strict=True):
             tree = directory / label
             stack.enter_context(_worktree(tree, commit))
+            if bench is not None:
+                _overlay_bench(tree, bench)
             sides.append(_probe(Side(label, rev, commit[:9], tree)))
         yield sides[0], sides[1]
+
+
+def _overlay_bench(tree: Path, commit: str) -> None:
+    """Replace the worktree's bench/ by `commit`'s: both versions measured by one benchmark."""
+    subprocess.run(["git", "-C", str(tree), "rm", "-r", "-q", "--ignore-unmatch", "bench"],
+                   capture_output=True, check=False)
+    done = subprocess.run(["git", "-C", str(tree), "checkout", commit, "--", "bench"],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise CompareError(f"no bench/ at {commit[:9]} to measure with: {done.stderr.strip()}")
 
 
 def _resolve(rev: str) -> str:
@@ -339,7 +360,7 @@ def _max_spread(*sides: Sequence[float]) -> float | None:
 
 
 def _print(rows: Sequence[Row], a: Side, b: Side, scenarios: Sequence[str], options: Sequence[str],
-           rounds: int) -> None:
+           rounds: int, bench_from: str | None) -> None:
     out = Console(width=None if Console().is_terminal else 200)
     table = Table(title=f"A = {a.rev} ({a.commit}), B = {b.rev} ({b.commit}): medians over {rounds} "
                   "round(s); change > 0: B is better", title_justify="left")
@@ -351,7 +372,9 @@ def _print(rows: Sequence[Row], a: Side, b: Side, scenarios: Sequence[str], opti
                       "-" if r.ratio is None else f"{r.ratio:.3f}", _percent(r.change, signed=True),
                       _percent(r.spread))
     out.print(table)
-    notes = [f"scenarios {','.join(scenarios)}; bench options passed to both: {' '.join(options) or 'none'}",
+    bench = f"bench/ of {bench_from} on both sides" if bench_from else "each side's own bench/"
+    passed = " ".join(options) or "none"
+    notes = [f"scenarios {','.join(scenarios)}; {bench}; options passed to both: {passed}",
              "of: a system's median, or postroom's ratio to a system measured in the same run "
              "(vs_seed, vs_huey, of_nodb; above 1 favours postroom)",
              "spread: the larger of A's and B's (max - min) / median over rounds, the noise a change "
