@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from bench._child import ROOT, fsync_counter
-from bench._common import quiet_logging
+from bench._common import host_logging
 from bench.report import Figure, print_report, write_json
 from bench.scenarios import ALL_SYSTEMS, QUICK, SCENARIOS, Params
 
@@ -54,7 +54,7 @@ def parse(argv: list[str] | None = None) -> tuple[Params, list[str], Path | None
 
 def main(argv: list[str] | None = None) -> int:
     params, scenarios, json_path = parse(argv)
-    quiet_logging()
+    host_logging()
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     figures: list[Figure] = []
@@ -94,10 +94,22 @@ def _notes(p: Params, seconds: float, load: str) -> list[str]:
         f"on {os.cpu_count()} CPUs ({load}: other work on the machine skews absolute figures more than "
         "ratios). SQLite synchronous=FULL, WAL, everywhere; every run on a fresh file in a fresh temp "
         "directory.",
-        "postroom: (a)(c)(f) no-op sender with AccountSettings(send_timeout=None, idle_timeout=None); "
-        "(d)(e) default settings; (a)(f) enqueue by EnqueueBatch of "
-        f"{p.batch:,}; (b) messages scheduled a day ahead so only the enqueue path runs.",
-        "no-db: postroom's supervisor, persistence and account actors with the Storage swapped for dicts.",
+        "Logs, for every system, in the parent and in every child process: as a host that wants only "
+        "warnings configures them (bench._common.host_logging): stdlib logging at WARNING and structlog "
+        "with a filtering bound logger at WARNING, warnings on stderr.",
+        "postroom and no-db: default settings (SupervisorSettings()) and a no-op sender in every "
+        "scenario, with one exception: (g) paces every account (Pacing(rate, burst=1)) to send a "
+        "steady 1,000 msg/s. (b) schedules its messages a day ahead (a field of each message, not a "
+        "setting) so that only the enqueue path runs.",
+        f"(a) postroom and no-db run three ways: one ref.tell(Enqueue) per message with a plain "
+        f"sender; EnqueueBatch of {p.batch:,} asked one after another with a plain sender; "
+        f"`await room.enqueue_batch(...)` of {p.batch:,} through AsyncPostroom with an async def "
+        "sender, on an asyncio loop in a thread of its own. seed and huey run once per round (each "
+        "enqueue one commit) and all three rows compare with those runs. 'of no-db': postroom / "
+        "no-db, the share of its own pipeline's rate postroom keeps. (f) enqueues by EnqueueBatch.",
+        "no-db: postroom's supervisor, persistence and account actors with the Storage swapped for "
+        "dicts (bench/nodb.py); its AsyncPostroom is AsyncPostroom(ref) over that supervisor, started "
+        "with loop= as AsyncPostroom.start starts postroom's.",
         "seed: one pykka actor per account, INSERT / UPDATE processing / UPDATE completed each in its own "
         "transaction (writers take turns on a lock); boot reads every open row, then hands them out.",
         "huey: SqliteHuey fsync=True, results off, 4 worker threads polling every 5 ms; at-most-once "

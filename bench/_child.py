@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from bench._common import Deliveries, rss_mb, spread, temp_dir
 
@@ -116,7 +116,7 @@ def boot(args: dict[str, Any]) -> dict[str, Any]:
 def sleeping_boot(args: dict[str, Any]) -> dict[str, Any]:
     """Start postroom on a file whose accounts all have work due tomorrow; how many actors it
     started, and how long a new message due now takes to be sent."""
-    from supervisor import Enqueue, GetHealth, Message, Supervisor
+    from supervisor import Enqueue, GetHealth, Health, Message, Supervisor
 
     deliveries = Deliveries(expected=1)
 
@@ -126,7 +126,7 @@ def sleeping_boot(args: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     ref = Supervisor.start(database=f"sqlite:///{args['path']}", sender=send)
     booted = time.perf_counter() - start
-    running = ref.ask(GetHealth()).accounts_running
+    running = cast(Health, ref.ask(GetHealth())).accounts_running
     rss, _ = rss_mb()
     asked = time.perf_counter()
     ref.ask(Enqueue(phone="+19999999999", user_id="u", text="now"))

@@ -1,4 +1,4 @@
-"""What every scenario shares: quiet logs, temp directories, a counting sender, RSS, row generation.
+"""What every scenario shares: the host's logs, temp directories, a counting sender, RSS, row generation.
 
 Nothing here knows which queue it measures: each baseline reports its sends to a
 `Deliveries`, which timestamps them, and rows for boot and memory runs are written
@@ -37,8 +37,14 @@ INSERT_ROW = (
 )
 
 
-def quiet_logging() -> None:
-    """Keep warnings and errors (on stderr), drop the per-message info events of every library."""
+def host_logging() -> None:
+    """Configure logs as a host that wants only warnings does, for every system alike.
+
+    stdlib `logging` at WARNING (huey, peewee, pykka and an unconfigured postroom log
+    there) and structlog with a filtering bound logger at WARNING (a configured postroom
+    logs there), warnings rendered on stderr. The parent and every child process call
+    this first, so no system pays for log lines another is spared.
+    """
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
@@ -46,8 +52,6 @@ def quiet_logging() -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=logging.WARNING)
-    for name in ("pykka", "huey", "peewee"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class _Stderr(io.TextIOBase):

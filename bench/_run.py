@@ -11,11 +11,11 @@ import os
 import sys
 
 from bench._child import boot, sleeping_boot, work
-from bench._common import quiet_logging
+from bench._common import host_logging
 
 
 def main() -> None:
-    quiet_logging()
+    host_logging()
     task, args = sys.argv[1], json.loads(sys.argv[2])
     result = {"boot": boot, "sleeping_boot": sleeping_boot, "work": work}[task](args)
     print(json.dumps(result), flush=True)

@@ -3,17 +3,20 @@
 `open_system(name, ...)` yields a `Queue`: enqueue everything by the system's best
 path, enqueue one message durably, wait until every outcome is committed. Each
 system writes a SQLite file in the given directory and reports its no-op sends to
-the scenario's `Deliveries`.
+the scenario's `Deliveries`. postroom and no-db run with their default settings, as a
+user starts them, and enqueue in one of `WAYS`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import pykka
 
@@ -24,7 +27,7 @@ from bench.seed import SeedQueue
 from postroom_common import Message
 from storage import open_database
 from supervisor import (
-    AccountSettings,
+    AsyncPostroom,
     Broadcast,
     Enqueue,
     EnqueueBatch,
@@ -32,18 +35,20 @@ from supervisor import (
     QueueStats,
     Status,
     Supervisor,
-    SupervisorSettings,
 )
 
-__all__ = ["NO_OP_SETTINGS", "SYSTEMS", "PostroomQueue", "Queue", "open_system"]
+__all__ = ["SYSTEMS", "WAYS", "PostroomQueue", "Queue", "open_system"]
 
 #: In the order columns are printed.
 SYSTEMS = ("postroom", "nodb", "seed", "huey")
 
-#: A no-op sender needs no timeout thread, and a benchmark no idle stops (both noted in the report).
-NO_OP_SETTINGS = SupervisorSettings(account=AccountSettings(send_timeout=None, idle_timeout=None))
+#: How a postroom user enqueues and sends: one `tell(Enqueue)` per message with a plain
+#: sender; `EnqueueBatch` asked with a plain sender; `AsyncPostroom.enqueue_batch` awaited,
+#: with an `async def` sender, on an asyncio loop.
+WAYS = ("tell", "batch", "async")
 
 _ASK_TIMEOUT = 120.0
+_T = TypeVar("_T")
 
 
 class Queue(Protocol):
@@ -63,7 +68,7 @@ class Queue(Protocol):
 
 
 class PostroomQueue:
-    """Commands to a running supervisor."""
+    """Commands to a running supervisor; `enqueue_all` asks one `EnqueueBatch` at a time."""
 
     def __init__(self, ref: pykka.ActorRef[Any], batch: int, scheduled_at: datetime | None) -> None:
         self.ref, self.batch, self.scheduled_at = ref, batch, scheduled_at
@@ -71,9 +76,13 @@ class PostroomQueue:
     def command(self, index: int, phone: str) -> Enqueue:
         return Enqueue(phone=phone, user_id="u", text=str(index), scheduled_at=self.scheduled_at)
 
-    def enqueue_all(self, items: Sequence[tuple[int, str]]) -> None:
+    def chunks(self, items: Sequence[tuple[int, str]]) -> Iterator[list[Enqueue]]:
+        """`items` as commands, `batch` at a time."""
         for start in range(0, len(items), self.batch):
-            chunk = [self.command(i, p) for i, p in items[start:start + self.batch]]
+            yield [self.command(i, p) for i, p in items[start:start + self.batch]]
+
+    def enqueue_all(self, items: Sequence[tuple[int, str]]) -> None:
+        for chunk in self.chunks(items):
             self.ref.ask(EnqueueBatch(chunk), timeout=_ASK_TIMEOUT)
 
     def enqueue_one(self, index: int, phone: str) -> None:
@@ -91,6 +100,33 @@ class PostroomQueue:
     def _completed(self) -> int:
         stats = cast(QueueStats, self.ref.ask(GetStats(), timeout=_ASK_TIMEOUT))
         return int(stats.by_status[Status.COMPLETED])
+
+
+class TellQueue(PostroomQueue):
+    """Fire and forget: one `tell(Enqueue)` per message, no answer awaited."""
+
+    def enqueue_all(self, items: Sequence[tuple[int, str]]) -> None:
+        for index, phone in items:
+            self.ref.tell(self.command(index, phone))
+
+
+class AsyncQueue(PostroomQueue):
+    """An `AsyncPostroom` on a loop in a thread of its own; each command awaited there."""
+
+    def __init__(self, room: AsyncPostroom, loop: asyncio.AbstractEventLoop, batch: int,
+                 scheduled_at: datetime | None) -> None:
+        super().__init__(room.ref, batch, scheduled_at)
+        self.room, self.loop = room, loop
+
+    def enqueue_all(self, items: Sequence[tuple[int, str]]) -> None:
+        _on(self.loop, self._enqueue_batches(items))
+
+    def enqueue_one(self, index: int, phone: str) -> None:
+        _on(self.loop, asyncio.wait_for(self.room.ask(self.command(index, phone)), _ASK_TIMEOUT))
+
+    async def _enqueue_batches(self, items: Sequence[tuple[int, str]]) -> None:
+        for chunk in self.chunks(items):
+            await asyncio.wait_for(self.room.enqueue_batch(chunk), _ASK_TIMEOUT)
 
 
 class _OneAtATime:
@@ -132,23 +168,22 @@ class HueyAdapter(_OneAtATime):
 
 @contextmanager
 def open_system(name: str, directory: Path, deliveries: Deliveries, *, batch: int = 1000,
-                scheduled_ahead: bool = False, consume: bool = True,
-                factory: type[sqlite3.Connection] | None = None,
-                settings: SupervisorSettings = NO_OP_SETTINGS) -> Iterator[Queue]:
+                way: str = "batch", scheduled_ahead: bool = False, consume: bool = True,
+                factory: type[sqlite3.Connection] | None = None) -> Iterator[Queue]:
     """Start system `name` on a file in `directory`; stop it (in order) on exit.
 
-    `scheduled_ahead` (postroom) and `consume=False` (seed, huey) keep senders idle, so
-    that only the enqueue path is timed. `factory` is a sqlite3 connection class, used to
-    count statements.
+    `way` (one of `WAYS`) is how postroom and no-db enqueue and send; seed and huey have
+    one way. `scheduled_ahead` (postroom) and `consume=False` (seed, huey) keep senders
+    idle, so that only the enqueue path is timed. `factory` is a sqlite3 connection
+    class, used to count statements.
     """
     path = directory / f"{name}.db"
     if name in ("postroom", "nodb"):
         at = datetime.now(UTC) + timedelta(days=1) if scheduled_ahead else None
-        with _supervisor(name, path, deliveries, settings, factory) as ref:
-            yield PostroomQueue(ref, batch, at)
+        with _postroom(name, way, _database(path, factory), deliveries, batch, at) as queue:
+            yield queue
     elif name == "seed":
-        database = _database(path, factory)
-        seed = SeedQueue(path, deliveries, database, dispatch=consume)
+        seed = SeedQueue(path, deliveries, _database(path, factory), dispatch=consume)
         try:
             yield SeedAdapter(seed)
         finally:
@@ -166,17 +201,60 @@ def open_system(name: str, directory: Path, deliveries: Deliveries, *, batch: in
 
 
 @contextmanager
-def _supervisor(name: str, path: Path, deliveries: Deliveries, settings: SupervisorSettings,
-                factory: type[sqlite3.Connection] | None) -> Iterator[pykka.ActorRef[Any]]:
+def _postroom(name: str, way: str, database: Any, deliveries: Deliveries, batch: int,
+              at: datetime | None) -> Iterator[PostroomQueue]:
+    if way == "async":
+        with _async_room(name, database, deliveries) as (room, loop):
+            yield AsyncQueue(room, loop, batch, at)
+        return
+    if way not in WAYS:
+        raise ValueError(f"unknown way {way!r}; one of {WAYS}")
+
     def send(message: Message) -> None:
         deliveries.record(int(message.text), message.phone)
 
     kind = MemorySupervisor if name == "nodb" else Supervisor
-    ref = kind.start(database=_database(path, factory), sender=send, settings=settings)
+    ref = kind.start(database=database, sender=send)  # default settings, as a user starts it
     try:
-        yield ref
+        yield (TellQueue if way == "tell" else PostroomQueue)(ref, batch, at)
     finally:
         ref.stop(timeout=_ASK_TIMEOUT)
+
+
+@contextmanager
+def _async_room(name: str, database: Any,
+                deliveries: Deliveries) -> Iterator[tuple[AsyncPostroom, asyncio.AbstractEventLoop]]:
+    """An `AsyncPostroom` with an `async def` sender, on a loop running in a thread of its own."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="bench-asyncio", daemon=True)
+    thread.start()
+    try:
+        room = _on(loop, _start_room(name, database, deliveries))
+        try:
+            yield room, loop
+        finally:
+            _on(loop, room.stop(timeout=_ASK_TIMEOUT))
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+async def _start_room(name: str, database: Any, deliveries: Deliveries) -> AsyncPostroom:
+    async def send(message: Message) -> None:
+        deliveries.record(int(message.text), message.phone)
+
+    if name != "nodb":
+        return await AsyncPostroom.start(database, send)
+    # AsyncPostroom.start with the database swapped: the same start, off the loop, with loop=.
+    loop = asyncio.get_running_loop()
+    ref = await asyncio.to_thread(MemorySupervisor.start, database, send, loop=loop)
+    return AsyncPostroom(cast(pykka.ActorRef[Supervisor], ref))
+
+
+def _on(loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, _T]) -> _T:
+    """Run `work` on `loop` (in its thread) and wait for its result here."""
+    return asyncio.run_coroutine_threadsafe(work, loop).result()
 
 
 def _database(path: Path, factory: type[sqlite3.Connection] | None) -> Any:
