@@ -4,11 +4,19 @@
     message_id = ref.ask(Enqueue(phone="+15550001", user_id="42", text="hi"))
     ref.stop()
 
-Start order: open the database (in the caller's thread, so a bad URL or a locked
-file raises from `start()`), the persistence actor, recovery of rows a crash left
-`processing`, then one account actor per phone with open work. Stop order is the
-reverse: accounts (each finishes its in-flight send and records it), then the
-persistence actor (which commits what it holds), then the database.
+Start order, in the caller's thread (so that a bad URL, a locked database or one that
+cannot be read raises from `start()`): open the database and take its owner lock, start
+the writer, acquire every account (rows an earlier owner left `processing` are settled
+by the delivery policy), list the accounts with work; then, in the supervisor's first
+turn, start those whose work is due (the others sleep in its timer heap). Stop order is
+the reverse: every account is released (its send in flight ends and is recorded), then
+the writer stops (it commits what it holds), then the database is closed and its lock
+released.
+
+Enqueue commands take one documented fast path (`admit`): checked in the caller's
+thread and handed straight to the writer, which answers the caller after the commit and
+hands the new rows to their running accounts itself. One thread's enqueue commands all
+take it, so they are written in the order sent. Every other command is queued here.
 """
 
 from __future__ import annotations
@@ -24,7 +32,6 @@ import random
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,61 +44,60 @@ import pykka
 
 from actors import (
     AccountActor,
+    AccountCrashed,
     AccountDeps,
-    AccountFailed,
     AccountIdle,
     AccountPaused,
+    AccountReleased,
     AccountSettings,
     AccountSuspended,
+    Arrived,
     BackoffPolicy,
+    BatchKind,
     Broadcast,
-    Cancel,
     CancelMessage,
-    CheckDrains,
-    CheckPause,
-    CheckPauses,
-    Cleanup,
+    CancelRow,
+    CleanupDue,
     CleanupNow,
     Clock,
-    Committed,
-    Deliver,
+    DeleteFinished,
     Drain,
+    DrainCheckDue,
     Enqueue,
     EnqueueBatch,
     FakeClock,
-    Forget,
     GetHealth,
     GetMessage,
     GetStats,
     Health,
     HealthState,
-    Inserted,
+    Insert,
     LiftPause,
     Limits,
     ListMessages,
     OpenCounted,
+    PauseCheckDue,
+    PauseLifted,
     PausesRead,
     PermanentError,
-    Persist,
     PersistenceActor,
     RandomSource,
     RateLimited,
-    ReaderPool,
-    Recover,
-    Request,
-    Requeue,
+    ReadPauseAgain,
+    Release,
     RequeueMessage,
+    RequeueRow,
     ResumeAccount,
-    RunCleanup,
     Sender,
     SenderReturnedAwaitable,
     SendError,
     SendTimeout,
+    SettleInFlight,
+    SleepersDue,
+    StartAccountsFor,
     SuspectSettled,
     SystemClock,
     TransientError,
-    Unpause,
-    WakeAccounts,
     classify,
     mask_phone,
     sender_with_adapters,
@@ -100,11 +106,11 @@ from actors import (
     validate_enqueues,
 )
 from actors._faults import crash_point
-from actors._mailbox import DeferredReplyActor, log_unanswered, tell_if_alive
-from actors.aio import AsyncSender, ask_async, is_coroutine_sender, running_awaitables
-from actors.door import Door, SupervisorInbox
+from actors.aio import AsyncSender, is_coroutine_sender, running_awaitables
+from actors.directory import AccountDirectory
 from actors.pacing import Pacing
-from actors.pool import DaemonPool
+from actors.persistence import log_unanswered
+from actors.runtime import Reply, TurnActor, TurnPool, ask_async, forward, tell_if_alive
 from actors.sending import SendPool, SendWatch
 from actors.watches import DrainWaiters, PauseWatch
 from postroom_common import (
@@ -116,7 +122,6 @@ from postroom_common import (
     InvalidTransition,
     Message,
     MessageNotFound,
-    NewMessage,
     OwnershipLost,
     PostroomError,
     Priority,
@@ -204,8 +209,6 @@ class SupervisorSettings:
     """Seconds between automatic cleanups; None: only on `CleanupNow`."""
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
     """synchronous and busy timeout of a SQLite database."""
-    readers: int = 4
-    """Threads (and connections) serving reads."""
     send_threads: int = field(default_factory=lambda: min(1024, 64 * (os.cpu_count() or 2)))
     """Threads plain senders run on at most (a send with a timeout runs on one); past it,
     sends wait for a free thread, their timeout counting once begun. An `async def` sender
@@ -217,9 +220,9 @@ class SupervisorSettings:
     most `send_timeout`); past it the stop goes on, and what is still in flight stays
     `processing` until the next start settles it (sent again: at-least-once)."""
     account_threads: int = 32
-    """Threads the account actors take turns on (an account costs no thread of its own). A send
-    with `send_timeout` set waits on one of them; with `send_timeout=None` it runs on one, so
-    this many hung senders would stall every account."""
+    """The runtime's threads: every actor (accounts, the writer, the supervisor) takes its
+    turns on them, and reads run on them; at least 2. No sender ever runs on one. On
+    PostgreSQL each may hold a connection."""
     pause_check_interval: float | None = 5.0
     """Seconds between two reads of the pauses in force: a pause lifted by another process
     (`postroom resume`) is noticed within this long, and accounts disabled until lifted are
@@ -236,64 +239,62 @@ class SupervisorSettings:
     pacing_by_account: Mapping[str, Pacing] = field(default_factory=dict)
     """Per-phone exceptions to `pacing` (a user account paces far slower than a bot)."""
 
+    def __post_init__(self) -> None:
+        if self.account_threads < 2:
+            raise ValidationError("account_threads must be at least 2: the writer and the supervisor "
+                                  "take turns on them too")
+
 
 #: The wall clock for send timeouts of supervisors whose own clock is not one (one timer thread).
 _REAL_TIME = SystemClock()
 #: Seconds between two counts of the open messages while a `Drain` waits.
 DRAIN_POLL = 0.05
+#: Seconds a stop waits for the runtime's threads to finish the reads they run.
+STOP_JOIN = 30.0
+#: The enqueue commands, which `admit` hands straight to the writer.
+_ENQUEUES = (Enqueue, EnqueueBatch, Broadcast)
 
 
-class Supervisor(DeferredReplyActor):
+class Supervisor(TurnActor):
     """Routes commands, owns account actors, restarts them, parks crash storms."""
 
-    actor_inbox: SupervisorInbox
-
-    @staticmethod
-    def _create_actor_inbox() -> SupervisorInbox:
-        return SupervisorInbox()
+    urgent = True
 
     def __init__(self, database: str | Any, sender: Sender | AsyncSender, *,
                  settings: SupervisorSettings | None = None, clock: Clock | None = None,
                  rng: RandomSource | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__()
+        self.settings = settings or SupervisorSettings()
+        super().__init__(TurnPool("postroom-actor", self.settings.account_threads))
         if is_coroutine_sender(sender) and loop is None:
             raise ValidationError("an async sender needs loop=, the event loop it belongs to")
-        self.settings = settings or SupervisorSettings()
         self.clock: Clock = clock or SystemClock()
         self.sender = sender if is_coroutine_sender(sender) else running_awaitables(
             sender, loop, self.settings.account.send_timeout)
         self.loop = loop
         self.rng: RandomSource = rng or random.Random()
         self.health = HealthState()
-        self.accounts: dict[str, pykka.ActorRef[AccountActor]] = {}
-        self.routed: dict[str, int] = {}  # Delivers sent to the current incarnation
+        self.directory = AccountDirectory()
         self.restarts: dict[str, deque[float]] = {}
         self.parked: set[str] = set()
         self.sleepers: list[tuple[datetime, str]] = []  # stopped accounts with future work
         self._sleeping_until: dict[str, datetime] = {}  # the earliest entry of each in `sleepers`
-        self._sleeper_timer: Any = None
-        self._cleanup_timer: Any = None
+        self._timers: dict[str, Any] = {}  # name -> the armed handle (cleanup, sleepers, ...)
         self._suspects: deque[tuple[int, str]] = deque()  # (id, phone), each sent alone at boot
         self._quarantined: str | None = None  # the one account running while that happens
-        self._suspect_timer: Any = None
         self._pauses = PauseWatch()
-        self._pause_timer: Any = None
         self._drains = DrainWaiters()
-        self._drain_timer: Any = None
         self._counting = False  # a count of open messages for the drains is under way
         self.send_pool = SendPool(self.settings.send_threads)
         self.sends = SendWatch()
         # Send timeouts run on real time, whatever `clock` is (a test's FakeClock).
         self.deadlines = self.clock if isinstance(self.clock, SystemClock) else _REAL_TIME
-        self.turns = DaemonPool("postroom-account", self.settings.account_threads)
         self._open_storage(database)
         try:
-            self._boot_work = self._recover()
+            self._boot_work = self._acquire_every_account()
         except BaseException:
             self._close_storage()
             raise
-        self.actor_inbox.door = Door(self.persistence, self.clock, self.settings.limits)
         _RUNNING.add(self.actor_ref)
 
     def _open_storage(self, database: str | Any) -> None:
@@ -303,28 +304,29 @@ class Supervisor(DeferredReplyActor):
         try:
             self.storage = Storage(db, owner=self.lock)  # checks after each commit the file is still ours
             self.storage.create_schema()
-            self.storage.close()  # this was the caller's thread; actors open their own
         except BaseException:
+            self.storage.close()
             self.lock.release()
             raise
-        self.readers = ReaderPool(self.settings.readers)
-        self.persistence = PersistenceActor.start(self.storage, self.clock, self._notify, self.health,
-                                                  commit_delay=self.settings.commit_delay)
+        self.persistence = PersistenceActor.start(
+            self._pool, self.storage, self.clock, self.health, self.directory, self.actor_ref,
+            commit_delay=self.settings.commit_delay)
 
-    def _recover(self) -> list[tuple[str, datetime]]:
-        """Settle what a crash left PROCESSING and list the accounts with work.
+    def _acquire_every_account(self) -> list[tuple[str, datetime]]:
+        """Boot is acquiring every account: settle what an earlier owner left in flight (by the
+        delivery policy) and list the accounts with work, and when each is due.
 
-        Runs in the caller of `start()`, so a database that cannot be read or written
-        raises there instead of leaving a dead supervisor behind.
+        Runs in the caller of `start()`, so a database that cannot be read or written raises
+        there instead of leaving a dead supervisor behind.
         """
-        again = self.readers.run(self.storage.interrupted_again)  # before Recover settles them
-        recovered: list[Message] = self.persistence.ask(
-            Recover(self.settings.delivery), block=True)
+        again = self.storage.interrupted_again()  # before the settlement counts this crash
+        settled: list[Message] = self.persistence.ask(SettleInFlight(self.settings.delivery), block=True)
         crash_point("boot.recovered")
-        retried = {m.id for m in recovered if m.status is Status.RETRYING}
+        retried = {m.id for m in settled if m.status is Status.RETRYING}
         self._suspects = deque((i, phone) for i, phone in again if i in retried)
-        work: list[tuple[str, datetime]] = self.readers.run(self.storage.open_work)
-        log.info("supervisor.recovered", interrupted=len(recovered), accounts=len(work),
+        work = self.storage.open_work()
+        self.storage.close()  # this was the caller's thread; the actors' threads open their own
+        log.info("supervisor.recovered", interrupted=len(settled), accounts=len(work),
                  suspects=len(self._suspects), delivery=self.settings.delivery.value)
         return work
 
@@ -360,13 +362,11 @@ class Supervisor(DeferredReplyActor):
 
     def _next_suspect(self) -> None:
         """Stop the account that sent the last suspect; start the next one's, or every account."""
-        if self._suspect_timer is not None:
-            self._suspect_timer.cancel()
-            self._suspect_timer = None
+        self._cancel_timer("suspect")
         if self._quarantined is not None:
-            done = self._forget_account(self._quarantined)
+            done = self.directory.remove(self._quarantined)
             if done is not None:
-                done.stop(block=False)  # it sends nothing more; the boot starts the account again
+                tell_if_alive(done, Release())  # it sends nothing more; the boot starts it again
             self._quarantined = None
         if self._suspects:  # nothing is parked at boot: every suspect gets its turn
             message_id, phone = self._suspects.popleft()
@@ -374,54 +374,67 @@ class Supervisor(DeferredReplyActor):
             self._quarantined = phone
             ref = self._start_account(phone, watch=message_id)
             give_up = functools.partial(tell_if_alive, self.actor_ref, SuspectSettled(phone, ref.actor_urn))
-            self._suspect_timer = self.clock.call_later(self.settings.suspect_timeout, give_up)
+            self._timers["suspect"] = self.clock.call_later(self.settings.suspect_timeout, give_up)
             return
         log.info("quarantine.finished")
-        # Enqueues routed to nobody meanwhile are in the database: read who has work now.
-        self._boot_work = self.readers.run(self.storage.open_work)
-        self._start_boot_accounts()
+        self.run_job(self._read_boot_work)  # enqueued meanwhile: in the database, read who has work now
+
+    def _read_boot_work(self) -> None:
+        try:
+            work = self.storage.open_work()
+        except StorageError as error:
+            log.error("quarantine.read_failed", error=str(error))
+            work = []
+        tell_if_alive(self.actor_ref, _BootWork(work))
 
     def _suspect_settled(self, phone: str, urn: str) -> None:
-        current = self.accounts.get(phone)
+        current = self.directory.get(phone)
         if phone == self._quarantined and current is not None and current.actor_urn == urn:
             self._next_suspect()
 
+    # -- stopping --------------------------------------------------------------------------
+
     def on_stop(self) -> None:
-        super().on_stop()
-        for timer in (self._cleanup_timer, self._sleeper_timer, self._suspect_timer,
-                      self._pause_timer, self._drain_timer):
-            if timer is not None:
-                timer.cancel()
-        for request in self._drains.take_all():
-            request.fail(SupervisorStopped("the supervisor stopped before the queue drained"))
-        self._stop_accounts()
+        for name in list(self._timers):
+            self._cancel_timer(name)
+        for waiting in self._drains.take_all():
+            waiting.fail(SupervisorStopped("the supervisor stopped before the queue drained"))
+        self._release_accounts()
         self.send_pool.shutdown()
-        self.turns.shutdown()
-        self._close_storage()
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.persistence.stop()  # it commits what it holds
+        self._pool.shutdown()
+        # Connections are closed once no other thread can be using one (reads run on the pool).
+        if self._pool.join(timeout=STOP_JOIN):
+            self._close_storage()
+        else:
+            log.error("supervisor.stop_busy", left="the database is left open: a read is still running")
         log.info("supervisor.stopped")
 
-    def _stop_accounts(self) -> None:
-        """Stop every account, waiting at most `stop_timeout` for the sends in flight."""
-        stopping = [ref.stop(block=False) for ref in self.accounts.values()]
-        self.accounts.clear()
-        try:
-            pykka.get_all(stopping, timeout=self.settings.stop_timeout)
-        except pykka.Timeout:
-            hung = self.sends.running_longer_than(0.0, self.deadlines.monotonic())
-            log.error("supervisor.stop_incomplete", timeout=self.settings.stop_timeout,
-                      sends_in_flight=[mask_phone(phone) for phone in hung],
-                      left="in flight: processing until the next start settles it")
+    def _release_accounts(self) -> None:
+        """Release every account and wait, at most `stop_timeout`, until each has recorded its
+        send in flight; what is still in flight after that stays `processing` for the next start."""
+        releasing = {ref.actor_urn: phone for phone in self.directory.phones()
+                     if (ref := self.directory.remove(phone)) is not None and _told(ref, Release())}
+        deadline = self.deadlines.monotonic() + self.settings.stop_timeout
+        while releasing:
+            left = deadline - self.deadlines.monotonic()
+            report = self.wait_for_mail(left) if left > 0 else None
+            if report is None:
+                hung = self.sends.running_longer_than(0.0, self.deadlines.monotonic())
+                log.error("supervisor.stop_incomplete", timeout=self.settings.stop_timeout,
+                          accounts=len(releasing), sends_in_flight=[mask_phone(phone) for phone in hung],
+                          left="in flight: processing until the next start settles it")
+                return
+            if isinstance(report, AccountReleased | AccountCrashed):
+                releasing.pop(report.actor_urn, None)
 
     def _close_storage(self) -> None:
-        """Stop the writer (it commits what it holds), the readers, then release the file."""
-        self.persistence.stop()
-        self.readers.shutdown(self.storage.close)
-        self.storage.close()
+        """Close every connection, then release the lock (the writer has stopped)."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.persistence.stop()
+        self.storage.close_all()
         self.lock.release()  # last: closing the locked file earlier would drop SQLite's own locks
-
-    def unanswered_error(self, request: Request, error: Exception) -> None:
-        # The supervisor is the root: a bad `tell` is refused and logged, never fatal.
-        log_unanswered(type(request.message).__name__, error)
 
     def on_failure(self, *exc_info: Any) -> None:
         # The supervisor itself failed on a tell: take everything down in order.
@@ -429,110 +442,132 @@ class Supervisor(DeferredReplyActor):
 
     # -- commands ------------------------------------------------------------------------
 
-    def handle(self, request: Request) -> None:
-        match request.message:
-            case Enqueue() | EnqueueBatch() | Broadcast() as command:
-                # Put here (not passed through by the inbox): queued behind other enqueues.
-                try:
-                    self.persistence.tell(self._persist(command, request))
-                finally:
-                    self.actor_inbox.enqueue_handed_on()
-            case GetMessage(message_id):
-                self._read(request, self.storage.get, message_id)
-            case ListMessages(phone, status, limit, after_id):
-                self._read(request, self.storage.list_messages, phone, status, limit, after_id)
-            case CancelMessage(message_id):
-                self.persistence.tell(Cancel(message_id, request))
-            case RequeueMessage(message_id):
-                self.persistence.tell(Requeue(message_id, request))
-            case GetStats():
-                self._read(request, self.storage.stats)
-            case CleanupNow(older_than):
-                cutoff = self.clock.now() - (older_than or self.settings.retention)
-                self.persistence.tell(Cleanup(cutoff, request))
-            case Drain(timeout):
-                self._drain(request, timeout)
-            case GetHealth():
-                request.answer(self._health())
-            case ResumeAccount(phone):
-                request.answer(self._resume(phone))
-            case _:
-                self._handle_internal(request.message)
+    def admit(self, message: Any, reply: Reply | None) -> bool:
+        """The one fast path: an enqueue command is checked in the caller's thread and handed to
+        the writer, which answers the caller itself after the commit."""
+        if not isinstance(message, _ENQUEUES):
+            return False
+        try:
+            forward(self.persistence, self._insert(message), reply)
+        except (ValidationError, pykka.ActorDeadError) as error:
+            _refuse(message, reply, error)
+        return True
 
-    def _persist(self, command: Enqueue | EnqueueBatch | Broadcast, request: Request) -> Persist:
+    def _insert(self, command: Enqueue | EnqueueBatch | Broadcast) -> Insert:
         now, limits = self.clock.now(), self.settings.limits
         match command:
             case Enqueue():
-                return Persist([validate_enqueue(command, now, limits)], request, batch=False)
+                return Insert([validate_enqueue(command, now, limits)], BatchKind.ONE)
             case EnqueueBatch(commands):
-                return Persist(validate_enqueues(commands, now, limits), request, batch=True)
+                return Insert(validate_enqueues(commands, now, limits), BatchKind.BATCH)
             case Broadcast():
-                return Persist(validate_broadcast(command, now, limits), request, batch=True)
+                return Insert(validate_broadcast(command, now, limits), BatchKind.BROADCAST)
 
-    def _handle_internal(self, message: Any) -> None:
+    def receive(self, message: Any, reply: Reply | None) -> None:
+        try:
+            self._command(message, reply)
+        except Exception as error:
+            if reply is None:  # the supervisor is the root: a bad tell is refused and logged
+                log_unanswered(type(message).__name__, error)
+                return
+            raise
+
+    def _command(self, message: Any, reply: Reply | None) -> None:
         match message:
-            case Inserted(parts):
-                for news, rows in parts:
-                    _log_enqueued(rows, news)  # here, not in the writer: it waits for nobody
-                self._route([news[position].as_pending(message_id)
-                             for news, rows in parts for message_id, position in rows])
-            case Committed(messages):
+            case GetMessage(message_id):
+                self._read(reply, self.storage.get, message_id)
+            case ListMessages(phone, status, limit, after_id):
+                self._read(reply, self.storage.list_messages, phone, status, limit, after_id)
+            case GetStats():
+                self._read(reply, self.storage.stats)
+            case CancelMessage(message_id):
+                forward(self.persistence, CancelRow(message_id), reply)
+            case RequeueMessage(message_id):
+                forward(self.persistence, RequeueRow(message_id), reply)
+            case CleanupNow(older_than):
+                cutoff = self.clock.now() - (older_than or self.settings.retention)
+                forward(self.persistence, DeleteFinished(cutoff), reply)
+            case Drain(timeout):
+                self._drain(reply, timeout)
+            case GetHealth():
+                _answer(reply, self._health())
+            case ResumeAccount(phone):
+                _answer(reply, self._resume(phone))
+            case _:
+                self._internal(message)
+
+    def _internal(self, message: Any) -> None:
+        match message:
+            case StartAccountsFor(messages):
                 self._route(messages)
-            case Forget(phone) as forget:
-                if phone in self.accounts:
-                    tell_if_alive(self.accounts[phone], forget)
-            case AccountFailed(phone, urn, error):
-                self._account_failed(phone, urn, error)
-            case SuspectSettled(phone, urn):
-                self._suspect_settled(phone, urn)
+            case AccountCrashed(phone, urn, error):
+                self._account_crashed(phone, urn, error)
             case AccountIdle(phone, urn, wake_at, seen):
                 self._account_idle(phone, urn, wake_at, seen)
-            case RunCleanup():
-                self.persistence.tell(Cleanup(self.clock.now() - self.settings.retention, None))
-                self._arm_cleanup()
-            case WakeAccounts():
-                self._wake_sleepers()
+            case AccountReleased(phone, urn):
+                current = self.directory.get(phone)
+                if current is not None and current.actor_urn == urn:
+                    self.directory.remove(phone)
+            case SuspectSettled(phone, urn):
+                self._suspect_settled(phone, urn)
             case AccountPaused(phone, until):
                 self._pauses.noted(phone, until)
-            case CheckPauses():
+            case _BootWork(work):
+                self._boot_work = work
+                self._start_boot_accounts()
+            case CleanupDue():
+                self.persistence.tell(DeleteFinished(self.clock.now() - self.settings.retention))
+                self._arm_cleanup()
+            case SleepersDue():
+                self._wake_sleepers()
+            case PauseCheckDue():
                 self._check_pauses()
             case PausesRead(pauses, asked):
                 self._pauses_read(pauses, asked)
-            case CheckDrains():
+            case DrainCheckDue():
                 self._count_open()
             case OpenCounted(count):
                 self._open_counted(count)
             case _:
                 raise ValidationError(f"unknown command {type(message).__name__}")
 
-    def _read(self, request: Request, query: Callable[..., Any], *args: Any) -> None:
-        """Run a read on the reader pool; the supervisor goes on routing meanwhile."""
-        future = self.readers.submit(query, *args)
-        future.add_done_callback(lambda done: _settle_future(request, done))
+    def _read(self, reply: Reply | None, query: Callable[..., Any], *args: Any) -> None:
+        """A read on the runtime's threads, answered from there; the supervisor goes on meanwhile."""
+
+        def read() -> None:
+            try:
+                _answer(reply, query(*args))
+            except Exception as error:  # noqa: BLE001 - to the asker, whatever it is
+                if reply is not None:
+                    reply.fail(error)
+
+        self.run_job(read)
 
     def _health(self) -> Health:
         degraded, error = self.health.snapshot()
         slow = self.sends.running_longer_than(self.settings.slow_send_after, self.deadlines.monotonic())
-        return Health(degraded=degraded, last_error=error, accounts_running=len(self.accounts),
+        return Health(degraded=degraded, last_error=error, accounts_running=len(self.directory),
                       parked_accounts=tuple(sorted(mask_phone(p) for p in self.parked)),
                       slow_sends=tuple(mask_phone(p) for p in slow))
 
     # -- account lifecycle -------------------------------------------------------------------
 
     def _route(self, messages: Sequence[Message]) -> None:
+        """Committed rows whose account was not running when the writer looked: start it (it
+        reads them with its window), or let it sleep until they are due."""
         now, slept = self.clock.now(), False
         by_account: dict[str, list[Message]] = {}
         for message in messages:
             by_account.setdefault(message.phone, []).append(message)
         for phone, mine in by_account.items():
-            if phone not in self.accounts and all(m.available_at > now for m in mine):
+            running = self.directory.deliver_to(phone)
+            if running is not None:  # started since the writer looked: hand them over
+                tell_if_alive(running, Arrived(mine))
+            elif all(m.available_at > now for m in mine):
                 # Scheduled work for a stopped account costs no thread until it falls due.
                 slept = self._sleep(phone, min(m.available_at for m in mine)) or slept
-                continue
-            ref = self._ensure_account(phone)
-            if ref is not None:
-                self.routed[phone] += 1
-                tell_if_alive(ref, Deliver(mine))
+            else:
+                self._ensure_account(phone)
         if slept:
             self._arm_sleepers()
 
@@ -541,67 +576,56 @@ class Supervisor(DeferredReplyActor):
             return None
         if self._quarantined is not None and phone != self._quarantined:
             return None  # a suspect is being sent alone; the boot after it reads this work back
-        ref = self.accounts.get(phone)
-        if ref is None:
-            return self._start_account(phone)
-        # A dead ref is a crash whose report is on its way: the restart loads from the database.
-        return ref if ref.is_alive() else None
+        running = self.directory.get(phone)
+        return running if running is not None else self._start_account(phone)
 
-    def _start_account(self, phone: str, watch: int | None = None) -> pykka.ActorRef[AccountActor]:
+    def _start_account(self, phone: str, *, recover: bool = False,
+                       watch: int | None = None) -> pykka.ActorRef[AccountActor]:
         deps = AccountDeps(
             sender=self.sender, persistence=self.persistence, supervisor=self.actor_ref,
-            storage=self.storage, readers=self.readers, send_pool=self.send_pool, turns=self.turns,
-            deadlines=self.deadlines, clock=self.clock, rng=self.rng, settings=self.settings.account,
-            loop=self.loop,
-            pacing=self.settings.pacing_by_account.get(phone, self.settings.pacing), watch=watch,
-            sends=self.sends,
-        )
-        ref = AccountActor.start(phone, deps)
-        self.accounts[phone] = ref
-        self.routed[phone] = 0
+            storage=self.storage, pool=self._pool, send_pool=self.send_pool, deadlines=self.deadlines,
+            clock=self.clock, rng=self.rng, settings=self.settings.account,
+            delivery=self.settings.delivery, loop=self.loop,
+            pacing=self.settings.pacing_by_account.get(phone, self.settings.pacing), sends=self.sends)
+        ref = AccountActor.start(self._pool, phone, deps, recover=recover, watch=watch)
+        self.directory.add(phone, ref)
         return ref
 
-    def _account_failed(self, phone: str, urn: str, error: str) -> None:
-        current = self.accounts.get(phone)
+    def _account_crashed(self, phone: str, urn: str, error: str) -> None:
+        current = self.directory.get(phone)
         if current is None or current.actor_urn != urn:
             return  # a report about an incarnation already replaced
+        self.directory.remove(phone)
         if phone == self._quarantined:
-            # Sending its suspect alone crashed the actor: settle what it held, go on; the
-            # boot that follows starts it again.
-            self.persistence.ask(Recover(self.settings.delivery, phone))
+            # Sending its suspect alone crashed the actor: what it held is settled by the
+            # boot that follows, which acquires the account again.
             log.warning("account.crashed_alone", account=mask_phone(phone), error=error)
+            self.persistence.tell(SettleInFlight(self.settings.delivery, phone))
+            self._quarantined = None
             self._next_suspect()
             return
-        self._forget_account(phone)
         now = self.clock.monotonic()
         history = self.restarts.setdefault(phone, deque())
         history.append(now)
         while history and now - history[0] > self.settings.restart_period:
             history.popleft()
-        # The dead actor gave back what it held (its on_failure); anything it could not write
-        # back is settled as a crash of the whole process would be, parked or not.
-        self.persistence.ask(Recover(self.settings.delivery, phone), block=True)
         if len(history) > self.settings.max_restarts:
             self.parked.add(phone)
+            # The dead actor gave back what it held; anything it could not is settled now.
+            self.persistence.tell(SettleInFlight(self.settings.delivery, phone))
             log.error("account.parked", account=mask_phone(phone), error=error,
                       restarts=len(history), period=self.settings.restart_period)
             return
         log.warning("account.restarted", account=mask_phone(phone), error=error)
-        self._start_account(phone)
+        self._start_account(phone, recover=True)  # acquiring settles what the dead one could not
 
     def _account_idle(self, phone: str, urn: str, wake_at: datetime | None, seen: int) -> None:
-        current = self.accounts.get(phone)
-        if current is None or current.actor_urn != urn or self.routed.get(phone) != seen:
-            return  # something was routed to it since: it is not idle after all
-        self._forget_account(phone)
-        current.stop(block=False)
+        idle = self.directory.retire_if_idle(phone, urn, seen)
+        if idle is None:
+            return  # something reached it since: it is not idle after all
+        tell_if_alive(idle, Release())
         if wake_at is not None and self._sleep(phone, wake_at):
             self._arm_sleepers()
-
-    def _forget_account(self, phone: str) -> pykka.ActorRef[AccountActor] | None:
-        """An account actor is gone (stopped, crashed): nothing of it is kept."""
-        self.routed.pop(phone, None)
-        return self.accounts.pop(phone, None)
 
     def _sleep(self, phone: str, until: datetime) -> bool:
         """Wake `phone` at `until` unless it is already due to wake earlier; True if that is new."""
@@ -613,12 +637,9 @@ class Supervisor(DeferredReplyActor):
         return True
 
     def _arm_sleepers(self) -> None:
-        if self._sleeper_timer is not None:
-            self._sleeper_timer.cancel()
         if self.sleepers:
             delay = (self.sleepers[0][0] - self.clock.now()).total_seconds()
-            ref = self.actor_ref
-            self._sleeper_timer = self.clock.call_later(delay, lambda: tell_if_alive(ref, WakeAccounts()))
+            self._arm("sleepers", delay, SleepersDue())
 
     def _wake_sleepers(self) -> None:
         now = self.clock.now()
@@ -633,26 +654,50 @@ class Supervisor(DeferredReplyActor):
         lifted: bool = self.persistence.ask(LiftPause(phone), block=True)
         if lifted:
             log.info("account.unpaused", account=mask_phone(phone))
-            if phone in self.accounts:
-                tell_if_alive(self.accounts[phone], Unpause())
+            running = self.directory.get(phone)
+            if running is not None:
+                tell_if_alive(running, PauseLifted())
             else:
                 self._ensure_account(phone)  # a disabled account may have stopped while idle
         if phone not in self.parked:
             return lifted
         self.parked.discard(phone)
         self.restarts.pop(phone, None)
-        self.persistence.ask(Recover(self.settings.delivery, phone))
         log.info("account.resumed", account=mask_phone(phone))
-        self._start_account(phone)
+        self._start_account(phone, recover=True)
         return True
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _arm(self, name: str, delay: float, message: Any, clock: Clock | None = None) -> None:
+        """One timer per `name`: `message` comes back to the supervisor after `delay` seconds."""
+        self._cancel_timer(name)
+        ref = self.actor_ref
+        self._timers[name] = (clock or self.clock).call_later(delay, lambda: tell_if_alive(ref, message))
+
+    def _cancel_timer(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _arm_cleanup(self) -> None:
+        if self.settings.cleanup_interval is not None:
+            self._arm("cleanup", self.settings.cleanup_interval, CleanupDue())
 
     # -- pauses lifted elsewhere, disabled accounts --------------------------------------------
 
     def _check_pauses(self) -> None:
-        """Read every pause in force on the reader pool; `_pauses_read` takes the answer."""
-        asked, ref = self._pauses.asking(), self.actor_ref
-        future = self.readers.submit(self.storage.pauses, self.clock.now())
-        future.add_done_callback(lambda done: tell_if_alive(ref, PausesRead(_result(done), asked)))
+        """Read every pause in force on the runtime's threads; `_pauses_read` takes the answer."""
+        asked, ref, now, storage = self._pauses.asking(), self.actor_ref, self.clock.now(), self.storage
+
+        def read() -> None:
+            try:
+                pauses: list[AccountPause] | StorageError = storage.pauses(now)
+            except StorageError as error:
+                pauses = error
+            tell_if_alive(ref, PausesRead(pauses, asked))
+
+        self.run_job(read)
 
     def _pauses_read(self, pauses: Sequence[AccountPause] | StorageError, asked: int) -> None:
         if isinstance(pauses, StorageError):
@@ -665,59 +710,86 @@ class Supervisor(DeferredReplyActor):
                 log.warning("accounts.disabled", count=len(disabled),
                             accounts=[mask_phone(phone) for phone in disabled[:20]],
                             lift="postroom resume ACCOUNT --database URL, or ResumeAccount(ACCOUNT)")
-        interval, ref = self.settings.pause_check_interval, self.actor_ref
-        if interval is not None:
-            self._pause_timer = self.clock.call_later(interval, lambda: tell_if_alive(ref, CheckPauses()))
+        if self.settings.pause_check_interval is not None:
+            self._arm("pauses", self.settings.pause_check_interval, PauseCheckDue())
 
     def _pause_lifted(self, phone: str) -> None:
         """Lifted by another process: the account reads its pause again (starting, if need be)."""
         log.info("account.pause_lifted", account=mask_phone(phone))
-        if phone in self.accounts:
-            tell_if_alive(self.accounts[phone], CheckPause())
+        running = self.directory.get(phone)
+        if running is not None:
+            tell_if_alive(running, ReadPauseAgain())
         else:
             self._ensure_account(phone)
 
     # -- drains ---------------------------------------------------------------------------
 
-    def _drain(self, request: Request, timeout: float | None) -> None:
+    def _drain(self, reply: Reply | None, timeout: float | None) -> None:
         if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool)
                                     or not math.isfinite(timeout) or timeout < 0):
             raise ValidationError(f"Drain timeout must be a finite number of seconds >= 0, not {timeout!r}")
+        if reply is None:
+            return  # told: nobody waits for the answer
         deadline = None if timeout is None else self.deadlines.monotonic() + timeout
-        self._drains.add(request, deadline)
+        self._drains.add(reply, deadline)
         self._count_open()
 
     def _count_open(self) -> None:
         if self._counting or not self._drains:
             return
-        self._counting, ref = True, self.actor_ref
-        future = self.readers.submit(self.storage.count_open)
-        future.add_done_callback(lambda done: tell_if_alive(ref, OpenCounted(_result(done))))
+        self._counting, ref, storage = True, self.actor_ref, self.storage
+
+        def count() -> None:
+            try:
+                open_messages: int | StorageError = storage.count_open()
+            except StorageError as error:
+                open_messages = error
+            tell_if_alive(ref, OpenCounted(open_messages))
+
+        self.run_job(count)
 
     def _open_counted(self, count: int | StorageError) -> None:
         self._counting = False
         if isinstance(count, StorageError):
-            for request in self._drains.take_all():
-                request.fail(count)
+            for waiting in self._drains.take_all():
+                waiting.fail(count)
             return
-        for request in self._drains.counted(count, self.deadlines.monotonic()):
-            request.answer(count)
+        for waiting in self._drains.counted(count, self.deadlines.monotonic()):
+            waiting.answer(count)
         if self._drains:
             deadline = self._drains.next_deadline()
             delay = DRAIN_POLL if deadline is None else min(
                 DRAIN_POLL, max(0.0, deadline - self.deadlines.monotonic()))
-            ref = self.actor_ref
-            self._drain_timer = self.deadlines.call_later(delay, lambda: tell_if_alive(ref, CheckDrains()))
+            self._arm("drain", delay, DrainCheckDue(), clock=self.deadlines)
 
-    def _arm_cleanup(self) -> None:
-        interval = self.settings.cleanup_interval
-        if interval is not None:
-            ref = self.actor_ref
-            self._cleanup_timer = self.clock.call_later(interval, lambda: tell_if_alive(ref, RunCleanup()))
 
-    def _notify(self, message: Any) -> None:
-        """Called by the persistence actor after a commit (in its thread)."""
-        tell_if_alive(self.actor_ref, message)
+@dataclass(frozen=True, slots=True)
+class _BootWork:
+    """The accounts with work, read after the suspects were sent alone."""
+
+    work: list[tuple[str, datetime]]
+
+
+def _told(ref: pykka.ActorRef[Any], message: Any) -> bool:
+    """Told, or False if the actor had stopped already."""
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        return False
+    return True
+
+
+def _answer(reply: Reply | None, value: Any) -> None:
+    if reply is not None:
+        reply.answer(value)
+
+
+def _refuse(command: Any, reply: Reply | None, error: Exception) -> None:
+    """An enqueue refused at the door: the asker gets the error; a tell is logged."""
+    if reply is None:
+        log_unanswered(type(command).__name__, error)
+    else:
+        reply.fail(error)
 
 
 class AsyncPostroom:
@@ -794,34 +866,3 @@ def _stop_forgotten_supervisors() -> None:
             ref.stop(timeout=10)
 
 
-def _result(done: Future[Any]) -> Any:
-    """A read's result, or the StorageError it raised (any other error wrapped in one: it
-    must reach the supervisor, not die in the reader's callback)."""
-    error = done.exception()
-    if error is None:
-        return done.result()
-    if isinstance(error, StorageError):
-        return error
-    wrapped = StorageError(f"internal error in a read: {type(error).__name__}")
-    wrapped.__cause__ = error
-    return wrapped
-
-
-def _settle_future(request: Request, done: Future[Any]) -> None:
-    error = done.exception()
-    if error is not None:
-        request.fail(error)
-    else:
-        request.answer(done.result())
-
-
-def _log_enqueued(rows: Sequence[tuple[int, int]], news: Sequence[NewMessage]) -> None:
-    """One line per committed single enqueue; one line per batch."""
-    if len(rows) == 1:
-        ((message_id, position),) = rows
-        new = news[position]
-        log.info("message.enqueued", message_id=message_id, priority=new.priority.name,
-                 account=mask_phone(new.phone))
-        return
-    # A broadcast is one line, not 100,000: each message's id appears again when it is sent.
-    log.info("messages.enqueued", count=len(rows), first_id=rows[0][0], last_id=rows[-1][0])

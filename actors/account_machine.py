@@ -210,9 +210,19 @@ class AccountMachine:
     # -- what the machine tells about itself ----------------------------------------------------
 
     @property
+    def released(self) -> bool:
+        """Released: nothing held, nothing more to do."""
+        return self.state is AccountState.RELEASED
+
+    @property
     def in_flight(self) -> bool:
         """A write, a read or a send is out: its answer continues the cycle."""
         return self._asked is not None or self.sending is not None or self._reading
+
+    @property
+    def awaits_write(self) -> bool:
+        """A write was asked for and its answer (`written`, `write_failed`) is still to come."""
+        return self._asked is not None
 
     @property
     def held(self) -> int | None:
@@ -265,8 +275,8 @@ class AccountMachine:
             commands += self._accept(message, at)
         return commands + self._next(at)
 
-    def written(self, recorded: frozenset[int], claimed: Message | None, at: At) -> list[Command]:
-        """The write in flight committed: which outcome it applied, and what it claimed."""
+    def written(self, applied: bool, claimed: Message | None, at: At) -> list[Command]:
+        """The write in flight committed: whether its outcome applied, and what it claimed."""
         asked, self._asked = self._asked, None
         assert asked is not None, "an answer to no write"
         commands: list[Command] = []
@@ -276,7 +286,7 @@ class AccountMachine:
         if asked.record is not None or asked.recover:
             self._unrecorded = None  # what had to be written is
         if asked.record is not None:
-            commands += self._after_record(asked.record, asked.pause, asked.record.id in recorded)
+            commands += self._after_record(asked.record, asked.pause, applied)
         if asked.recover:
             return commands + self._read()  # acquired: now the window, as the database has it
         if claimed is not None:
@@ -297,6 +307,18 @@ class AccountMachine:
         self.state = AccountState.IDLE
         return [Log("warning", "account.write_failed", {"error": error}),
                 *self._arm(at.now + timedelta(seconds=self.settings.storage_retry))]
+
+    def write_not_sent(self, at: At) -> list[Command]:
+        """The write asked for never reached the writer (the actor failed first), so nothing of
+        it committed: its claim goes back to the window and what it had to record is asked again."""
+        asked, self._asked = self._asked, None
+        assert asked is not None, "no write to call off"
+        if asked.claim is not None:
+            self.window.push_back(asked.claim)
+        if asked.recover:
+            self._unrecorded = asked
+        self.state = AccountState.IDLE
+        return self._next(at)
 
     def send_ended(self, error: BaseException | None, at: At) -> list[Command]:
         """The sender returned (error None) or raised `error` (a `SendTimeout` when it took too long)."""
@@ -319,8 +341,9 @@ class AccountMachine:
         assert message is not None, "no send to give back"
         self._unrecorded = WriteAndClaim(record=_given_back(message, at.now))
         self.state = AccountState.IDLE
-        return [Log("warning", "account.send_deferred", {"message_id": message.id, "error": error}),
-                *self._arm(at.now + timedelta(seconds=self.settings.storage_retry))]
+        later = self._next(at) if self._releasing else self._arm(
+            at.now + timedelta(seconds=self.settings.storage_retry))
+        return [Log("warning", "account.send_deferred", {"message_id": message.id, "error": error}), *later]
 
     def timer_fired(self, generation: int, at: At) -> list[Command]:
         if generation != self._generation:

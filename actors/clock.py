@@ -85,9 +85,9 @@ class _TimerQueue:
     def _sweep(self) -> None:
         """Drop cancelled entries once the heap has doubled since the last sweep.
 
-        Nearly every send arms a timeout and cancels it a few milliseconds later; left
-        until due, 2,000 sends/s with the default 60 s timeout kept ~120,000 entries,
-        and every full garbage collection, all threads stopped, scanned them all.
+        Nearly every send arms a timeout and cancels it a moment later; left until due,
+        the heap would hold every send of the last timeout's length, and every full garbage
+        collection, all threads stopped, would scan them all.
         Amortised, a sweep costs each push O(1).
         """
         self._heap = [entry for entry in self._heap if not entry[2].cancelled]

@@ -4,16 +4,18 @@ Public commands (sent by users to the supervisor) come first; each is answered b
 `ask` with the value named in its docstring, or raises a `PostroomError` subclass
 in the caller. With `tell`, a command's error is logged, since nobody waits for it.
 
-Internal messages follow. Every message between actors is a `tell` except where
-noted: account actors `ask` the persistence actor and block until the commit,
-which is what keeps "never sent before committed" true. A failure inside a `tell`
-handler stops the actor and reaches the supervisor through `on_failure`.
+Internal messages follow, grouped by who sends them to whom. Every one is a `tell`
+except the writer's requests, which are asked: by an account with `ask_actor` (the
+answer comes back as `Answer` mail; nobody blocks), by the supervisor with the user's
+reply, which the writer answers itself once the commit is done. An exception in a
+handler of a told message stops that actor; the supervisor hears of it (`AccountCrashed`).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -30,7 +32,7 @@ from postroom_common import (
 )
 
 if TYPE_CHECKING:
-    from actors._mailbox import Request
+    from actors.sending import SendTicket
 
 # -- public commands ------------------------------------------------------------------
 
@@ -190,20 +192,25 @@ class Health:
     that hangs: with `send_timeout=None` nothing gives up on it)."""
 
 
-# -- supervisor <-> persistence ---------------------------------------------------------
+# -- to the writer (asked) ----------------------------------------------------------------
+
+
+class BatchKind(enum.Enum):
+    """The command an `Insert` came from (its value is the command's name), for its answer."""
+
+    ONE = "Enqueue"  # answered with an id
+    BATCH = "EnqueueBatch"  # a list of ids; a bad message is "message i"
+    BROADCAST = "Broadcast"  # a list of ids; a bad recipient is "recipient i"
 
 
 @dataclass(frozen=True, slots=True)
-class Persist:
-    """Insert validated messages; once committed, hand them to the supervisor, then answer `request`."""
+class Insert:
+    """Insert validated messages, hand the new rows to their accounts, answer the ids."""
 
     news: Sequence[NewMessage]
-    """Already validated."""
-    request: Request | None
-    """The user's request: answered with an id (or a list of ids when `batch`). None when
-    the user's enqueue itself asked the writer (passed through, actors/door.py)."""
-    batch: bool
-    """True for `EnqueueBatch` and `Broadcast`."""
+    """Already validated (a `NewBroadcast` for a broadcast)."""
+    kind: BatchKind
+    """What the user sent."""
 
     @property
     def keyed(self) -> bool:
@@ -212,187 +219,164 @@ class Persist:
         news = self.news
         if isinstance(news, NewBroadcast):
             return news.template.idempotency_key is not None
-        return self.batch and any(new.idempotency_key is not None for new in news)
+        return self.kind is not BatchKind.ONE and any(new.idempotency_key is not None for new in news)
 
 
 @dataclass(frozen=True, slots=True)
-class Committed:
-    """Persistence -> supervisor: these rows are committed; hand them to their accounts."""
+class RecordAndClaim:
+    """An account's transaction: record an outcome, persist a pause, claim its next message;
+    once committed, start the send of what was claimed (`send`). Answer: `Recorded`."""
 
-    messages: Sequence[Message]
-    """Requeued rows."""
+    record: Transition | None = None
+    """An outcome; applied only if its attempt still holds the row."""
+    pause: AccountPause | None = None
+    """An account-wide pause written with it."""
+    claim: int | None = None
+    """The id to claim; skipped if no longer open and due."""
+    send: SendTicket | None = None
+    """Starts the send of the claimed message, after the commit."""
+    reclaim: str | None = None
+    """A phone whose rows left `processing` go back, their attempt uncounted (after a claim
+    whose answer was lost: the account holds none of them)."""
+    settle: tuple[Delivery, str] | None = None
+    """Acquire: settle the rows an earlier owner left `processing` on this phone."""
 
 
 @dataclass(frozen=True, slots=True)
-class Inserted:
-    """Persistence -> supervisor: new rows are committed; hand them to their accounts.
+class Recorded:
+    """The answer to `RecordAndClaim`."""
 
-    One per commit. The supervisor builds their `Message`s, not the single writer: a
-    broadcast's 100,000 would hold up the next commit by a third of a second.
-    """
-
-    parts: Sequence[tuple[Sequence[NewMessage], Sequence[tuple[int, int]]]]
-    """Per `Persist` of the commit: what it carried, and (id, position in it) of each new row."""
+    applied: bool
+    """The outcome was written (False: a stale outcome, its attempt no longer holds the row)."""
+    claimed: Message | None
+    """The claimed message, as committed (PROCESSING), whose send the writer started."""
 
 
 @dataclass(frozen=True, slots=True)
-class Cancel:
-    """Supervisor -> persistence: cancel, answer `request`, then tell the account to forget it."""
+class CancelRow:
+    """Cancel a pending or retrying message. Answer: the cancelled `Message`."""
 
     message_id: int
     """The message."""
-    request: Request
-    """The user's request."""
 
 
 @dataclass(frozen=True, slots=True)
-class Requeue:
-    """Supervisor -> persistence: requeue a failed message; answer `request`, then route it."""
+class RequeueRow:
+    """Give a failed message fresh attempts and hand it to its account. Answer: the `Message`."""
 
     message_id: int
     """The message."""
-    request: Request
-    """The user's request."""
 
 
 @dataclass(frozen=True, slots=True)
 class LiftPause:
-    """Supervisor -> persistence (asked): delete an account's persisted pause. Answer: True if any."""
+    """Delete an account's persisted pause. Answer: True if there was one."""
 
     phone: str
     """The account."""
 
 
 @dataclass(frozen=True, slots=True)
-class Recover:
-    """Settle PROCESSING rows per the delivery policy (asked). Answer: the rows as written."""
+class SettleInFlight:
+    """Settle the rows left `processing` by an earlier owner (a crashed process, a crashed
+    account actor) per the delivery policy: every account at boot, or one. Answer: the rows
+    as written."""
 
     delivery: Delivery
-    """At-least-once or at-most-once."""
+    """At-least-once (sent again) or at-most-once (failed as interrupted)."""
     phone: str | None = None
-    """One account (after its actor crashed), or all (at boot)."""
+    """One account, or all."""
 
 
 @dataclass(frozen=True, slots=True)
-class Cleanup:
-    """Delete finished rows older than `cutoff`, one chunk per transaction, between other writes."""
+class DeleteFinished:
+    """Delete finished rows older than `cutoff`, one chunk per transaction, between other
+    writes. Answer: how many, after the last chunk."""
 
     cutoff: datetime
     """Rows that finished before this go."""
-    request: Request | None
-    """Answered with the total deleted, after the last chunk."""
     deleted_so_far: int = 0
     """Carried from chunk to chunk."""
 
 
-# -- account <-> persistence (asked: the account blocks until the commit) ------------------
+# -- from the writer ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Advance:
-    """Record finished attempts, then claim the next messages, in one transaction.
-
-    Claiming marks a message PROCESSING and counts the attempt. Answer: `Advanced`.
-    One round trip per message: the outcome of one send and the claim of the next
-    share a commit, and the next send still waits for both.
-    """
-
-    record: Sequence[Transition] = ()
-    """Outcomes to write; one whose attempt no longer holds its row is skipped."""
-    claim: Sequence[int] = ()
-    """Ids to claim; ones no longer open and due are skipped."""
-    pause: AccountPause | None = None
-    """An account-wide pause to persist with the outcome that caused it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Advanced:
-    """The answer to `Advance`."""
-
-    recorded: frozenset[int]
-    """Ids whose outcome was written."""
-    claimed: dict[int, Message]
-    """Claimed messages, as committed (PROCESSING)."""
-
-
-# -- supervisor -> account ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """Committed messages for this account (new or requeued): one tell per account and commit."""
+class Arrived:
+    """Writer (or supervisor) -> account: committed rows of this account, new or requeued."""
 
     messages: Sequence[Message]
     """As committed, in id order."""
 
 
 @dataclass(frozen=True, slots=True)
-class Forget:
-    """A message was cancelled: drop it from memory."""
+class Cancelled:
+    """Writer -> account: a message was cancelled: out of its window."""
 
-    phone: str
-    """Its account (for routing)."""
     message_id: int
-    """The cancelled message."""
+    """The message."""
 
 
 @dataclass(frozen=True, slots=True)
-class Unpause:
-    """Supervisor -> account: a user lifted the pause; send again now."""
+class StartAccountsFor:
+    """Writer -> supervisor: committed rows whose account is not running: start it (or let it
+    sleep until they are due)."""
+
+    messages: Sequence[Message]
+    """As committed."""
+
+
+# -- supervisor -> account --------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class CheckPause:
-    """Supervisor -> account: a pause may have been lifted outside this process (`postroom
-    resume`): read the account's pause from the database again and do as it says."""
+class PauseLifted:
+    """A user lifted the account's pause in this process (`ResumeAccount`): send again."""
 
 
 @dataclass(frozen=True, slots=True)
-class Pump:
-    """Send the next due message, if any (queued behind other messages, so newcomers are seen first)."""
+class ReadPauseAgain:
+    """A pause may have been lifted by another process (`postroom resume`): read it again."""
 
 
 @dataclass(frozen=True, slots=True)
-class Wake:
-    """A timer fell due (a schedule, a backoff, the end of a pause, a retry of a failed write)."""
-
-    generation: int = field(default=0)
-    """Ignored unless it matches the account's current timer."""
+class Release:
+    """Stop claiming; let the send in flight end and record it; then report `AccountReleased`."""
 
 
-# -- account -> supervisor ------------------------------------------------------------------
+# -- account -> supervisor ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class AccountFailed:
-    """An account actor crashed (sent from its `on_failure`)."""
+class AccountCrashed:
+    """An account actor failed (sent from its `on_failure`, after giving back what it held)."""
 
     phone: str
     """The account."""
     actor_urn: str
-    """Which incarnation died (a stale report about an older one is ignored)."""
+    """Which incarnation (a report about an older one is ignored)."""
     error: str
     """The exception's type name."""
 
 
 @dataclass(frozen=True, slots=True)
 class AccountIdle:
-    """An account actor has had nothing due for its idle timeout and offers to stop."""
+    """An account has had nothing due for its idle timeout and offers to stop."""
 
     phone: str
     """The account."""
     actor_urn: str
-    """Which incarnation stopped."""
+    """Which incarnation."""
     wake_at: datetime | None
     """Its earliest scheduled or backed-off message."""
     deliveries_seen: int
-    """How many `Deliver`s it has handled: the supervisor stops it only if it routed no more."""
+    """How many deliveries it handled: it is stopped only if it was sent no more."""
 
 
 @dataclass(frozen=True, slots=True)
 class AccountPaused:
-    """An account recorded a pause or a suspension (committed): the supervisor watches for its
-    lifting by another process."""
+    """An account recorded a pause or a suspension: the supervisor watches for its lifting."""
 
     phone: str
     """The account."""
@@ -402,7 +386,7 @@ class AccountPaused:
 
 @dataclass(frozen=True, slots=True)
 class SuspectSettled:
-    """An account started to send a suspect alone is done with it (see `AccountDeps.watch`)."""
+    """An account started to send a suspect alone is done with it."""
 
     phone: str
     """The account."""
@@ -411,18 +395,31 @@ class SuspectSettled:
 
 
 @dataclass(frozen=True, slots=True)
-class RunCleanup:
-    """The supervisor's hourly timer fired."""
+class AccountReleased:
+    """An account released what it held after `Release` (and stops)."""
+
+    phone: str
+    """The account."""
+    actor_urn: str
+    """Which incarnation."""
+
+
+# -- the supervisor's timers and reads ---------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class WakeAccounts:
-    """The supervisor's timer for idle accounts with scheduled work fired."""
+class CleanupDue:
+    """The hourly cleanup timer fired."""
 
 
 @dataclass(frozen=True, slots=True)
-class CheckPauses:
-    """The supervisor's timer to read the pauses in force (lifted ones, disabled accounts) fired."""
+class SleepersDue:
+    """The timer of stopped accounts with scheduled work fired."""
+
+
+@dataclass(frozen=True, slots=True)
+class PauseCheckDue:
+    """Time to read the pauses in force (lifted ones, disabled accounts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,8 +433,8 @@ class PausesRead:
 
 
 @dataclass(frozen=True, slots=True)
-class CheckDrains:
-    """The supervisor's timer to count open messages for waiting `Drain`s fired."""
+class DrainCheckDue:
+    """Time to count open messages for the waiting `Drain`s."""
 
 
 @dataclass(frozen=True, slots=True)

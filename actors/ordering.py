@@ -5,9 +5,9 @@ live here; future ones stay in the database until a timer says they are due.
 When the window is full the database keeps the rest: `complete` is False until a
 reload finds fewer rows than it asked for.
 
-Reads start small and double up to `capacity`: at a boot with 10,000 accounts each
-sends once before any sends twice, so a first page of 64 rows would decode 640,000
-messages before the last account's first send (bench scenario d).
+Reads start small and double up to `capacity`: at a boot with many accounts each
+sends once before any sends twice, so a full first page per account would decode
+many times the messages sent before the last account's first send (bench scenario d).
 """
 
 from __future__ import annotations
@@ -51,13 +51,6 @@ class SendOrder:
             del self._messages[evicted]
             self.complete = False
         return True
-
-    def pop(self) -> Message | None:
-        """The next message to send, removed from the window."""
-        if not self._keys:
-            return None
-        _, message_id = self._keys.pop(0)
-        return self._messages.pop(message_id)
 
     def pop_first(self, eligible: Callable[[Message], bool]) -> Message | None:
         """The first message in send order that `eligible` accepts (pacing by recipient)."""

@@ -1,8 +1,10 @@
 """The persistence actor: the only writer, committing many writes per transaction.
 
-On each wake-up it takes every write waiting in its inbox (up to `max_batch`),
-applies them in one transaction, commits, and only then answers each caller and
-routes new rows to their accounts. One fsync serves the whole batch.
+On each turn it takes every write waiting in its inbox (up to `max_batch`), applies
+them in one transaction, commits, and only then answers each caller (a user's enqueue,
+an account's record and claim), hands new rows straight to their running accounts
+(`AccountDirectory`; the supervisor starts the others) and starts the sends of the
+messages it claimed. One fsync serves the whole batch.
 
 Under load the writes arrive back to back, each account a little after the last
 commit answered it; committing the first one or two at once would spend an fsync
@@ -19,27 +21,32 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import pykka
+
 from actors._faults import crash_point
-from actors._mailbox import DeferredReplyActor, Request, log_unanswered
 from actors.clock import Clock
+from actors.directory import AccountDirectory
 from actors.messages import (
-    Advance,
-    Advanced,
-    Cancel,
-    Cleanup,
-    Committed,
-    Forget,
-    Inserted,
+    Arrived,
+    BatchKind,
+    Cancelled,
+    CancelRow,
+    DeleteFinished,
+    Insert,
     LiftPause,
-    Persist,
-    Recover,
-    Requeue,
+    RecordAndClaim,
+    Recorded,
+    RequeueRow,
+    SettleInFlight,
+    StartAccountsFor,
 )
+from actors.privacy import mask_phone
+from actors.runtime import Reply, TurnActor, TurnPool, forward, tell_if_alive
 from postroom_common import (
     IdempotencyConflict,
     Message,
@@ -48,19 +55,20 @@ from postroom_common import (
     PostroomError,
     Status,
     StorageError,
+    ValidationError,
 )
 from postroom_common.logs import get_logger
 from storage import Storage
 
 log = get_logger("postroom.persistence")
 
-#: A batch this big already spends under 0.02 fsyncs per write: no need to wait for more.
+#: A batch this big already shares one fsync among so many writes that waiting for more gains nothing.
 GATHER_BELOW = 64
 #: Seconds between two looks at the inbox while gathering.
 GATHER_SLICE = 0.0001
 #: Finished rows deleted per cleanup transaction. Each chunk holds the writer, so the accounts'
-#: next claims wait behind it: with 1,000 the longest pause between two sends grew to ~300 ms
-#: (bench scenario g), with 250 it stays at the level seen without a cleanup.
+#: next claims wait behind it: the chunk is kept small enough that a cleanup does not lengthen
+#: the longest pause between two sends (bench scenario g measures it).
 CLEANUP_CHUNK = 250
 
 
@@ -87,47 +95,38 @@ class HealthState:
             return self.degraded, self.last_error
 
 
-#: Called after a commit, in the persistence thread: (kind, payload). Used to route
-#: committed rows through the supervisor without the persistence actor knowing accounts.
-Notify = Callable[[Any], None]
 
+class PersistenceActor(TurnActor):
+    """The single writer, with group commit; its turns go ahead of the accounts' (`urgent`)."""
 
-class PersistenceActor(DeferredReplyActor):
-    """Single writer with group commit."""
+    urgent = True
 
-    def __init__(self, storage: Storage, clock: Clock, notify: Notify, health: HealthState,
-                 *, max_batch: int = 2000, cleanup_chunk: int = CLEANUP_CHUNK,
-                 commit_delay: float = 0.0) -> None:
-        super().__init__()
+    def __init__(self, pool: TurnPool, storage: Storage, clock: Clock, health: HealthState,
+                 directory: AccountDirectory, supervisor: pykka.ActorRef[Any], *, max_batch: int = 2000,
+                 cleanup_chunk: int = CLEANUP_CHUNK, commit_delay: float = 0.0) -> None:
+        super().__init__(pool)
         self.storage = storage
         self.clock = clock
-        self.notify = notify
         self.health = health
+        self.directory = directory
+        self.supervisor = supervisor
         self.max_batch = max_batch
         self.cleanup_chunk = cleanup_chunk
         self.commit_delay = commit_delay
         self._last_commit = 0.0  # time.monotonic() when the last batch was answered
         self._last_batch = 0  # requests it served
 
-    def on_stop(self) -> None:
-        super().on_stop()
-        self.storage.close()
-
-    def handle(self, request: Request) -> None:
+    def receive(self, message: Any, reply: Reply | None) -> None:
         if (self.commit_delay and 1 < self._last_batch < GATHER_BELOW
                 and time.monotonic() - self._last_commit < self.commit_delay):
             self._gather()  # back to back: let the others answered last time catch up
-        batch = [request, *self.actor_inbox.take_nowait(self.max_batch - 1)]
+        batch = [(message, reply), *self.take_waiting(self.max_batch - 1)]
         self._commit(batch)
         self._last_commit, self._last_batch = time.monotonic(), len(batch)
 
     def _gather(self) -> None:
         """Wait, at most `commit_delay`, while the callers answered by the last commit keep
-        coming back; stop as soon as all are back or a slice passes with none arriving.
-
-        A fixed wait of 1 ms held 16 threads enqueueing one at a time to ~5,600-5,900 msg/s
-        (bench b, 8,000-8,300 with this gathering; README "Performance").
-        """
+        coming back; stop as soon as all are back or a slice passes with none arriving."""
         deadline = time.monotonic() + self.commit_delay
         waiting = len(self.actor_inbox)
         while waiting + 1 < self._last_batch and time.monotonic() < deadline:
@@ -136,12 +135,11 @@ class PersistenceActor(DeferredReplyActor):
             if waiting == before:
                 return
 
-    def _commit(self, batch: Sequence[Request]) -> None:
+    def _commit(self, batch: Sequence[tuple[Any, Reply | None]]) -> None:
         try:
             with self.storage.write_transaction():
-                outcomes = self._apply_batch([request.message for request in batch])
+                outcomes = self._apply_batch([message for message, _ in batch])
         except Exception as raised:  # noqa: BLE001 - the single writer must not die
-            # Whatever went wrong, the single writer must survive and tell every caller.
             error = raised if isinstance(raised, StorageError) else StorageError(
                 f"internal error in the persistence actor: {type(raised).__name__}")
             if error is not raised:
@@ -149,95 +147,85 @@ class PersistenceActor(DeferredReplyActor):
             self.health.failed(error)
             log.error("storage.commit_failed", error=str(error), batch=len(batch))
             if len(batch) == 1:
-                self._fail(batch[0], error)
+                _fail(batch[0], error)
                 return
-            # One bad write must not fail its neighbours: try each alone.
-            for request in batch:
+            for request in batch:  # one bad write must not fail its neighbours: each alone
                 self._commit([request])
             return
         self.health.ok()
-        if any(isinstance(request.message, Persist) for request in batch):
-            crash_point("enqueue.committed")
-            self._hand_over_inserted(batch, outcomes)
-        for request, outcome in zip(batch, outcomes, strict=True):
-            self._settle(request, outcome)
-
-    def _hand_over_inserted(self, batch: Sequence[Request], outcomes: Sequence[Any]) -> None:
-        """One `Inserted` per commit, before any caller hears back, so that a command sent
-        after an answer finds the new rows routed (16 single enqueues: one tell, not 16)."""
-        parts: list[tuple[Sequence[NewMessage], list[tuple[int, int]]]] = []
-        for request, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(request.message, Persist) and not isinstance(outcome, PostroomError):
-                rows = _new_rows(outcome)
-                if rows:
-                    parts.append((request.message.news, rows))
-        if parts:
-            self.notify(Inserted(parts))
+        self._after_commit(batch, outcomes)
 
     def _apply_batch(self, messages: Sequence[Any]) -> list[Any]:
         """Run a batch inside the open transaction, one statement per kind of write.
 
-        Records, claims and inserts of the whole batch go to storage together (one
-        SELECT and one executemany each), records before claims; each caller then gets
-        its own share.
+        Records, reclaims, settlements and claims of the whole batch go to storage together
+        (one SELECT and one executemany each), in that order; inserts keep their order.
         """
         now = self.clock.now()
-        advances = [m for m in messages if isinstance(m, Advance)]
-        records = [t for a in advances for t in a.record]
+        accounts = [m for m in messages if isinstance(m, RecordAndClaim)]
+        records = [a.record for a in accounts if a.record is not None]
         recorded = self.storage.record(records) if records else set()
         if any(t.status is Status.RETRYING for t in records):
             crash_point("record.retry.mid")
-        for pause in (a.pause for a in advances if a.pause is not None):
-            self.storage.set_pause(pause, now)
-        claim_ids = [i for a in advances for i in a.claim]
+        for account in accounts:
+            self._prepare_claim(account, now)
+        claim_ids = [a.claim for a in accounts if a.claim is not None]
         claimed = self.storage.claim(claim_ids, now) if claim_ids else {}
-        inserted = iter(self._insert_in_order([m for m in messages if isinstance(m, Persist)]))
+        inserted = iter(self._insert_in_order([m for m in messages if isinstance(m, Insert)]))
         outcomes: list[Any] = []
         for message in messages:
             match message:
-                case Advance(record, claim):
-                    outcomes.append(Advanced(
-                        recorded=frozenset(t.id for t in record if t.id in recorded),
-                        claimed={i: claimed[i] for i in claim if i in claimed}))
-                case Persist():
+                case RecordAndClaim(record=record, claim=claim):
+                    outcomes.append(Recorded(record is not None and record.id in recorded,
+                                             None if claim is None else claimed.get(claim)))
+                case Insert():
                     outcomes.append(next(inserted))
                 case _:
                     outcomes.append(self._apply_one(message, now))
         return outcomes
 
-    def _insert_in_order(self, persists: Sequence[Persist]) -> list[list[Any] | IdempotencyConflict]:
-        """Each `Persist`'s answers, its rows written after those of the ones before it: ids
-        follow the order the enqueues came in (a broadcast told before an enqueue to the same
-        account is sent first).
+    def _prepare_claim(self, account: RecordAndClaim, now: datetime) -> None:
+        """What an account's transaction does besides its record and its claim."""
+        if account.pause is not None:
+            self.storage.set_pause(account.pause, now)
+        if account.reclaim is not None:
+            self.storage.give_back_orphans(account.reclaim, now)
+        if account.settle is not None:
+            delivery, phone = account.settle
+            self.storage.recover_interrupted(delivery, now, phone)
 
-        A run of enqueues and batches shares one insert; a broadcast has its own (it is
-        written from its shared fields, never taken apart into 100,000 objects).
+    def _insert_in_order(self, inserts: Sequence[Insert]) -> list[list[Any] | IdempotencyConflict]:
+        """Each `Insert`'s answers, its rows written after those of the ones before it: ids
+        follow the order the enqueues came in.
+
+        A run of plain inserts shares one statement; a broadcast (written from its shared
+        fields) and a keyed batch (all or nothing) are written alone.
         """
         answers: list[list[Any] | IdempotencyConflict] = []
-        run: list[Persist] = []
+        run: list[Insert] = []
 
         def write_run() -> None:
-            inserted = iter(self.storage.insert([new for persist in run for new in persist.news]))
-            answers.extend([next(inserted) for _ in persist.news] for persist in run)
+            rows = iter(self.storage.insert([new for insert in run for new in insert.news]))
+            answers.extend([next(rows) for _ in insert.news] for insert in run)
             run.clear()
 
-        for persist in persists:
-            if isinstance(persist.news, NewBroadcast) or persist.keyed:
+        for insert in inserts:
+            if isinstance(insert.news, NewBroadcast) or insert.keyed:
                 if run:
                     write_run()
-                answers.append(self._insert_alone(persist))
+                answers.append(self._insert_alone(insert))
             else:
-                run.append(persist)
+                run.append(insert)
         if run:
             write_run()
         return answers
 
-    def _insert_alone(self, persist: Persist) -> list[Any] | IdempotencyConflict:
+    def _insert_alone(self, insert: Insert) -> list[Any] | IdempotencyConflict:
         """A broadcast or a keyed batch: its answers, or the conflict that refused all of it."""
-        if not persist.news:
+        if not insert.news:
             return []
         try:
-            return self.storage.insert(persist.news, all_or_nothing=True)
+            return self.storage.insert(insert.news, all_or_nothing=True)
         except IdempotencyConflict as conflict:
             return conflict  # nothing was written: the transaction serves the others
 
@@ -245,16 +233,16 @@ class PersistenceActor(DeferredReplyActor):
         """A write of its own kind; domain errors are returned, not raised."""
         try:
             match message:
-                case Cancel(message_id):
+                case CancelRow(message_id):
                     return self.storage.cancel(message_id, now)
-                case Requeue(message_id):
+                case RequeueRow(message_id):
                     return self.storage.requeue(message_id, now)
-                case Recover(delivery, phone):
+                case SettleInFlight(delivery, phone):
                     settled = self.storage.recover_interrupted(delivery, now, phone)
                     if settled:
                         crash_point("recover.mid")
                     return settled
-                case Cleanup(cutoff):
+                case DeleteFinished(cutoff):
                     return self.storage.delete_finished_before(cutoff, self.cleanup_chunk)
                 case LiftPause(phone):
                     return self.storage.clear_pause(phone)
@@ -264,71 +252,142 @@ class PersistenceActor(DeferredReplyActor):
             return error
         raise TypeError(f"persistence actor cannot handle {type(message).__name__}")
 
-    def _settle(self, request: Request, outcome: Any) -> None:
-        """After the commit: answer the caller, then tell whoever must act on the new state."""
-        message = request.message
-        match message:
-            case Persist(_, user_request, batch):
-                # No user request: it came past the supervisor (actors/door.py), asking us.
-                self._answer_persist(request if user_request is None else user_request, outcome, batch)
-            case Cancel(_, user_request):
-                self._answer(user_request, outcome)
-                if isinstance(outcome, Message):
-                    log.info("message.cancelled", message_id=outcome.id)
-                    self.notify(Forget(outcome.phone, outcome.id))
-            case Requeue(_, user_request):
-                self._answer(user_request, outcome)
-                if isinstance(outcome, Message):
-                    log.info("message.requeued", message_id=outcome.id)
-                    self.notify(Committed([outcome]))
-            case Cleanup(cutoff, user_request, so_far):
-                self._continue_cleanup(cutoff, user_request, so_far, outcome)
-            case _:
-                self._answer(request, outcome)
+    # -- after the commit ----------------------------------------------------------------------
 
-    def _answer_persist(self, request: Request, outcome: list[Any] | PostroomError, batch: bool) -> None:
+    def _after_commit(self, batch: Sequence[tuple[Any, Reply | None]], outcomes: Sequence[Any]) -> None:
+        """Answer every caller, hand new rows to their accounts, start the claimed sends."""
+        if any(isinstance(message, Insert) for message, _ in batch):
+            crash_point("enqueue.committed")
+        new_rows: list[Message] = []
+        sends: list[tuple[RecordAndClaim, Message]] = []
+        for (message, reply), outcome in zip(batch, outcomes, strict=True):
+            match message:
+                case Insert():
+                    new_rows += self._answer_insert(message, reply, outcome)
+                case RecordAndClaim():
+                    _answer(reply, outcome)
+                    if outcome.claimed is not None and message.send is not None:
+                        sends.append((message, outcome.claimed))
+                    if outcome.applied and message.record is not None \
+                            and message.record.status is Status.COMPLETED:
+                        crash_point("record.completed")
+                case CancelRow():
+                    _answer(reply, outcome)
+                    if isinstance(outcome, Message):
+                        log.info("message.cancelled", message_id=outcome.id)
+                        self._tell_account(outcome.phone, Cancelled(outcome.id))
+                case RequeueRow():
+                    _answer(reply, outcome)
+                    if isinstance(outcome, Message):
+                        log.info("message.requeued", message_id=outcome.id)
+                        new_rows.append(outcome)
+                case DeleteFinished():
+                    self._continue_cleanup(message, reply, outcome)
+                case _:
+                    _answer(reply, outcome)
+        self._route(new_rows)
+        if sends:
+            crash_point("claim.committed")
+        for request, claimed in sends:
+            assert request.send is not None
+            request.send.start(claimed)
+
+    def _answer_insert(self, insert: Insert, reply: Reply | None, outcome: Any) -> list[Message]:
+        """Answer an insert's caller (or log its refusal, told); the rows it wrote."""
         if not isinstance(outcome, PostroomError):
             errors = [o for o in outcome if isinstance(o, PostroomError)]
             if not errors:
                 ids = [o.id if isinstance(o, Message) else o for o in outcome]
-                request.answer(ids if batch else ids[0])
-                return
+                if reply is not None:
+                    reply.answer(ids[0] if insert.kind is BatchKind.ONE else ids)
+                written = _new_messages(insert.news, outcome)
+                _log_enqueued(written)
+                return written
             outcome = errors[0]  # a single enqueue's conflict: batches are refused whole
-        if request.expects_reply:
-            request.fail(outcome)
+        if reply is not None:
+            reply.fail(outcome)
         else:
-            log_unanswered("EnqueueBatch" if batch else "Enqueue", outcome)
+            log_unanswered(insert.kind.value, outcome)
+        return []
 
-    def _continue_cleanup(self, cutoff: datetime, request: Request | None, so_far: int,
-                          deleted_now: int) -> None:
-        if deleted_now >= self.cleanup_chunk:
-            # More may remain: queue the next chunk behind the writes waiting now.
-            self.actor_ref.tell(Cleanup(cutoff, request, so_far + deleted_now))
+    def _route(self, messages: Sequence[Message]) -> None:
+        """New or requeued rows straight to their running accounts; the others to the supervisor."""
+        if not messages:
             return
-        log.info("cleanup.finished", deleted=so_far + deleted_now)
-        if request is not None:
-            request.answer(so_far + deleted_now)
+        by_account: dict[str, list[Message]] = {}
+        for message in messages:
+            by_account.setdefault(message.phone, []).append(message)
+        unrouted: list[Message] = []
+        for phone, mine in by_account.items():
+            account = self.directory.deliver_to(phone)
+            if account is None:
+                unrouted += mine
+            else:
+                tell_if_alive(account, Arrived(mine))
+        if unrouted:
+            tell_if_alive(self.supervisor, StartAccountsFor(unrouted))
 
-    def _answer(self, request: Request, outcome: Any) -> None:
-        if isinstance(outcome, PostroomError):
-            request.fail(outcome)
-        else:
-            request.answer(outcome)
+    def _tell_account(self, phone: str, message: Any) -> None:
+        account = self.directory.get(phone)
+        if account is not None:
+            tell_if_alive(account, message)
 
-    def _fail(self, request: Request, error: StorageError) -> None:
-        user_request = getattr(request.message, "request", None)
-        target = user_request if isinstance(user_request, Request) else request
-        if target.expects_reply:
-            target.fail(error)
-        else:
-            log.error("storage.write_failed", kind=type(request.message).__name__, error=str(error))
+    def _continue_cleanup(self, request: DeleteFinished, reply: Reply | None, deleted_now: Any) -> None:
+        if isinstance(deleted_now, PostroomError):
+            _answer(reply, deleted_now)
+            return
+        so_far = request.deleted_so_far + deleted_now
+        if deleted_now >= self.cleanup_chunk:
+            # More may remain: the next chunk goes behind the writes waiting now.
+            forward(self.actor_ref, DeleteFinished(request.cutoff, so_far), reply)
+            return
+        log.info("cleanup.finished", deleted=so_far)
+        _answer(reply, so_far)
 
 
-def _new_rows(outcome: Sequence[Any]) -> list[tuple[int, int]]:
-    """(id, position) of the rows an insert wrote: a new row answers its id (an int); a key
+def _answer(reply: Reply | None, outcome: Any) -> None:
+    if reply is None:
+        return
+    if isinstance(outcome, PostroomError):
+        reply.fail(outcome)
+    else:
+        reply.answer(outcome)
+
+
+def _fail(request: tuple[Any, Reply | None], error: StorageError) -> None:
+    message, reply = request
+    if reply is not None:
+        reply.fail(error)
+    else:
+        log.error("storage.write_failed", kind=type(message).__name__, error=str(error))
+
+
+def _new_messages(news: Sequence[NewMessage], outcome: Sequence[Any]) -> list[Message]:
+    """The rows an insert wrote, as `Message`s: a new row answers its id (an int); a key
     repeated in the batch answers the first one's id again, a replay the earlier `Message`."""
     first_at: dict[int, int] = {}
     for position, answer in enumerate(outcome):
         if type(answer) is int:
             first_at.setdefault(answer, position)
-    return list(first_at.items())
+    return [news[position].as_pending(message_id) for message_id, position in first_at.items()]
+
+
+def _log_enqueued(messages: Sequence[Message]) -> None:
+    """One line per single enqueue; one line per batch or broadcast."""
+    if not messages:
+        return
+    if len(messages) > 1:
+        # A broadcast is one line, not 100,000: each message's id appears again when it is sent.
+        log.info("messages.enqueued", count=len(messages), first_id=messages[0].id, last_id=messages[-1].id)
+        return
+    (message,) = messages
+    log.info("message.enqueued", message_id=message.id, priority=message.priority.name,
+             account=mask_phone(message.phone))
+
+
+def log_unanswered(command: str, error: Exception) -> None:
+    """A command (named by its type) that came by `tell` failed: nobody waits for the error,
+    so it is logged."""
+    event = "command.refused" if isinstance(error, PostroomError) else "command.failed"
+    log.error(event, command=command, error=type(error).__name__,
+              reason=str(error) if isinstance(error, ValidationError) else None)

@@ -36,6 +36,7 @@ class DaemonPool:
         self._cond = threading.Condition()
         self._idle = 0  # threads waiting for a job
         self._threads = 0
+        self._members: set[int] = set()  # the idents of its threads
         self._closed = False
 
     @property
@@ -80,6 +81,8 @@ class DaemonPool:
             self._cond.notify_all()
 
     def _work(self) -> None:
+        with self._cond:
+            self._members.add(threading.get_ident())
         while (job := self._next_job()) is not None:
             try:
                 job()
@@ -100,4 +103,13 @@ class DaemonPool:
             if self._jobs:
                 return self._jobs.popleft()
             self._threads -= 1
+            self._members.discard(threading.get_ident())
+            self._cond.notify_all()  # for `join`
             return None
+
+    def join(self, timeout: float) -> bool:
+        """After `shutdown`: wait until every thread of the pool but the caller's has exited
+        (its jobs done); False if some were still busy after `timeout` seconds."""
+        with self._cond:
+            mine = 1 if threading.get_ident() in self._members else 0
+            return self._cond.wait_for(lambda: self._threads <= mine, timeout)

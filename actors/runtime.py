@@ -82,6 +82,7 @@ __all__ = [
     "TurnActor",
     "TurnPool",
     "ask_async",
+    "forward",
     "tell_if_alive",
 ]
 
@@ -244,9 +245,26 @@ class MailReply(pykka.Future[Any]):
 
 def tell_if_alive(ref: pykka.ActorRef[Any], message: Any) -> None:
     """`tell`, ignoring a target that has stopped: timers and reports may outlive their target
-    during a stop, and the database holds the work for the next start."""
+    during a stop, and the database holds the work for the next start.
+
+    A `TurnActor` that is stopping still gets the mail until its stop is over: its `on_stop`
+    (or `on_failure`) may be waiting for it (`wait_for_mail`), where pykka's `tell` would
+    already refuse it.
+    """
+    inbox = ref.actor_inbox
+    if isinstance(inbox, _TurnInbox):
+        inbox.put(Envelope(message))  # dropped once the actor is gone: a tell has nobody to answer
+        return
     with contextlib.suppress(pykka.ActorDeadError):
         ref.tell(message)
+
+
+def forward(target: pykka.ActorRef[Any], message: Any, reply: Reply | None) -> None:
+    """Send `message` to `target` with someone else's `reply`: the target answers that asker
+    directly (the supervisor hands a user's enqueue to the writer this way)."""
+    if not target.is_alive():
+        raise pykka.ActorDeadError(f"{target} not found")
+    target.actor_inbox.put(Envelope(message, reply_to=cast(pykka.Future[Any] | None, reply)))
 
 
 def ask_async(ref: pykka.ActorRef[Any], message: Any) -> asyncio.Future[Any]:
@@ -300,6 +318,7 @@ class _TurnInbox:
     def __init__(self) -> None:
         self._items: deque[Envelope[Any]] = deque()
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._scheduled = False
         self._closed = False
         self.owner: TurnActor | None = None  # set by the actor, which it schedules
@@ -315,6 +334,7 @@ class _TurnInbox:
                 self._items.append(envelope)
                 wake = not self._scheduled
                 self._scheduled = True
+                self._arrived.notify()
         if closed:
             _refuse(envelope, str(owner))
         elif wake:
@@ -333,6 +353,13 @@ class _TurnInbox:
 
     def pop(self) -> Envelope[Any] | None:
         with self._lock:
+            return self._items.popleft() if self._items else None
+
+    def wait_pop(self, timeout: float) -> Envelope[Any] | None:
+        """The next envelope, waiting at most `timeout` seconds for one (in a turn only)."""
+        with self._arrived:
+            if not self._items:
+                self._arrived.wait(timeout)
             return self._items.popleft() if self._items else None
 
     def take_plain(self, limit: int) -> list[Envelope[Any]]:
@@ -405,9 +432,22 @@ class TurnActor(pykka.Actor):
             raise pykka.ActorDeadError(f"{target} not found")
         target.actor_inbox.put(Envelope(message, reply_to=MailReply(self.actor_ref, token)))
 
-    def run_job(self, job: Callable[[], None]) -> None:
-        """Run `job` on the runtime's threads, off this actor's turn (a read of the database)."""
-        self._pool.run(job)
+    def run_job(self, job: Callable[[], None], urgent: bool = False) -> None:
+        """Run `job` on the runtime's threads, off this actor's turn (a read of the database);
+        `urgent`: ahead of the turns waiting."""
+        self._pool.run(job, urgent=urgent)
+
+    def wait_for_mail(self, timeout: float) -> Any | None:
+        """The next message, waiting at most `timeout` seconds: for an actor that must finish
+        inline (in `on_stop` or `on_failure`) what its later mail would have finished. Its
+        reply, if any, is refused: nobody is answered from here."""
+        envelope = self.actor_inbox.wait_pop(timeout)
+        if envelope is None:
+            return None
+        if envelope.reply_to is not None or _is_pykkas_own(envelope.message):
+            _refuse(envelope, str(self))
+            return self.wait_for_mail(0)
+        return envelope.message
 
     def take_waiting(self, limit: int) -> list[tuple[Any, Reply | None]]:
         """The messages waiting behind the current one, taken now (the writer's group commit)."""

@@ -1,5 +1,5 @@
-"""Threads that run the user's sender when a send timeout is set, shared by every account,
-and the watch over the sends under way.
+"""How a send runs: the threads plain senders run on, the ticket the writer starts a claimed
+message's send with, and the watch over the sends under way.
 
 An account must be able to give up on a sender that hangs, and Python cannot interrupt
 a call: the call runs on another thread, and the account stops waiting for it. The pool
@@ -10,12 +10,21 @@ ones exit. An `async def` sender needs none of it: it runs on the bot's loop.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
+import pykka
+
+from actors.aio import is_coroutine_sender, submit_to_loop
+from actors.clock import Clock, TimerHandle
+from actors.errors import SendTimeout
 from actors.pool import DaemonPool
+from actors.runtime import tell_if_alive
+from postroom_common import Message
 
 
 class SendPool(DaemonPool):
@@ -65,3 +74,103 @@ class SendWatch:
         with self._lock:
             return sorted((p for p, t in self._since.items() if monotonic - t > seconds),
                           key=self._since.__getitem__)
+
+
+class SendTicket:
+    """One send, prepared by an account and started by the writer once the claim is committed.
+
+    The writer calls `start` after the commit (never before: nothing is sent before its
+    claim is recorded); the account hears how it went by mail: `SendEnded` when the sender
+    returned, raised or took longer than `timeout` (counted from when the send began: a
+    send may wait for a thread of the capped pool), `SendNotBegun` when no thread could be
+    started for it or it was called off before it began. Both come after the writer's answer
+    to the claim (it answers, then starts the send).
+    """
+
+    def __init__(self, account: pykka.ActorRef[Any], sender: Callable[[Message], Any],
+                 pool: SendPool, loop: asyncio.AbstractEventLoop | None, deadlines: Clock,
+                 timeout: float | None, watch: SendWatch, phone: str) -> None:
+        self._account, self._sender, self._pool, self._loop = account, sender, pool, loop
+        self._deadlines, self.timeout, self._watch, self._phone = deadlines, timeout, watch, phone
+        self.future: Future[Any] | None = None
+        self.timed_out = False
+        self._timer: TimerHandle | None = None
+        self._lock = threading.Lock()
+        self._called_off = False
+        self._on_loop = False
+
+    def start(self, message: Message) -> None:
+        """Hand `message` (committed PROCESSING) to the sender; returns at once. A ticket called
+        off before this gives the message back instead (`SendNotBegun`)."""
+        with self._lock:
+            if self._called_off:
+                tell_if_alive(self._account, SendNotBegun(self, "released before the send began"))
+                return
+            self._watch.started(self._phone, self._deadlines.monotonic())
+            try:
+                if self._loop is not None and is_coroutine_sender(self._sender):
+                    self.future = submit_to_loop(self._sender, message, self._loop)
+                    self._on_loop = True
+                    self._began()  # on the bot's loop it begins at once
+                else:
+                    self.future = self._pool.submit(self._sender, message, on_begin=lambda _: self._began())
+            except RuntimeError as error:  # no thread could be started, or the loop is closed
+                self._watch.ended(self._phone)
+                tell_if_alive(self._account, SendNotBegun(self, str(error)))
+                return
+        self.future.add_done_callback(self._ended)
+
+    def call_off(self) -> None:
+        """The account is released: a send that has not begun (not yet started by the writer,
+        or waiting for a thread) never begins, and the account hears `SendNotBegun`. A send
+        under way, or one on the bot's loop, runs to its end."""
+        with self._lock:
+            self._called_off = True
+            future = None if self._on_loop else self.future
+        if future is not None:
+            future.cancel()  # refused once the send runs
+
+    def _ended(self, future: Future[Any]) -> None:
+        if future.cancelled() and self._called_off and not self._on_loop:
+            self._watch.ended(self._phone)
+            tell_if_alive(self._account, SendNotBegun(self, "released before the send began"))
+        else:
+            tell_if_alive(self._account, SendEnded(self))
+
+    def outcome(self) -> BaseException | None:
+        """How the send ended: None if the sender returned, else what it raised (a
+        `SendTimeout` past the timeout). Called once the account has `SendEnded`."""
+        self._watch.ended(self._phone)
+        if self._timer is not None:
+            self._timer.cancel()
+        future = self.future
+        assert future is not None
+        if self.timed_out and not future.done():
+            future.cancel()  # a coroutine is cancelled; a thread is left to its sender
+            return SendTimeout(f"no answer from the sender within {self.timeout} s")
+        if future.cancelled():
+            return RuntimeError("the send was cancelled (the bot's loop is stopping)")
+        return future.exception()
+
+    def _began(self) -> None:
+        if self.timeout is not None:
+            self._timer = self._deadlines.call_later(self.timeout, self._time_out)
+
+    def _time_out(self) -> None:
+        self.timed_out = True
+        tell_if_alive(self._account, SendEnded(self))
+
+
+@dataclass(frozen=True, slots=True)
+class SendEnded:
+    """To the account: its send returned, raised, or ran out of time (see `SendTicket.outcome`)."""
+
+    ticket: SendTicket
+
+
+@dataclass(frozen=True, slots=True)
+class SendNotBegun:
+    """To the account: its send could not begin (no thread, the bot's loop closed)."""
+
+    ticket: SendTicket
+    error: str

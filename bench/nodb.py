@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 
-from actors import PersistenceActor, ReaderPool
+from actors import PersistenceActor
 from postroom_common import (
     FINAL_STATUSES,
     OPEN_STATUSES,
@@ -56,6 +56,9 @@ class MemoryStore:
         pass
 
     def close(self) -> None:
+        pass
+
+    def close_all(self) -> None:
         pass
 
     def insert(self, news: Sequence[NewMessage], *, all_or_nothing: bool = False) -> list[int]:
@@ -105,6 +108,9 @@ class MemoryStore:
     def count_open(self) -> int:
         with self._lock:
             return sum(1 for m in self._rows.values() if m.status not in FINAL_STATUSES)
+
+    def give_back_orphans(self, phone: str, now: datetime) -> list[int]:
+        return []  # claims never get lost in memory
 
     def recover_interrupted(self, delivery: Delivery, now: datetime,
                             phone: str | None = None) -> list[Message]:
@@ -164,8 +170,8 @@ class MemorySupervisor(Supervisor):
     def _open_storage(self, database: Any) -> None:
         self.lock = OwnerLock(cast(Any, None))  # no file, nothing to lock
         self.storage = cast(Storage, MemoryStore())
-        self.readers = ReaderPool(self.settings.readers)
-        self.persistence = PersistenceActor.start(self.storage, self.clock, self._notify, self.health,
-                                                  commit_delay=self.settings.commit_delay)
+        self.persistence = PersistenceActor.start(
+            self._pool, self.storage, self.clock, self.health, self.directory, self.actor_ref,
+            commit_delay=self.settings.commit_delay)
 
 

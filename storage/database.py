@@ -98,6 +98,7 @@ def _open_sqlite(url: str, settings: SqliteSettings, *, create: bool,
         pragmas=pragmas,
         timeout=settings.busy_timeout,
         lock_type="IMMEDIATE",  # writers take the write lock at BEGIN, never mid-transaction
+        check_same_thread=False,  # each thread uses its own; `Storage.close_all` closes them all at stop
     )
 
 
@@ -113,7 +114,7 @@ def _open_sqlite_reader(path: Path, settings: SqliteSettings) -> peewee.SqliteDa
         query["immutable"] = "1"
     return peewee.SqliteDatabase(_file_uri(path, **query), uri=True,
                                  pragmas={"busy_timeout": int(settings.busy_timeout * 1000)},
-                                 timeout=settings.busy_timeout)
+                                 timeout=settings.busy_timeout, check_same_thread=False)
 
 
 def _file_uri(path: Path, **query: str) -> str:

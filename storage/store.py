@@ -193,6 +193,8 @@ class Storage:
         self._owner_verified_at = -OWNER_VERIFY_EVERY
         self._lost: str | None = None  # why the database was lost, once it was
         self._reconnect = _Reconnect()
+        self._opened: list[Any] = []  # every connection opened (each thread has its own)
+        self._opened_lock = threading.Lock()
         self.Row = _bound(MessageRow, db, indexes=MessageRow._meta.indexes)
         self.Account = _bound(AccountRow, db)
         self.Facts = _bound(MetaRow, db)
@@ -282,6 +284,16 @@ class Storage:
         """Close this thread's connection."""
         if not self.db.is_closed():
             self.db.close()
+
+    def close_all(self) -> None:
+        """Close every connection this storage opened, in whatever thread (a stop: the threads
+        that used them may still be winding down; the owner lock is released after this)."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for connection in opened:
+            with contextlib.suppress(*_DRIVER_ERRORS, AttributeError):
+                connection.close()
+        self.db.dispose()  # this thread's, if it had one: already closed above
 
     @contextmanager
     def write_transaction(self) -> Iterator[None]:
@@ -374,6 +386,9 @@ class Storage:
             self._reconnect.failed(_first_line(exc))
             raise StorageError(f"{type(exc).__name__}: {exc}") from exc
         self._reconnect.succeeded()
+        with self._opened_lock:
+            self._opened = [c for c in self._opened if not _is_closed(c)]
+            self._opened.append(self.db.connection())
 
     def _drop_lost_connection(self) -> bool:
         """After a driver error: close this thread's connection if the server dropped it (a
@@ -396,9 +411,9 @@ class Storage:
         `all_or_nothing`: a conflict raises `IdempotencyConflict` naming its position, and
         nothing is written (a batch is refused whole; the transaction goes on).
 
-        No `Message` is built here: a broadcast's 100,000 rows would hold the write
-        transaction (and the caller's answer) for a third of a second; the caller builds
-        them after the commit with `NewMessage.as_pending`.
+        No `Message` is built here: building one per row of a big broadcast would hold the
+        write transaction (and every caller's answer); the caller builds them after the
+        commit with `NewMessage.as_pending`.
         """
         if isinstance(news, NewBroadcast) and news.template.idempotency_key is None:
             ids = self._dialect.allocate_ids(len(news)) if news else []
@@ -569,6 +584,19 @@ class Storage:
                 if cursor.rowcount == 1:
                     changed.append(m)
         return changed
+
+    def give_back_orphans(self, phone: str, now: datetime) -> list[int]:
+        """The account's rows left PROCESSING go back, due now, their attempt uncounted: for an
+        account that holds none of them (a claim committed as its answer was lost). The ids."""
+        orphans = self.interrupted(phone)
+        sql = self._dialect.sql(
+            "UPDATE message_queue SET status = ?, attempts = ?, available_at = ?, updated_at = ?"
+            " WHERE id = ? AND status = ? AND attempts = ?")
+        self._executemany(sql, [
+            (Status.PENDING.value if m.attempts <= 1 else Status.RETRYING.value, m.attempts - 1,
+             to_micros(now), to_micros(now), m.id, Status.PROCESSING.value, m.attempts)
+            for m in orphans])
+        return [m.id for m in orphans]
 
     def interrupted_again(self) -> list[tuple[int, str]]:
         """(id, phone) of the rows left PROCESSING by a crash whose previous attempt a crash
@@ -765,6 +793,18 @@ def _refuse_conflict(news: Sequence[NewMessage], plan: Sequence[object]) -> None
         noun = "recipient" if isinstance(news, NewBroadcast) else "message"
         raise IdempotencyConflict(f"{noun} {position}: its idempotency key was already used for a "
                                   "different message; nothing of the batch was written")
+
+
+def _is_closed(connection: Any) -> bool:
+    """Whether a driver connection is closed (sqlite3 has no attribute for it: a probe)."""
+    closed = getattr(connection, "closed", None)
+    if closed is not None:
+        return bool(closed)
+    try:
+        connection.total_changes  # noqa: B018 - raises once the sqlite3 connection is closed
+    except sqlite3.ProgrammingError:
+        return True
+    return False
 
 
 def _first_line(error: BaseException) -> str:

@@ -45,11 +45,12 @@ def _processing(url: str) -> int:
 
 
 @pytest.mark.parametrize("point", [
-    "account.claimed",  # claimed, not yet sent: given back uncounted
-    "account.before_send",  # the same, one step later
-    "account.send_done",  # the sender returned: recorded as delivered, not sent again
-    "account.outcome",  # the same, while the outcome was being worked out
-    "account.recorded",  # recorded, and the next message claimed with it: given back
+    "account.read",  # the window read came back: read again after the restart
+    "account.claiming",  # the claim never reached the writer: nothing committed, claimed later
+    "account.claimed",  # claimed and its send started: the send's end is still recorded
+    "account.send_ended",  # the sender returned: recorded as delivered, not sent again
+    "account.recording",  # the outcome never reached the writer: written by the release
+    "account.recorded",  # recorded, and the next message claimed with it: its send recorded
 ])
 def test_a_crash_at_any_step_strands_nothing_and_sends_each_message_once(
         sqlite_url: str, logs: LogCapture, point: str) -> None:
@@ -67,11 +68,11 @@ def test_a_crash_at_any_step_strands_nothing_and_sends_each_message_once(
 
 
 def test_a_parked_account_holds_nothing_in_processing(sqlite_url: str, logs: LogCapture) -> None:
-    """An account that keeps crashing before each send is parked with its messages pending,
+    """An account that keeps crashing before each claim is parked with its messages pending,
     no attempt counted; ResumeAccount sends each once."""
     sender = RecordingSender()
     ref = start(sqlite_url, sender)
-    arm_fault("account.before_send", times=4)  # max_restarts (3) + 1 crashes park it
+    arm_fault("account.claiming", times=4)  # max_restarts (3) + 1 crashes park it
     ids = [ref.ask(Enqueue(phone=PHONE, user_id="u", text=str(i))) for i in range(2)]
     eventually(lambda: ref.ask(GetHealth()).parked_accounts)
     assert _processing(sqlite_url) == 0

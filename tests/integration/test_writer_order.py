@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pykka
 import pytest
 
-from actors._mailbox import ReplyFuture, Request
 from actors.clock import FakeClock
-from actors.messages import Persist
+from actors.directory import AccountDirectory
+from actors.messages import BatchKind, Insert
 from actors.persistence import HealthState, PersistenceActor
+from actors.runtime import ThreadFuture, TurnPool
 from postroom_common import NewBroadcast, NewMessage, Priority
 from storage import Storage
 
@@ -33,19 +35,19 @@ def test_one_commit_writes_enqueues_and_broadcasts_in_the_order_they_came(
         storage: Storage, keyed: bool) -> None:
     """single, broadcast, batch, single, broadcast in one commit: ids rise in that order, so
     the account sends them in that order too (invariant 4)."""
-    told: list[Any] = []
-    writer = PersistenceActor(storage, FakeClock(NOW), told.append, HealthState())
-    commands: list[tuple[Any, bool]] = [
-        ([new("single-1")], False),
-        (broadcast("broadcast-1", 3, "b1" if keyed else None), True),
-        ([new("batch-1"), new("batch-2")], True),
-        ([new("single-2")], False),
-        (broadcast("broadcast-2", 2), True),
+    supervisor = pykka.ThreadingActor.start()  # receives the rows of accounts not running
+    writer = PersistenceActor(TurnPool("test-writer", 2), storage, FakeClock(NOW), HealthState(),
+                              AccountDirectory(), supervisor)
+    commands: list[tuple[Any, BatchKind]] = [
+        ([new("single-1")], BatchKind.ONE),
+        (broadcast("broadcast-1", 3, "b1" if keyed else None), BatchKind.BROADCAST),
+        ([new("batch-1"), new("batch-2")], BatchKind.BATCH),
+        ([new("single-2")], BatchKind.ONE),
+        (broadcast("broadcast-2", 2), BatchKind.BROADCAST),
     ]
-    futures = [ReplyFuture() for _ in commands]
-    # As the supervisor hands them on: the user's request inside, nobody asking the writer.
-    writer._commit([Request(Persist(news, Request(None, future), batch), None)
-                    for (news, batch), future in zip(commands, futures, strict=True)])
+    futures = [ThreadFuture() for _ in commands]
+    writer._commit([(Insert(news, kind), future)
+                    for (news, kind), future in zip(commands, futures, strict=True)])
     answers = [future.get(timeout=5) for future in futures]
     ids = [i for answer in answers for i in (answer if isinstance(answer, list) else [answer])]
     assert len(ids) == 9 and ids == sorted(ids), answers

@@ -88,7 +88,7 @@ def test_acquire_recovers_first_when_asked_then_reads() -> None:
     m = machine()
     assert m.acquire(at(), recover=True) == [WriteAndClaim(recover=True)]
     assert m.state is AccountState.ACQUIRING
-    assert m.written(frozenset(), None, at()) == [ReadWindow(4)]
+    assert m.written(False, None, at()) == [ReadWindow(4)]
 
 
 @pytest.mark.parametrize(("due", "first"), [
@@ -105,7 +105,7 @@ def test_loaded_claims_the_first_due_message(due: list[Message], first: int) -> 
 def test_a_claim_and_its_send_then_the_outcome_and_the_next_claim() -> None:
     """Claimed: the writer sent it; the outcome is written with the next claim in one write."""
     m, _ = started(message(1), message(2))
-    assert m.written(frozenset(), claimed(message(1)), at()) == []
+    assert m.written(False, claimed(message(1)), at()) == []
     assert m.state is AccountState.SENDING and m.held == 1
     (write,) = of(m.send_ended(None, at(1)), WriteAndClaim)
     assert write.record == Transition(1, 1, Status.COMPLETED, at(1).now)
@@ -124,7 +124,7 @@ def test_send_outcomes(error: BaseException, status: Status, give_back: bool,
                        pause_until: float | None) -> None:
     """Each kind of sender outcome becomes its transition (and pause), with no next claim after a pause."""
     m, _ = started(message(1), message(2))
-    m.written(frozenset(), claimed(message(1)), at())
+    m.written(False, claimed(message(1)), at())
     (write,) = of(m.send_ended(error, at(1)), WriteAndClaim)
     assert write.record is not None and write.record.status is status
     assert write.record.give_back is give_back
@@ -139,9 +139,9 @@ def test_send_outcomes(error: BaseException, status: Status, give_back: bool,
 def test_a_rate_limit_pauses_the_account_and_its_end_claims_again() -> None:
     """After a recorded rate limit nothing is claimed before the pause ends; then the same message."""
     m, _ = started(message(1))
-    m.written(frozenset(), claimed(message(1)), at())
+    m.written(False, claimed(message(1)), at())
     m.send_ended(RateLimited(10), at(1))
-    commands = m.written(frozenset({1}), None, at(1))
+    commands = m.written(True, None, at(1))
     assert of(commands, ReportPaused) == [ReportPaused(at(11).now)]
     (timer,) = of(commands, ArmTimer)
     assert timer.at == at(11).now and not of(commands, WriteAndClaim)
@@ -151,9 +151,9 @@ def test_a_rate_limit_pauses_the_account_and_its_end_claims_again() -> None:
 def test_a_disabled_account_claims_nothing_until_unpaused() -> None:
     """AccountSuspended without a duration: disabled, reported; only unpause lets it claim again."""
     m, _ = started(message(1))
-    m.written(frozenset(), claimed(message(1)), at())
+    m.written(False, claimed(message(1)), at())
     m.send_ended(AccountSuspended("banned"), at(1))
-    commands = m.written(frozenset({1}), None, at(1))
+    commands = m.written(True, None, at(1))
     assert ReportPaused(None) in commands and m.disabled
     assert not of(m.timer_fired(99, at(3600)), WriteAndClaim)
     assert m.unpause(at(3601)) == [ReadWindow(8)]  # the given-back message is read back in its place
@@ -165,24 +165,24 @@ def test_a_failed_write_keeps_the_outcome_and_retries_it_alone() -> None:
     """A write that fails is asked again after storage_retry with the same outcome, and the
     claim it carried goes back to the window (with a reclaim of what may have committed)."""
     m, _ = started(message(1), message(2), storage_retry=2.0)
-    m.written(frozenset(), claimed(message(1)), at())
+    m.written(False, claimed(message(1)), at())
     first = of(m.send_ended(None, at(1)), WriteAndClaim)[0]
     commands = m.write_failed("disk I/O error", at(1))
     (timer,) = of(commands, ArmTimer)
     assert timer.at == at(3).now
     (again,) = of(m.timer_fired(timer.generation, at(3)), WriteAndClaim)
     assert again.record == first.record and again.claim is None
-    (reclaim,) = of(m.written(frozenset({1}), None, at(3)), WriteAndClaim)
+    (reclaim,) = of(m.written(True, None, at(3)), WriteAndClaim)
     assert reclaim == WriteAndClaim(reclaim=True)  # alone: what it gives back may come first
-    assert m.written(frozenset(), None, at(3)) == [ReadWindow(8)]
+    assert m.written(False, None, at(3)) == [ReadWindow(8)]
 
 
 def test_a_stale_outcome_is_logged_not_retried() -> None:
     """An outcome the database no longer takes (recovered meanwhile) is logged and dropped."""
     m, _ = started(message(1))
-    m.written(frozenset(), claimed(message(1)), at())
+    m.written(False, claimed(message(1)), at())
     m.send_ended(None, at(1))
-    commands = m.written(frozenset(), None, at(1))
+    commands = m.written(False, None, at(1))
     assert [c.event for c in of(commands, Log)] == ["message.stale_outcome"]
 
 
@@ -218,22 +218,22 @@ def test_pacing_holds_the_claim_until_a_token() -> None:
     m = AccountMachine(PHONE, AccountSettings(idle_timeout=None), Pacing(rate=0.1), FixedRandom(), at())
     m.acquire(at(), recover=False)
     m.loaded(view(message(1), message(2)), at())
-    m.written(frozenset(), claimed(message(1)), at())
+    m.written(False, claimed(message(1)), at())
     commands = m.send_ended(None, at(0.5))
     (write,) = of(commands, WriteAndClaim)
     (timer,) = of(commands, ArmTimer)
     assert write.claim is None and timer.at == at(10.5).now  # ten seconds after the first send ended
-    assert not of(m.written(frozenset({1}), None, at(0.5)), WriteAndClaim)
+    assert not of(m.written(True, None, at(0.5)), WriteAndClaim)
 
 
 def test_release_waits_for_the_send_and_records_it_then_releases() -> None:
     """release during a send: no new claim; the outcome is recorded, then released."""
     m, _ = started(message(1), message(2))
-    m.written(frozenset(), claimed(message(1)), at())
+    m.written(False, claimed(message(1)), at())
     assert m.release(at(1)) == []
     (write,) = of(m.send_ended(None, at(2)), WriteAndClaim)
     assert write.claim is None
-    assert m.written(frozenset({1}), None, at(2))[-1] == ReportReleased()
+    assert m.written(True, None, at(2))[-1] == ReportReleased()
     assert m.state is AccountState.RELEASED and m.held is None
 
 
@@ -246,10 +246,34 @@ def test_release_while_idle_is_immediate() -> None:
 def test_a_send_that_could_not_begin_is_given_back() -> None:
     """No thread for the send: the attempt goes back uncounted and the claim is tried again later."""
     m, _ = started(message(1))
-    m.written(frozenset(), claimed(message(1)), at())
+    m.written(False, claimed(message(1)), at())
     (timer,) = of(m.send_not_begun("can't start new thread", at()), ArmTimer)
     (write,) = of(m.timer_fired(timer.generation, at(1)), WriteAndClaim)
     assert write.record is not None and write.record.give_back and write.record.status is Status.PENDING
+
+
+def test_a_release_with_a_claim_in_the_write_gives_it_back_unsent() -> None:
+    """Released while the outcome and the next claim are being written: the claimed message
+    is called off before its send begins and goes back uncounted; then released."""
+    m, _ = started(message(1), message(2))
+    m.written(False, claimed(message(1)), at())
+    m.send_ended(None, at(1))  # records 1, claims 2
+    assert m.release(at(1)) == []
+    assert m.written(True, claimed(message(2)), at(1)) == [Log("info", "message.sent",
+                                                              {"message_id": 1, "attempt": 1})]
+    (write,) = of(m.send_not_begun("released", at(1)), WriteAndClaim)
+    assert write.record is not None and write.record.give_back and write.record.id == 2
+    assert write.claim is None
+    assert m.written(True, None, at(1)) == [ReportReleased()]
+
+
+def test_a_write_that_never_went_out_claims_again_from_the_window() -> None:
+    """The actor failed before its claim reached the writer: nothing committed, so the same
+    message is claimed again, with no reclaim."""
+    m, commands = started(message(1), message(2))
+    (first,) = of(commands, WriteAndClaim)
+    (again,) = of(m.write_not_sent(at()), WriteAndClaim)
+    assert again == first and not again.reclaim
 
 
 def test_a_suspect_is_settled_once_its_outcome_is_recorded_and_nothing_follows() -> None:
@@ -257,10 +281,10 @@ def test_a_suspect_is_settled_once_its_outcome_is_recorded_and_nothing_follows()
     m = AccountMachine(PHONE, AccountSettings(idle_timeout=None), Pacing(), FixedRandom(), at(), watch=1)
     m.acquire(at(), recover=False)
     m.loaded(view(message(1), message(2)), at())
-    m.written(frozenset(), claimed(message(1)), at())
+    m.written(False, claimed(message(1)), at())
     (write,) = of(m.send_ended(None, at(1)), WriteAndClaim)
     assert write.claim is None
-    assert ReportSuspectSettled() in m.written(frozenset({1}), None, at(1))
+    assert ReportSuspectSettled() in m.written(True, None, at(1))
     assert m.timer_fired(99, at(2)) == [] and not m.in_flight
 
 
@@ -373,12 +397,19 @@ class AccountWorld(RuleBasedStateMachine):
 
     @precondition(lambda self: self.write is not None)
     @rule()
+    def crash_before_the_write_goes_out(self) -> None:
+        """The actor fails before the write reaches the writer: nothing of it commits."""
+        self.write = None
+        self.run(self.m.write_not_sent(self.at))
+
+    @precondition(lambda self: self.write is not None)
+    @rule()
     def answer_write(self) -> None:
         assert self.write is not None
         write, self.write = self.write, None
         recorded, claimed_message = self.apply(write)
         self.sending = claimed_message
-        self.run(self.m.written(recorded, claimed_message, self.at))
+        self.run(self.m.written(bool(recorded), claimed_message, self.at))
 
     def apply(self, write: WriteAndClaim) -> tuple[frozenset[int], Message | None]:
         """What the writer does with one write, in its order: record, reclaim, pause, claim."""
@@ -428,6 +459,18 @@ class AccountWorld(RuleBasedStateMachine):
         if outcome.startswith("limited") or outcome == "banned":
             assert self.write is not None and self.write.record is not None and self.write.record.give_back
             assert self.write.record.attempt - 1 == before
+
+    @precondition(lambda self: self.sending is not None)
+    @rule()
+    def send_never_begins(self) -> None:
+        """No thread for the send, or the account was released before it began."""
+        assert self.sending is not None
+        given, self.sending = self.sending, None
+        self.run(self.m.send_not_begun("no thread", self.at))
+        assert self.write is None or self.released, "a give-back goes out before anything else"
+        if self.write is not None:
+            assert self.write.record is not None and self.write.record.give_back
+            assert self.write.record.id == given.id and self.write.claim is None
 
     @precondition(lambda self: self.paused_now() and self.pause is not None and self.pause.until is None)
     @rule()

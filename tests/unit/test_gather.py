@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 from actors.clock import FakeClock
+from actors.directory import AccountDirectory
 from actors.persistence import GATHER_SLICE, HealthState, PersistenceActor
+from actors.runtime import TurnPool
 
 
 class ArrivingInbox:
@@ -22,8 +24,8 @@ class ArrivingInbox:
 
 
 def writer(last_batch: int, inbox: ArrivingInbox, commit_delay: float = 5.0) -> PersistenceActor:
-    actor = PersistenceActor(storage=None, clock=FakeClock(), notify=lambda _: None,  # type: ignore[arg-type]
-                             health=HealthState(), commit_delay=commit_delay)
+    actor = PersistenceActor(TurnPool("test-gather", 2), None, FakeClock(), HealthState(),  # type: ignore[arg-type]
+                             AccountDirectory(), None, commit_delay=commit_delay)  # type: ignore[arg-type]
     actor.actor_inbox = inbox  # type: ignore[assignment]
     actor._last_batch = last_batch
     return actor

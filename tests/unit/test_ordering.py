@@ -17,9 +17,13 @@ def msg(message_id: int, priority: Priority = Priority.NORMAL) -> Message:
                    completed_at=None, updated_at=NOW)
 
 
+def _any(_: Message) -> bool:
+    return True
+
+
 def drain(order: SendOrder) -> list[int]:
     out = []
-    while (m := order.pop()) is not None:
+    while (m := order.pop_first(_any)) is not None:
         out.append(m.id)
     return out
 
@@ -81,7 +85,7 @@ def test_discard_and_push_back() -> None:
     order = SendOrder(capacity=5)
     order.replace([msg(1), msg(2), msg(3)])
     order.discard(2)
-    first = order.pop()
+    first = order.pop_first(_any)
     assert first is not None
     order.push_back(first)
     assert drain(order) == [1, 3]
