@@ -245,7 +245,8 @@ class SupervisorSettings:
                                   "take turns on them too")
 
 
-#: The wall clock for send timeouts of supervisors whose own clock is not one (one timer thread).
+#: The wall clock of every supervisor not given another, and of every send timeout: one timer
+#: thread per process, however many supervisors a host starts and stops.
 _REAL_TIME = SystemClock()
 #: Seconds between two counts of the open messages while a `Drain` waits.
 DRAIN_POLL = 0.05
@@ -268,7 +269,7 @@ class Supervisor(TurnActor):
         super().__init__(TurnPool("postroom-actor", self.settings.account_threads))
         if is_coroutine_sender(sender) and loop is None:
             raise ValidationError("an async sender needs loop=, the event loop it belongs to")
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock or _REAL_TIME
         self.sender = sender if is_coroutine_sender(sender) else running_awaitables(
             sender, loop, self.settings.account.send_timeout)
         self.loop = loop

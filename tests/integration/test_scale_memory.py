@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 from datetime import timedelta
 
 import pykka
@@ -11,7 +12,7 @@ import pykka
 from actors.account import AccountActor
 from postroom_common import NewMessage, Priority
 from storage import Storage, open_database
-from supervisor import Enqueue, EnqueueBatch, FakeClock, GetHealth, GetMessage, GetStats, Status
+from supervisor import Enqueue, EnqueueBatch, FakeClock, GetHealth, GetMessage, GetStats, Status, Supervisor
 from tests.conftest import eventually
 from tests.integration.helpers import RecordingSender, start
 
@@ -62,3 +63,30 @@ def test_accounts_that_idle_out_leave_nothing_behind(sqlite_url: str) -> None:
     gc.collect()
     assert not [o for o in gc.get_objects()
                 if isinstance(o, AccountActor) and o.deps.supervisor.actor_urn == ref.actor_urn]
+
+
+def test_supervisors_started_and_stopped_leave_no_thread_behind(sqlite_url: str) -> None:
+    """A host that starts and stops a supervisor again and again (a reconnect loop, a test
+    suite) keeps the same threads: the timer thread is shared, the pools are stopped."""
+
+    def cycle() -> None:
+        ref = Supervisor.start(database=sqlite_url, sender=RecordingSender())
+        message_id = ref.ask(Enqueue(phone="+15550001", user_id="u", text="hi"))
+        eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.COMPLETED)
+        ref.stop()
+
+    cycle()  # the process-wide timer thread starts with the first supervisor
+    eventually(lambda: not _pool_threads(), timeout=15)
+    before = _postroom_threads()
+    for _ in range(5):
+        cycle()
+    eventually(lambda: not _pool_threads(), timeout=15)  # the runtime's and the senders' exit
+    assert _postroom_threads() == before
+
+
+def _postroom_threads() -> list[threading.Thread]:
+    return sorted((t for t in threading.enumerate() if t.name.startswith("postroom")), key=id)
+
+
+def _pool_threads() -> list[threading.Thread]:
+    return [t for t in _postroom_threads() if t.name != "postroom-timers"]
