@@ -98,6 +98,7 @@ from actors import (
     SuspectSettled,
     SystemClock,
     TransientError,
+    WriteBarrier,
     classify,
     mask_phone,
     sender_with_adapters,
@@ -110,7 +111,7 @@ from actors.aio import AsyncSender, is_coroutine_sender, running_awaitables
 from actors.directory import AccountDirectory
 from actors.pacing import Pacing
 from actors.persistence import log_unanswered
-from actors.runtime import Reply, TurnActor, TurnPool, ask_async, forward, tell_if_alive
+from actors.runtime import Answer, Reply, TurnActor, TurnPool, ask_async, forward, tell_if_alive
 from actors.sending import SendPool, SendWatch
 from actors.watches import DrainWaiters, PauseWatch
 from postroom_common import (
@@ -286,6 +287,7 @@ class Supervisor(TurnActor):
         self._pauses = PauseWatch()
         self._drains = DrainWaiters()
         self._counting = False  # a count of open messages for the drains is under way
+        self._counts = 0  # counts started (they are numbered)
         self.send_pool = SendPool(self.settings.send_threads)
         self.sends = SendWatch()
         # Send timeouts run on real time, whatever `clock` is (a test's FakeClock).
@@ -527,8 +529,10 @@ class Supervisor(TurnActor):
                 self._pauses_read(pauses, asked)
             case DrainCheckDue():
                 self._count_open()
-            case OpenCounted(count):
-                self._open_counted(count)
+            case OpenCounted(count, number):
+                self._open_counted(count, number)
+            case Answer(token=_DrainBarrier()):
+                self._barrier_passed(message)
             case _:
                 raise ValidationError(f"unknown command {type(message).__name__}")
 
@@ -733,35 +737,61 @@ class Supervisor(TurnActor):
             return  # told: nobody waits for the answer
         deadline = None if timeout is None else self.deadlines.monotonic() + timeout
         self._drains.add(reply, deadline)
-        self._count_open()
+        # The enqueues the caller sent before went straight to the writer: count once it has them.
+        try:
+            self.ask_actor(self.persistence, WriteBarrier(), _DrainBarrier(reply))
+        except pykka.ActorDeadError:
+            self._drains.remove(reply)
+            raise SupervisorStopped("the supervisor is stopping") from None
+        self._arm_drain_check()
+
+    def _barrier_passed(self, answer: Answer) -> None:
+        reply = answer.token.reply
+        if answer.error is None:
+            if self._drains.passed(reply, self._counts):
+                self._count_open()
+        elif self._drains.remove(reply):
+            reply.fail(answer.error)  # the writer could not commit what came before: a StorageError
 
     def _count_open(self) -> None:
         if self._counting or not self._drains:
             return
-        self._counting, ref, storage = True, self.actor_ref, self.storage
+        self._counts += 1
+        self._counting, ref, storage, number = True, self.actor_ref, self.storage, self._counts
 
         def count() -> None:
             try:
                 open_messages: int | StorageError = storage.count_open()
             except StorageError as error:
                 open_messages = error
-            tell_if_alive(ref, OpenCounted(open_messages))
+            tell_if_alive(ref, OpenCounted(open_messages, number))
 
         self.run_job(count)
 
-    def _open_counted(self, count: int | StorageError) -> None:
+    def _open_counted(self, count: int | StorageError, number: int) -> None:
         self._counting = False
         if isinstance(count, StorageError):
             for waiting in self._drains.take_all():
                 waiting.fail(count)
             return
-        for waiting in self._drains.counted(count, self.deadlines.monotonic()):
+        for waiting in self._drains.counted(count, number, self.deadlines.monotonic()):
             waiting.answer(count)
+        self._arm_drain_check()
+
+    def _arm_drain_check(self) -> None:
+        """While drains wait: count again shortly, and by the earliest deadline."""
         if self._drains:
             deadline = self._drains.next_deadline()
             delay = DRAIN_POLL if deadline is None else min(
                 DRAIN_POLL, max(0.0, deadline - self.deadlines.monotonic()))
             self._arm("drain", delay, DrainCheckDue(), clock=self.deadlines)
+
+
+@dataclass(frozen=True, slots=True)
+class _DrainBarrier:
+    """The token of a drain's write barrier: whom to answer."""
+
+    reply: Reply
 
 
 @dataclass(frozen=True, slots=True)

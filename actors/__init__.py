@@ -66,6 +66,7 @@ from actors.messages import (
     SleepersDue,
     StartAccountsFor,
     SuspectSettled,
+    WriteBarrier,
 )
 from actors.ordering import SendOrder
 from actors.pacing import Pacer, Pacing
@@ -146,6 +147,7 @@ __all__ = [
     "TransientError",
     "TurnActor",
     "TurnPool",
+    "WriteBarrier",
     "classify",
     "compute_backoff",
     "decide",

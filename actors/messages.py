@@ -299,6 +299,12 @@ class DeleteFinished:
     """Carried from chunk to chunk."""
 
 
+@dataclass(frozen=True, slots=True)
+class WriteBarrier:
+    """Write nothing; answered (None) once every write the writer received before it is
+    committed or refused: a `Drain` counts only after the enqueues sent before it."""
+
+
 # -- from the writer ---------------------------------------------------------------------------
 
 
@@ -443,3 +449,5 @@ class OpenCounted:
 
     count: int | StorageError
     """Pending, retrying and processing messages, or the error."""
+    number: int
+    """Which count this is (they are numbered as they start)."""

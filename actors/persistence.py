@@ -44,6 +44,7 @@ from actors.messages import (
     RequeueRow,
     SettleInFlight,
     StartAccountsFor,
+    WriteBarrier,
 )
 from actors.privacy import mask_phone
 from actors.runtime import Reply, TurnActor, TurnPool, forward, tell_if_alive
@@ -246,6 +247,8 @@ class PersistenceActor(TurnActor):
                     return self.storage.delete_finished_before(cutoff, self.cleanup_chunk)
                 case LiftPause(phone):
                     return self.storage.clear_pause(phone)
+                case WriteBarrier():
+                    return None
         except StorageError:
             raise
         except PostroomError as error:

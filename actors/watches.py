@@ -70,35 +70,62 @@ class PauseWatch:
         return disabled
 
 
+@dataclass(slots=True, eq=False)
+class _Drain:
+    request: Any
+    deadline: float | None
+    """On the monotonic clock; None: no limit."""
+    after: int | None = None
+    """The number of the last count started when its write barrier came back (None: not yet):
+    only a later count may find the queue empty for it, one that began after its enqueues."""
+
+
 @dataclass
 class DrainWaiters:
     """`Drain` commands waiting for the queue to empty, each until its deadline."""
 
-    _waiting: list[tuple[Any, float | None]] = field(default_factory=list)
-    """(the request to answer, its deadline on the monotonic clock or None)."""
+    _waiting: list[_Drain] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self._waiting)
 
     def add(self, request: Any, deadline: float | None) -> None:
-        self._waiting.append((request, deadline))
+        """A new drain, waiting for its write barrier (`passed`) before any count may answer it."""
+        self._waiting.append(_Drain(request, deadline))
 
-    def counted(self, open_messages: int, monotonic: float) -> list[Any]:
-        """After a count of the open messages: the requests to answer with it now."""
-        answered: list[tuple[Any, float | None]] = []
-        still: list[tuple[Any, float | None]] = []
-        for request, deadline in self._waiting:
-            over = open_messages == 0 or (deadline is not None and deadline <= monotonic)
-            (answered if over else still).append((request, deadline))
-        self._waiting = still
-        return [request for request, _ in answered]
+    def passed(self, request: Any, counts_started: int) -> bool:
+        """Its barrier came back: the writer committed what was sent before it. False if the
+        drain is no longer waiting (its deadline passed, the supervisor stopped)."""
+        for drain in self._waiting:
+            if drain.request is request:
+                drain.after = counts_started
+                return True
+        return False
+
+    def remove(self, request: Any) -> bool:
+        """Stop waiting for `request`; False if it was not waiting."""
+        kept = [d for d in self._waiting if d.request is not request]
+        removed, self._waiting = len(kept) < len(self._waiting), kept
+        return removed
+
+    def counted(self, open_messages: int, number: int, monotonic: float) -> list[Any]:
+        """After count `number` of the open messages: the requests to answer with it now."""
+        answered = [d for d in self._waiting if _over(d, open_messages, number, monotonic)]
+        self._waiting = [d for d in self._waiting if d not in answered]
+        return [d.request for d in answered]
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of those still waiting."""
-        deadlines = [d for _, d in self._waiting if d is not None]
+        deadlines = [d.deadline for d in self._waiting if d.deadline is not None]
         return min(deadlines) if deadlines else None
 
     def take_all(self) -> list[Any]:
         """Every waiting request (the supervisor is stopping, or the count failed)."""
-        taken, self._waiting = [request for request, _ in self._waiting], []
+        taken, self._waiting = [d.request for d in self._waiting], []
         return taken
+
+
+def _over(drain: _Drain, open_messages: int, number: int, monotonic: float) -> bool:
+    if drain.deadline is not None and drain.deadline <= monotonic:
+        return True
+    return open_messages == 0 and drain.after is not None and number > drain.after

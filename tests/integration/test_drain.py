@@ -34,6 +34,17 @@ def test_drain_answers_once_every_message_is_finished(sqlite_url: str) -> None:
     assert stats.by_status[Status.COMPLETED] == 300 == len(sender.calls)
 
 
+def test_drain_waits_for_the_enqueues_told_just_before_it(sqlite_url: str) -> None:
+    """Enqueues sent by `tell` go straight to the writer; a Drain from the same thread right
+    after them still waits for every one of them, not only for what was committed already."""
+    sender = RecordingSender()
+    ref = start(sqlite_url, sender)
+    for i in range(3000):
+        ref.tell(Enqueue(phone=f"+1555000{i % 10}", user_id="u", text=str(i)))
+    assert ref.ask(Drain(timeout=60)) == 0
+    assert ref.ask(GetStats()).by_status[Status.COMPLETED] == 3000 == len(sender.calls)
+
+
 def test_drain_gives_up_at_its_timeout_and_says_what_is_left(sqlite_url: str) -> None:
     """A message that cannot go (its account rate-limited for ten minutes) keeps Drain waiting
     until its timeout, and no longer: it answers how many are still open."""

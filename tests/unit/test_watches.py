@@ -53,14 +53,29 @@ def test_disabled_accounts_are_reported_once_per_period() -> None:
 
 
 def test_drains_are_answered_when_empty_or_past_their_deadline() -> None:
-    """A count of 0 answers every waiter; otherwise only those whose deadline has passed."""
+    """A count of 0 answers every waiter past its barrier; otherwise only those whose deadline
+    has passed."""
     waiters = DrainWaiters()
-    waiters.add("forever", None)
-    waiters.add("short", 1.0)
-    waiters.add("long", 5.0)
+    for name, deadline in (("forever", None), ("short", 1.0), ("long", 5.0)):
+        waiters.add(name, deadline)
+        assert waiters.passed(name, 0)
     assert waiters.next_deadline() == 1.0
-    assert waiters.counted(3, 0.5) == []
-    assert waiters.counted(3, 1.0) == ["short"]
+    assert waiters.counted(3, 1, 0.5) == []
+    assert waiters.counted(3, 2, 1.0) == ["short"]
     assert waiters.next_deadline() == 5.0
-    assert waiters.counted(0, 2.0) == ["forever", "long"]
+    assert waiters.counted(0, 3, 2.0) == ["forever", "long"]
     assert not waiters
+
+
+def test_a_drain_is_answered_only_by_a_count_begun_after_its_barrier() -> None:
+    """Before its write barrier came back, and by a count already running when it did, a
+    drain's enqueues may not be counted yet: their zero does not answer it."""
+    waiters = DrainWaiters()
+    waiters.add("early", None)
+    waiters.add("late", None)
+    assert waiters.passed("early", 0)
+    assert waiters.counted(0, 1, 0.0) == ["early"]  # "late" has no barrier back yet
+    assert waiters.passed("late", 1)  # count 1 was running when it came back
+    assert waiters.counted(0, 1, 0.0) == []
+    assert waiters.counted(0, 2, 0.0) == ["late"]
+    assert not waiters.passed("late", 2)  # answered: no longer waiting
