@@ -220,10 +220,11 @@ class SupervisorSettings:
     """Seconds a graceful stop waits for the accounts to finish their sends in flight (each at
     most `send_timeout`); past it the stop goes on, and what is still in flight stays
     `processing` until the next start settles it (sent again: at-least-once)."""
-    account_threads: int = 32
+    account_threads: int = 8
     """The runtime's threads: every actor (accounts, the writer, the supervisor) takes its
-    turns on them, and reads run on them; at least 2. No sender ever runs on one. On
-    PostgreSQL each may hold a connection."""
+    turns on them, and reads run on them; at least 2. No sender ever runs on one. Turns
+    hold the GIL, so more threads help only reads that wait on the database (PostgreSQL
+    far away); they cost switches between threads. On PostgreSQL each may hold a connection."""
     pause_check_interval: float | None = 5.0
     """Seconds between two reads of the pauses in force: a pause lifted by another process
     (`postroom resume`) is noticed within this long, and accounts disabled until lifted are

@@ -10,14 +10,15 @@ disable it until lifted), when it rests, when it has been idle long enough to st
 the suspect rule, and how it is acquired and released.
 
 A claim and its send are one step: the writer starts the send of a message it has
-just claimed, after the commit (`WriteAndClaim`), so the account's next event about
-it is how the send ended. An outcome and the next claim share one transaction.
+just claimed, after the commit (`WriteAndClaim`), and its answer comes with the end of
+that send: `written`, then `send_ended`, in one turn of the actor. An outcome and the
+next claim share one transaction.
 
 States (`AccountState`):
     ACQUIRING  an earlier owner's in-flight rows are being settled, or the window read
     IDLE       nothing in flight; a timer may be armed
     CLAIMING   a write that claims the next message (and starts its send) is in flight
-    SENDING    the sender has the message
+    SENDING    the claim is answered, the send's end is still to come
     RECORDING  its outcome (and maybe the next claim) is being written
     RELEASED   nothing held, nothing more to do
 

@@ -124,12 +124,15 @@ class SystemClock:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         handle = TimerHandle(callback)
+        deadline = time.monotonic() + max(0.0, delay)
         with self._cond:
-            self._timers.push(time.monotonic() + max(0.0, delay), handle)
+            earliest = self._timers.next_deadline()
+            self._timers.push(deadline, handle)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="postroom-timers", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if earliest is None or deadline < earliest:
+                self._cond.notify()  # it sleeps until `earliest`: wake it only to sleep less
         return handle
 
     def _run(self) -> None:

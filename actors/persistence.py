@@ -2,9 +2,10 @@
 
 On each turn it takes every write waiting in its inbox (up to `max_batch`), applies
 them in one transaction, commits, and only then answers each caller (a user's enqueue,
-an account's record and claim), hands new rows straight to their running accounts
+an account's record), hands new rows straight to their running accounts
 (`AccountDirectory`; the supervisor starts the others) and starts the sends of the
-messages it claimed. One fsync serves the whole batch.
+messages it claimed, whose answers go to their accounts with the ends of those sends.
+One fsync serves the whole batch.
 
 Under load the writes arrive back to back, each account a little after the last
 commit answered it; committing the first one or two at once would spend an fsync
@@ -19,6 +20,7 @@ the GIL to them) commits at once.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Sequence
@@ -262,15 +264,16 @@ class PersistenceActor(TurnActor):
         if any(isinstance(message, Insert) for message, _ in batch):
             crash_point("enqueue.committed")
         new_rows: list[Message] = []
-        sends: list[tuple[RecordAndClaim, Message]] = []
+        sends: list[tuple[RecordAndClaim, Recorded, Reply | None]] = []
         for (message, reply), outcome in zip(batch, outcomes, strict=True):
             match message:
                 case Insert():
                     new_rows += self._answer_insert(message, reply, outcome)
                 case RecordAndClaim():
-                    _answer(reply, outcome)
                     if outcome.claimed is not None and message.send is not None:
-                        sends.append((message, outcome.claimed))
+                        sends.append((message, outcome, reply))  # answered with the send's end
+                    else:
+                        _answer(reply, outcome)
                     if outcome.applied and message.record is not None \
                             and message.record.status is Status.COMPLETED:
                         crash_point("record.completed")
@@ -291,9 +294,10 @@ class PersistenceActor(TurnActor):
         self._route(new_rows)
         if sends:
             crash_point("claim.committed")
-        for request, claimed in sends:
+        for request, recorded, reply in sends:
             assert request.send is not None
-            request.send.start(claimed)
+            assert recorded.claimed is not None
+            request.send.start(recorded.claimed, functools.partial(_answer, reply, recorded))
 
     def _answer_insert(self, insert: Insert, reply: Reply | None, outcome: Any) -> list[Message]:
         """Answer an insert's caller (or log its refusal, told); the rows it wrote."""

@@ -295,10 +295,13 @@ def _reply_of(envelope: Envelope[Any]) -> Reply | None:
     return cast(Reply | None, envelope.reply_to)
 
 
+_PYKKAS_OWN = frozenset({pykka_messages._ActorStop, pykka_messages.ProxyCall,
+                         pykka_messages.ProxyGetAttr, pykka_messages.ProxySetAttr})
+
+
 def _is_pykkas_own(message: Any) -> bool:
     """pykka's stop and proxy messages, which pykka's own handling answers."""
-    return isinstance(message, pykka_messages._ActorStop | pykka_messages.ProxyCall
-                      | pykka_messages.ProxyGetAttr | pykka_messages.ProxySetAttr)
+    return type(message) in _PYKKAS_OWN
 
 
 def _refuse(envelope: Envelope[Any], name: str) -> None:

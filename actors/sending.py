@@ -80,11 +80,12 @@ class SendTicket:
     """One send, prepared by an account and started by the writer once the claim is committed.
 
     The writer calls `start` after the commit (never before: nothing is sent before its
-    claim is recorded); the account hears how it went by mail: `SendEnded` when the sender
-    returned, raised or took longer than `timeout` (counted from when the send began: a
-    send may wait for a thread of the capped pool), `SendNotBegun` when no thread could be
-    started for it or it was called off before it began. Both come after the writer's answer
-    to the claim (it answers, then starts the send).
+    claim is recorded), giving it the answer to the account's write: the account hears
+    both together when the send ends, the answer first, in one turn. How it ended comes
+    as `SendEnded` when the sender returned, raised or took longer than `timeout` (counted
+    from when the send began: a send may wait for a thread of the capped pool), or as
+    `SendNotBegun` when no thread could be started for it or it was called off before it
+    began.
     """
 
     def __init__(self, account: pykka.ActorRef[Any], sender: Callable[[Message], Any],
@@ -98,27 +99,34 @@ class SendTicket:
         self._lock = threading.Lock()
         self._called_off = False
         self._on_loop = False
+        self._answer_write: Callable[[], None] | None = None
 
-    def start(self, message: Message) -> None:
-        """Hand `message` (committed PROCESSING) to the sender; returns at once. A ticket called
-        off before this gives the message back instead (`SendNotBegun`)."""
+    def start(self, message: Message, answer_write: Callable[[], None]) -> None:
+        """Hand `message` (committed PROCESSING) to the sender; returns at once. `answer_write`
+        answers the account's write, just before it hears how the send ended. A ticket
+        called off before this gives the message back instead (`SendNotBegun`)."""
+        self._answer_write = answer_write
+        not_begun: str | None = "released before the send began"
         with self._lock:
-            if self._called_off:
-                tell_if_alive(self._account, SendNotBegun(self, "released before the send began"))
-                return
-            self._watch.started(self._phone, self._deadlines.monotonic())
-            try:
-                if self._loop is not None and is_coroutine_sender(self._sender):
-                    self.future = submit_to_loop(self._sender, message, self._loop)
-                    self._on_loop = True
-                    self._began()  # on the bot's loop it begins at once
-                else:
-                    self.future = self._pool.submit(self._sender, message, on_begin=lambda _: self._began())
-            except RuntimeError as error:  # no thread could be started, or the loop is closed
-                self._watch.ended(self._phone)
-                tell_if_alive(self._account, SendNotBegun(self, str(error)))
-                return
-        self.future.add_done_callback(self._ended)
+            if not self._called_off:
+                self._watch.started(self._phone, self._deadlines.monotonic())
+                try:
+                    if self._loop is not None and is_coroutine_sender(self._sender):
+                        self.future = submit_to_loop(self._sender, message, self._loop)
+                        self._on_loop = True
+                        self._began()  # on the bot's loop it begins at once
+                    else:
+                        self.future = self._pool.submit(self._sender, message,
+                                                        on_begin=lambda _: self._began())
+                    not_begun = None
+                except RuntimeError as error:  # no thread could be started, or the loop is closed
+                    self._watch.ended(self._phone)
+                    not_begun = str(error)
+        if not_begun is not None:
+            self._report(SendNotBegun(self, not_begun))
+        else:
+            assert self.future is not None
+            self.future.add_done_callback(self._ended)
 
     def call_off(self) -> None:
         """The account is released: a send that has not begun (not yet started by the writer,
@@ -133,9 +141,17 @@ class SendTicket:
     def _ended(self, future: Future[Any]) -> None:
         if future.cancelled() and self._called_off and not self._on_loop:
             self._watch.ended(self._phone)
-            tell_if_alive(self._account, SendNotBegun(self, "released before the send began"))
+            self._report(SendNotBegun(self, "released before the send began"))
         else:
-            tell_if_alive(self._account, SendEnded(self))
+            self._report(SendEnded(self))
+
+    def _report(self, mail: SendEnded | SendNotBegun) -> None:
+        """Tell the account; the first report carries the write's answer ahead of it."""
+        with self._lock:
+            answer, self._answer_write = self._answer_write, None
+        if answer is not None:
+            answer()
+        tell_if_alive(self._account, mail)
 
     def outcome(self) -> BaseException | None:
         """How the send ended: None if the sender returned, else what it raised (a
@@ -158,7 +174,7 @@ class SendTicket:
 
     def _time_out(self) -> None:
         self.timed_out = True
-        tell_if_alive(self._account, SendEnded(self))
+        self._report(SendEnded(self))
 
 
 @dataclass(frozen=True, slots=True)
