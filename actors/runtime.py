@@ -283,7 +283,7 @@ def ask_async(ref: pykka.ActorRef[Any], message: Any) -> asyncio.Future[Any]:
 class TurnPool(DaemonPool):
     """The runtime's threads: daemon threads that run actors' turns, urgent turns first."""
 
-    def __init__(self, name: str = "postroom-actor", max_threads: int = 32, idle_exit: float = 10.0) -> None:
+    def __init__(self, name: str = "postroom-actor", max_threads: int = 8, idle_exit: float = 10.0) -> None:
         super().__init__(name, max_threads, idle_exit)
 
 
