@@ -268,7 +268,8 @@ class Supervisor(TurnActor):
                  rng: RandomSource | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.settings = settings or SupervisorSettings()
-        super().__init__(TurnPool("postroom-actor", self.settings.account_threads))
+        super().__init__(TurnPool("postroom-actor", self.settings.account_threads,
+                                  call_later=_REAL_TIME.call_later))
         if is_coroutine_sender(sender) and loop is None:
             raise ValidationError("an async sender needs loop=, the event loop it belongs to")
         self.clock: Clock = clock or _REAL_TIME
@@ -289,7 +290,7 @@ class Supervisor(TurnActor):
         self._drains = DrainWaiters()
         self._counting = False  # a count of open messages for the drains is under way
         self._counts = 0  # counts started (they are numbered)
-        self.send_pool = SendPool(self.settings.send_threads)
+        self.send_pool = SendPool(self.settings.send_threads, call_later=_REAL_TIME.call_later)
         self.sends = SendWatch()
         # Send timeouts run on real time, whatever `clock` is (a test's FakeClock).
         self.deadlines = self.clock if isinstance(self.clock, SystemClock) else _REAL_TIME

@@ -23,9 +23,18 @@ Job = Callable[[], None]
 
 class DaemonPool:
     """Runs jobs on an idle thread, on a new one while under `max_threads`, else in order
-    (urgent jobs ahead of the others)."""
+    (urgent jobs ahead of the others).
 
-    def __init__(self, name: str, max_threads: int | None = None, idle_exit: float = 10.0) -> None:
+    With `call_later` (a clock's), a job that finds every thread busy waits `grow_after`
+    for one of them before the pool grows: the busy ones are usually about to finish (a
+    sender that returns at once), and every extra thread costs switches under the GIL;
+    threads that are slow (a sender waiting on the network) make the jobs queued behind
+    them wait only that long before each gets a thread of its own.
+    """
+
+    def __init__(self, name: str, max_threads: int | None = None, idle_exit: float = 10.0, *,
+                 call_later: Callable[[float, Job], object] | None = None,
+                 grow_after: float = 0.005) -> None:
         if max_threads is not None and max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.name = name
@@ -38,6 +47,9 @@ class DaemonPool:
         self._threads = 0
         self._members: set[int] = set()  # the idents of its threads
         self._closed = False
+        self._call_later = call_later
+        self.grow_after = grow_after
+        self._growth_due = False  # a look at the queue is armed
 
     @property
     def threads(self) -> int:
@@ -55,10 +67,30 @@ class DaemonPool:
             else:
                 self._jobs.append(job)
             wanted = len(self._jobs) > self._idle and self._under_cap()
-            if wanted and not self._start_thread() and not self._threads:  # nobody would ever take it
+            if wanted and self._threads and self._call_later is not None:
+                self._grow_later()
+            elif wanted and not self._start_thread() and not self._threads:  # nobody would ever take it
                 self._jobs.remove(job)
                 raise RuntimeError(f"the {self.name} pool could not start a thread")
             self._cond.notify()
+
+    def _grow_later(self) -> None:
+        """(Under the lock.) Look again in `grow_after`, unless a look is already armed."""
+        if not self._growth_due and self._call_later is not None:
+            self._growth_due = True
+            self._call_later(self.grow_after, self._grow)
+
+    def _grow(self) -> None:
+        """A thread for every job still waiting for one after `grow_after` (up to the cap)."""
+        with self._cond:
+            self._growth_due = False
+            if self._closed:
+                return
+            waiting = len(self._jobs) - self._idle
+            while waiting > 0 and self._under_cap() and self._start_thread():
+                waiting -= 1
+            if waiting > 0 and self._under_cap():
+                self._grow_later()  # a thread could not be started: try again
 
     def _under_cap(self) -> bool:
         return self.max_threads is None or self._threads < self.max_threads

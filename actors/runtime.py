@@ -283,8 +283,9 @@ def ask_async(ref: pykka.ActorRef[Any], message: Any) -> asyncio.Future[Any]:
 class TurnPool(DaemonPool):
     """The runtime's threads: daemon threads that run actors' turns, urgent turns first."""
 
-    def __init__(self, name: str = "postroom-actor", max_threads: int = 8, idle_exit: float = 10.0) -> None:
-        super().__init__(name, max_threads, idle_exit)
+    def __init__(self, name: str = "postroom-actor", max_threads: int = 8, idle_exit: float = 10.0, *,
+                 call_later: Callable[[float, Callable[[], None]], object] | None = None) -> None:
+        super().__init__(name, max_threads, idle_exit, call_later=call_later)
 
 
 # -- actors ------------------------------------------------------------------------------------

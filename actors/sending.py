@@ -31,8 +31,9 @@ class SendPool(DaemonPool):
     """A `DaemonPool` whose jobs answer through a future; past `max_threads`, sends wait in
     order for a thread (a send's timeout counts only once it has begun)."""
 
-    def __init__(self, max_threads: int | None = None, idle_exit: float = 10.0) -> None:
-        super().__init__("postroom-send", max_threads, idle_exit)
+    def __init__(self, max_threads: int | None = None, idle_exit: float = 10.0, *,
+                 call_later: Callable[[float, Callable[[], None]], object] | None = None) -> None:
+        super().__init__("postroom-send", max_threads, idle_exit, call_later=call_later)
 
     def submit(self, call: Callable[[Any], Any], argument: Any,
                on_begin: Callable[[Future[Any]], None] | None = None) -> Future[Any]:

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from actors.clock import FakeClock
 from actors.pool import DaemonPool
 from tests.conftest import LogCapture, eventually
 
@@ -50,6 +51,44 @@ def test_under_the_cap_a_job_never_waits_behind_a_busy_one() -> None:
         pool.run(done.set)
         assert done.wait(5)
         assert pool.threads == 3
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_with_a_clock_a_job_behind_a_busy_thread_waits_grow_after_before_the_pool_grows() -> None:
+    clock = FakeClock()
+    pool = DaemonPool("test-pool", max_threads=4, call_later=clock.call_later, grow_after=0.005)
+    release = threading.Event()
+    try:
+        pool.run(lambda: release.wait(5) and None)  # an empty pool starts a thread at once
+        assert pool.threads == 1
+        done = threading.Event()
+        pool.run(done.set)
+        pool.run(lambda: None)
+        assert pool.threads == 1 and not done.wait(0.05)  # no new thread before the delay
+        assert clock.pending_timers() == 1  # one look armed for both jobs
+        clock.advance(0.005)
+        assert done.wait(5)
+        assert pool.threads == 3  # one thread per job that was still waiting
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_with_a_clock_a_thread_that_finishes_in_time_takes_the_waiting_job() -> None:
+    clock = FakeClock()
+    pool = DaemonPool("test-pool", max_threads=4, call_later=clock.call_later)
+    release = threading.Event()
+    try:
+        pool.run(lambda: release.wait(5) and None)
+        done = threading.Event()
+        pool.run(done.set)
+        release.set()  # the busy thread finishes before grow_after: it takes the job
+        assert done.wait(5)
+        eventually(lambda: pool._idle == 1)
+        clock.advance(1)
+        assert pool.threads == 1
     finally:
         release.set()
         pool.shutdown()
