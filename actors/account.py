@@ -111,6 +111,9 @@ class AccountActor(TurnActor):
 
     STOP_WAIT = 30.0
     """Seconds a stop or a crash waits inline for the writer's answers."""
+    # Reads run ahead of the turns (at a boot, thousands are queued): the turn that takes a
+    # window in goes ahead too, so the first claims do not wait for every account's read.
+    urgent_mail = frozenset({_WindowRead})
 
     def __init__(self, pool: TurnPool, phone: str, deps: AccountDeps, *, recover: bool = False,
                  watch: int | None = None) -> None:

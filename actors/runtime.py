@@ -342,7 +342,7 @@ class _TurnInbox:
         if closed:
             _refuse(envelope, str(owner))
         elif wake:
-            owner._schedule()
+            owner._schedule(type(envelope.message) in owner.urgent_mail)
 
     def get(self) -> Envelope[Any]:  # pykka's protocol; turns use `pop`
         raise NotImplementedError("a TurnActor's inbox is read by its turns")
@@ -396,6 +396,8 @@ class TurnActor(pykka.Actor):
     """Messages handled per turn at most before the actor gives its thread to the next."""
     urgent: ClassVar[bool] = False
     """Turns queued ahead of other actors' (the supervisor and the writer, whom all wait on)."""
+    urgent_mail: ClassVar[frozenset[type]] = frozenset()
+    """Mail that, arriving while the actor sleeps, queues its turn ahead as `urgent` does."""
     use_daemon_thread = True  # a forgotten supervisor must not keep the host process alive
 
     actor_inbox: _TurnInbox
@@ -464,9 +466,9 @@ class TurnActor(pykka.Actor):
             self.actor_inbox._scheduled = True
         self._schedule()  # the first turn runs on_start
 
-    def _schedule(self) -> None:
+    def _schedule(self, urgent: bool = False) -> None:
         try:
-            self._pool.run(self._turn, urgent=self.urgent)
+            self._pool.run(self._turn, urgent=self.urgent or urgent)
         except RuntimeError:
             self._abandon()  # the pool is shut down (or cannot start a thread): no turn will come
 

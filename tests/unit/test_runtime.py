@@ -369,6 +369,34 @@ def test_urgent_actors_take_their_turn_first() -> None:
     single.shutdown()
 
 
+class UrgentMail(Turns):
+    urgent_mail = frozenset({bytes})
+
+
+def test_urgent_mail_queues_a_sleeping_actors_turn_first() -> None:
+    """Mail of a kind in `urgent_mail` wakes its actor ahead of the turns already waiting;
+    other mail to the same kind of actor waits its turn."""
+    single = TurnPool("test-urgent-mail", max_threads=1)
+    gate = threading.Event()
+    Turns.log = []
+    plain = [Turns.start(single, f"plain{n}", True) for n in range(3)]
+    ordinary, woken = UrgentMail.start(single, "ordinary", True), UrgentMail.start(single, "woken", True)
+    for actor in [*plain, ordinary, woken]:
+        actor.ask("started", timeout=5)  # asleep from here on
+    Turns.log = []
+    blocker = AnActor.start(single, Events())
+    blocker.tell({"command": "callback", "callback": gate.wait})
+    for actor in plain:
+        actor.tell("x")
+    ordinary.tell("x")
+    woken.tell(b"x")
+    gate.set()
+    ordinary.ask("last", timeout=5)
+    assert Turns.log[0] == "woken"
+    assert Turns.log[1:5] == ["plain0", "plain1", "plain2", "ordinary"]
+    single.shutdown()
+
+
 def test_a_thousand_actors_share_two_threads(pool: TurnPool) -> None:
     """1,000 actors each answer an ask on a pool of two threads."""
     refs = [AnActor.start(pool, Events()) for _ in range(1000)]
