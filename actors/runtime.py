@@ -8,7 +8,8 @@ mail arrives and the actor is not already scheduled, a *turn* is queued on a
 the thread back early when a handler calls `end_turn()` (an account after starting
 a send), so that 10,000 accounts share a few threads and each gets its turn.
 Actors marked `urgent` (the supervisor, the writer) have their turns queued ahead of
-the others: every account waits on them.
+the others: every account waits on them. Mail of a kind in an actor's `urgent_mail`
+wakes it ahead of the others too (an account's window, just read).
 
 Defining an actor:
 
