@@ -88,7 +88,12 @@ def _open_sqlite(url: str, settings: SqliteSettings, *, create: bool,
     if read_only:
         return _open_sqlite_reader(path, settings)
     pragmas: dict[str, str | int] = {"synchronous": settings.synchronous.upper(),
-                                     "busy_timeout": int(settings.busy_timeout * 1000)}
+                                     "busy_timeout": int(settings.busy_timeout * 1000),
+                                     # Each runtime thread keeps a connection of its own,
+                                     # and a commit on one empties the others' caches: a
+                                     # smaller cache each (KiB) keeps their sum at what
+                                     # SQLite's default gives a few connections.
+                                     "cache_size": -1000}
     if create:
         _create_private_file(path)
         pragmas = {"journal_mode": "wal", **pragmas}
