@@ -19,6 +19,8 @@ from postroom_common.logs import get_logger
 log = get_logger("postroom.pool")
 
 Job = Callable[[], None]
+CallLater = Callable[[float, Job], object]
+"""A clock's `call_later`: run a job after so many seconds, on the timer thread."""
 
 
 class DaemonPool:
@@ -33,7 +35,7 @@ class DaemonPool:
     """
 
     def __init__(self, name: str, max_threads: int | None = None, idle_exit: float = 10.0, *,
-                 call_later: Callable[[float, Job], object] | None = None,
+                 call_later: CallLater | None = None,
                  grow_after: float = 0.005) -> None:
         if max_threads is not None and max_threads < 1:
             raise ValueError("max_threads must be at least 1")
@@ -81,7 +83,11 @@ class DaemonPool:
             self._call_later(self.grow_after, self._grow)
 
     def _grow(self) -> None:
-        """A thread for every job still waiting for one after `grow_after` (up to the cap)."""
+        """A thread for every job still waiting for one after `grow_after` (up to the cap).
+
+        If one cannot be started (a process limit), the jobs wait for a busy thread and the
+        next job queued looks again, as without a clock: no retry loop warning every
+        `grow_after`."""
         with self._cond:
             self._growth_due = False
             if self._closed:
@@ -89,8 +95,6 @@ class DaemonPool:
             waiting = len(self._jobs) - self._idle
             while waiting > 0 and self._under_cap() and self._start_thread():
                 waiting -= 1
-            if waiting > 0 and self._under_cap():
-                self._grow_later()  # a thread could not be started: try again
 
     def _under_cap(self) -> bool:
         return self.max_threads is None or self._threads < self.max_threads

@@ -72,7 +72,7 @@ from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 from pykka._threading import ThreadingFutureResult
 
-from actors.pool import DaemonPool
+from actors.pool import CallLater, DaemonPool
 
 __all__ = [
     "Answer",
@@ -285,7 +285,7 @@ class TurnPool(DaemonPool):
     """The runtime's threads: daemon threads that run actors' turns, urgent turns first."""
 
     def __init__(self, name: str = "postroom-actor", max_threads: int = 8, idle_exit: float = 10.0, *,
-                 call_later: Callable[[float, Callable[[], None]], object] | None = None) -> None:
+                 call_later: CallLater | None = None) -> None:
         super().__init__(name, max_threads, idle_exit, call_later=call_later)
 
 

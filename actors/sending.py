@@ -22,7 +22,7 @@ import pykka
 from actors.aio import is_coroutine_sender, submit_to_loop
 from actors.clock import Clock, TimerHandle
 from actors.errors import SendTimeout
-from actors.pool import DaemonPool
+from actors.pool import CallLater, DaemonPool
 from actors.runtime import tell_if_alive
 from postroom_common import Message
 
@@ -32,7 +32,7 @@ class SendPool(DaemonPool):
     order for a thread (a send's timeout counts only once it has begun)."""
 
     def __init__(self, max_threads: int | None = None, idle_exit: float = 10.0, *,
-                 call_later: Callable[[float, Callable[[], None]], object] | None = None) -> None:
+                 call_later: CallLater | None = None) -> None:
         super().__init__("postroom-send", max_threads, idle_exit, call_later=call_later)
 
     def submit(self, call: Callable[[Any], Any], argument: Any,
