@@ -133,7 +133,7 @@ from postroom_common import (
     ValidationError,
 )
 from postroom_common.logs import get_logger
-from storage import OwnerLock, SqliteSettings, Storage, open_database
+from storage import OwnerLock, SqliteSettings, Storage, holder_name, open_database
 
 __all__ = [
     "AccountSettings",
@@ -309,6 +309,9 @@ class Supervisor(TurnActor):
         try:
             self.storage = Storage(db, owner=self.lock)  # checks after each commit the file is still ours
             self.storage.create_schema()
+            # Fences every write from here on: a former owner that lost its lock without
+            # noticing (a killed lock connection) writes nothing once this has committed.
+            self.storage.take_ownership(holder_name(), self.clock.now())
         except BaseException:
             self.storage.close()
             self.lock.release()

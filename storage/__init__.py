@@ -5,7 +5,7 @@ No actors here; peewee never leaves this package (callers get `postroom_common` 
 """
 
 from storage.database import SqliteSettings, open_database
-from storage.owner import OwnerLock
+from storage.owner import OwnerLock, holder_name
 from storage.store import Storage
 
-__all__ = ["OwnerLock", "SqliteSettings", "Storage", "open_database"]
+__all__ = ["OwnerLock", "SqliteSettings", "Storage", "holder_name", "open_database"]

@@ -98,6 +98,29 @@ class MetaRow(peewee.Model):
         table_name = "postroom_meta"
 
 
+class OwnerRow(peewee.Model):
+    """Who owns a scope of the queue, and the epoch of that ownership (a fencing token).
+
+    A supervisor that takes its owner lock bumps the epoch; every write transaction of an
+    owner first reads the row (`FOR SHARE` on PostgreSQL) and writes nothing unless the
+    epoch is still its own, so a former owner that lost its lock without noticing changes
+    nothing once another has taken over. One scope, `WHOLE_DATABASE`, until several nodes
+    share a database, each owning buckets of accounts.
+    """
+
+    scope = peewee.CharField(max_length=64, primary_key=True)
+    epoch = peewee.BigIntegerField()
+    holder = peewee.TextField()
+    taken_at = UtcTimestampField()
+
+    class Meta:
+        table_name = "postroom_owner"
+
+
+#: The scope of `OwnerRow` a single supervisor owns: every account of the database.
+WHOLE_DATABASE = "database"
+
+
 #: postroom_meta key: the highest message id a deletion may have removed (SQLite, where
 #: ids follow MAX(id): without it a restart after the newest rows were deleted would give
 #: their ids again, and an old id would name a new message).
@@ -128,4 +151,4 @@ MessageRow.add_index(MessageRow.index(MessageRow.phone, MessageRow.priority, Mes
 #: 16 more pages per commit).
 RETIRED_INDEXES = ("messagerow_phone_status", "messagerow_phone_priority_id")
 
-MODELS: tuple[type[peewee.Model], ...] = (MessageRow, AccountRow, MetaRow)
+MODELS: tuple[type[peewee.Model], ...] = (MessageRow, AccountRow, MetaRow, OwnerRow)

@@ -284,12 +284,17 @@ class _SessionLock:
             raise StorageError(f"cannot connect to PostgreSQL to lock the database: {exc}") from exc
 
 
+def holder_name() -> str:
+    """How this process names itself as an owner (pg_stat_activity, the owner row)."""
+    return f"postroom supervisor pid {os.getpid()} on {socket.gethostname()}"[:63]
+
+
 def _connect_params(database: peewee.PostgresqlDatabase) -> dict[str, Any]:
     """psycopg's arguments for the database peewee connects to, named for pg_stat_activity."""
     params = dict(database.connect_params)
     name = str(database.database)
     params.setdefault("conninfo" if name.startswith(("postgres://", "postgresql://")) else "dbname", name)
-    params["application_name"] = f"postroom supervisor pid {os.getpid()} on {socket.gethostname()}"[:63]
+    params["application_name"] = holder_name()
     return params
 
 

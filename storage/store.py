@@ -52,7 +52,9 @@ from storage.models import (
     RETIRED_INDEXES,
     AccountRow,
     MessageRow,
+    WHOLE_DATABASE,
     MetaRow,
+    OwnerRow,
     from_micros,
     to_micros,
 )
@@ -168,6 +170,10 @@ class _Dialect:
     def lock_rows(self) -> str:
         return "" if self.is_sqlite else " FOR UPDATE"
 
+    def share_row(self) -> str:
+        """Lock a row against updates until the commit (SQLite: the write lock does it)."""
+        return "" if self.is_sqlite else " FOR SHARE"
+
 
 _Model = TypeVar("_Model", bound=peewee.Model)
 _T = TypeVar("_T")
@@ -198,6 +204,8 @@ class Storage:
         self.Row = _bound(MessageRow, db, indexes=MessageRow._meta.indexes)
         self.Account = _bound(AccountRow, db)
         self.Facts = _bound(MetaRow, db)
+        self.Owner = _bound(OwnerRow, db)
+        self._epoch: int | None = None  # this process's ownership, once taken (`take_ownership`)
         self._dialect = _Dialect(db)
         marks = ", ".join("?" * len(_INSERT_COLUMNS.split(",")))
         self._insert_sql = self._dialect.sql(
@@ -227,7 +235,7 @@ class Storage:
     def _create_schema_objects(self) -> None:
         if not self._dialect.is_sqlite:
             self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
-        self.db.create_tables([self.Row, self.Account, self.Facts], safe=True)
+        self.db.create_tables([self.Row, self.Account, self.Facts, self.Owner], safe=True)
         self._add_crash_count()
         for index in RETIRED_INDEXES:
             self.db.execute_sql(f"DROP INDEX IF EXISTS {index}")
@@ -256,7 +264,47 @@ class Storage:
         """True when any of postroom's tables exists (a database postroom has used)."""
         with self._guard():
             return any(self.db.table_exists(model._meta.table_name)
-                       for model in (self.Row, self.Account, self.Facts))
+                       for model in (self.Row, self.Account, self.Facts, self.Owner))
+
+    def take_ownership(self, holder: str, now: datetime) -> int:
+        """Become the owner of the whole database: bump its epoch, in a transaction of its own,
+        and fence every later write transaction of this storage with it. Call it holding the
+        owner lock, before the first write. The new epoch.
+
+        On PostgreSQL the bump waits for a former owner's write transactions in progress (they
+        hold the owner row `FOR SHARE`); those that begin after it see the new epoch and write
+        nothing (`OwnershipLost`), so no row is claimed by two owners.
+        """
+        self._epoch = None
+        with self._guard(), self.db.atomic():
+            self.db.execute_sql(self._dialect.sql(
+                "INSERT INTO postroom_owner (scope, epoch, holder, taken_at) VALUES (?, 0, ?, ?)"
+                " ON CONFLICT (scope) DO NOTHING"), (WHOLE_DATABASE, holder, to_micros(now)))
+            self.db.execute_sql(self._dialect.sql(
+                "UPDATE postroom_owner SET epoch = epoch + 1, holder = ?, taken_at = ? WHERE scope = ?"),
+                (holder, to_micros(now), WHOLE_DATABASE))
+            (epoch,) = self.db.execute_sql(self._dialect.sql(
+                "SELECT epoch FROM postroom_owner WHERE scope = ?"), (WHOLE_DATABASE,)).fetchone()
+        self._epoch = int(epoch)
+        return self._epoch
+
+    def _hold_epoch(self) -> None:
+        """Inside a write transaction, first: go on only while this process's epoch is the
+        owner row's, and keep it so until the commit (`FOR SHARE`: a new owner's bump waits)."""
+        if self._epoch is None:
+            return
+        row = self.db.execute_sql(self._dialect.sql(
+            "SELECT epoch, holder FROM postroom_owner WHERE scope = ?") + self._dialect.share_row(),
+            (WHOLE_DATABASE,)).fetchone()
+        if row is not None and int(row[0]) == self._epoch:
+            return
+        holder = "nobody" if row is None else f"{row[1]} (epoch {row[0]})"
+        self._lost = (f"another supervisor took over this database: it is now owned by {holder}, "
+                      f"this one held epoch {self._epoch}; nothing more is written from here "
+                      "(restart this one, or stop the other)")
+        log.error("storage.ownership_lost", epoch=self._epoch,
+                  now_epoch=None if row is None else int(row[0]))
+        raise OwnershipLost(self._lost)
 
     def is_demo(self) -> bool:
         """True when `postroom demo` created this database (`mark_demo`); reads only."""
@@ -308,6 +356,7 @@ class Storage:
                 self._verify_owner_if_due(fresh)
                 self.db.begin()
                 try:
+                    self._hold_epoch()
                     yield
                     self.db.commit()
                 except BaseException:
