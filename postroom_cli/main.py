@@ -1,4 +1,4 @@
-"""The `postroom` command line: `postroom demo`, `postroom status` and `postroom resume`."""
+"""The `postroom` command line: `postroom demo`, `status`, `resume` and `migrate`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import pykka
 from rich.console import Console
 
-from postroom_cli import demo, resume, status
+from postroom_cli import demo, migrate, resume, status
 from postroom_cli._output import fail
 from postroom_cli.logconfig import FORMATS, LEVELS, configure_logging
 from postroom_common import PostroomError
@@ -20,7 +20,7 @@ Command = Callable[[argparse.Namespace, Console], int]
 
 #: Log level when --log-level is not given: the demo keeps its progress display readable
 #: (its rate limits are counted there; --verbose logs each one as well).
-_DEFAULT_LEVELS = {"demo": "error", "status": "info", "resume": "info"}
+_DEFAULT_LEVELS = {"demo": "error", "status": "info", "resume": "info", "migrate": "info"}
 _VERBOSE_LEVEL = "warning"
 _EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_command(commands, "resume", resume.add_arguments, resume.run,
                  "lift an account's pause, a suspension until lifted included (works beside "
                  "a running supervisor)")
+    _add_command(commands, "migrate", migrate.add_arguments, migrate.run,
+                 "create or upgrade the database's schema to this postroom's version (a newer "
+                 "one is refused)")
     return parser
 
 

@@ -46,6 +46,11 @@ class DatabaseNotFound(PostroomError, LookupError):
     """There is no database at this URL (and none was created)."""
 
 
+class SchemaMismatch(StorageError):
+    """The database's schema is not the version this postroom uses: `postroom migrate`
+    upgrades an older one; a newer one needs a newer postroom. Nothing was written."""
+
+
 class OwnershipLost(StorageError):
     """This supervisor no longer owns its database (its SQLite file was deleted or replaced):
     every write is refused until it is restarted."""

@@ -121,6 +121,9 @@ class OwnerRow(peewee.Model):
 WHOLE_DATABASE = "database"
 
 
+#: last_error of a message whose attempt a crash interrupted (until its next outcome).
+INTERRUPTED = "interrupted: the process stopped while this attempt was in flight"
+
 #: postroom_meta key: the highest message id a deletion may have removed (SQLite, where
 #: ids follow MAX(id): without it a restart after the newest rows were deleted would give
 #: their ids again, and an old id would name a new message).

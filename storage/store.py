@@ -45,11 +45,12 @@ from postroom_common.errors import (
     StorageError,
 )
 from postroom_common.logs import get_logger
+from storage import schema
 from storage.models import (
     CREATED_BY_DEMO,
     DELETED_UP_TO,
+    INTERRUPTED,
     OPEN_ROWS,
-    RETIRED_INDEXES,
     WHOLE_DATABASE,
     AccountRow,
     MessageRow,
@@ -58,7 +59,7 @@ from storage.models import (
     from_micros,
     to_micros,
 )
-from storage.owner import SCHEMA_LOCK_KEY, OwnerLock
+from storage.owner import OwnerLock
 
 try:
     import psycopg
@@ -214,13 +215,25 @@ class Storage:
     # -- lifecycle -------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create the table, its indexes and (PostgreSQL) the id sequence, if missing.
+        """Create or upgrade the schema to this code's version (`storage.schema`), in one
+        transaction; `SchemaMismatch` for a database newer than this code (nothing written)."""
+        self.migrate()
 
-        In one transaction; on PostgreSQL under an advisory lock, since two sessions running
-        CREATE TABLE IF NOT EXISTS at once both try to create it (IntegrityError on pg_type).
-        """
+    def migrate(self) -> tuple[int | None, Sequence[schema.Migration]]:
+        """`create_schema`, saying what it did: the version found and the migrations run."""
         with self._guard(), self.db.atomic():
-            self._create_schema_objects()
+            return self._migrate()
+
+    def check_schema(self) -> None:
+        """`SchemaMismatch` unless the database's schema is this code's version (reads only):
+        for processes that must not migrate (producers, read commands)."""
+        with self._guard():
+            schema.check(self.db, self._dialect.is_sqlite)
+
+    def schema_version(self) -> int | None:
+        """The database's schema version (None: no postroom schema; 0: older than versions)."""
+        with self._guard():
+            return schema.version_of(self.db, self._dialect.is_sqlite)
 
     def create_demo_schema(self) -> bool:
         """Create the schema marked as `postroom demo`'s (`is_demo`), in one transaction, if the
@@ -228,37 +241,18 @@ class Storage:
         with self._guard(), self.db.atomic():
             if self.has_schema():
                 return False
-            self._create_schema_objects()
+            self._migrate()
             self.mark_demo()
             return True
 
-    def _create_schema_objects(self) -> None:
-        if not self._dialect.is_sqlite:
-            self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
-        self.db.create_tables([self.Row, self.Account, self.Facts, self.Owner], safe=True)
-        self._add_crash_count()
-        for index in RETIRED_INDEXES:
-            self.db.execute_sql(f"DROP INDEX IF EXISTS {index}")
+    def _migrate(self) -> tuple[int | None, Sequence[schema.Migration]]:
+        return schema.migrate(self.db, self._dialect.is_sqlite, self._create_tables)
+
+    def _create_tables(self) -> None:
+        """A new database's schema, from today's models."""
+        self.db.create_tables([self.Row, self.Account, self.Facts, self.Owner])
         if not self._dialect.is_sqlite:
             self.db.execute_sql("CREATE SEQUENCE IF NOT EXISTS message_queue_id_seq")
-            self.db.execute_sql(
-                "SELECT setval('message_queue_id_seq', GREATEST("
-                "(SELECT COALESCE(MAX(id), 0) FROM message_queue), "
-                "(SELECT last_value FROM message_queue_id_seq)))"
-            )
-
-    def _add_crash_count(self) -> None:
-        """Migrate a table of an earlier version: add `interrupted`, counting one crash for each
-        row whose run of crashes no outcome has ended (its last_error was the only sign)."""
-        # The columns as every query sees them (search_path included), the same on both backends.
-        cursor = self.db.execute_sql("SELECT * FROM message_queue LIMIT 0")
-        if "interrupted" in {column[0] for column in cursor.description}:
-            return
-        self.db.execute_sql("ALTER TABLE message_queue ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0")
-        # A completed or cancelled row may still carry the text (COALESCE kept it): its run ended.
-        self.db.execute_sql(self._dialect.sql(
-            "UPDATE message_queue SET interrupted = 1 WHERE last_error = ? AND status NOT IN (?, ?)"),
-            (INTERRUPTED, Status.COMPLETED.value, Status.CANCELLED.value))
 
     def has_schema(self) -> bool:
         """True when any of postroom's tables exists (a database postroom has used)."""
@@ -881,9 +875,6 @@ def _shared_values(new: NewMessage,
             micros(new.created_at), micros(new.scheduled_at), micros(new.scheduled_at or new.created_at),
             0, new.max_attempts, micros(new.created_at))
 
-
-#: last_error of a message whose attempt a crash interrupted (until its next outcome).
-INTERRUPTED = "interrupted: the process stopped while this attempt was in flight"
 
 
 def _settle_interrupted(message: Message, delivery: Delivery, now: datetime) -> Message:

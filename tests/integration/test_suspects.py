@@ -101,6 +101,7 @@ def test_the_first_boot_after_the_upgrade_knows_the_suspects_of_a_previous_datab
     ids = left_by_two_crashes(database_url)
     db = open_database(database_url)
     db.execute_sql("ALTER TABLE message_queue DROP COLUMN interrupted")  # as the previous version made it
+    db.execute_sql("DELETE FROM postroom_meta")  # which had no schema version
     db.close()
     sender = TimingSender()
     ref = start(database_url, sender)
