@@ -176,11 +176,41 @@ class Message:
     """Last status change."""
     idempotency_key: str | None = field(default=None)
     """The user's deduplication key, if any."""
+    history: tuple[Attempt, ...] = field(default=(), compare=False)
+    """Its last attempts, oldest first (`GetMessage` and `Storage.get` only; empty elsewhere)."""
 
     @property
     def order_key(self) -> tuple[int, int]:
         """Send order among due messages: priority, then enqueue order."""
         return (int(self.priority), self.id)
+
+
+class Outcome(enum.StrEnum):
+    """How one attempt ended, as its history records it."""
+
+    COMPLETED = "completed"  # the sender returned
+    RETRYING = "retrying"  # a transient failure: tried again after a backoff
+    FAILED = "failed"  # a permanent failure, or the last attempt failed
+    PAUSED = "paused"  # rate limited or suspended: the attempt was given back, the account paused
+    INTERRUPTED = "interrupted"  # the process stopped while it was in flight
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt of a message: a send handed to the sender and how it ended."""
+
+    number: int
+    """Its place among the message's claims (1 for the first), counting given-back ones."""
+    attempt: int
+    """The attempt number it counted as (a given-back attempt repeats the number)."""
+    started_at: datetime
+    """When it was claimed; the send began right after that commit."""
+    ended_at: datetime
+    """When its outcome was recorded."""
+    outcome: Outcome
+    """How it ended."""
+    error: str | None
+    """What the sender raised, redacted as `last_error` is."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,8 @@ class MessageRow(peewee.Model):
     # How many crashes in a row interrupted this message's attempts: recovery adds one, any
     # outcome, requeue or cancel sets 0. A default in the table too: inserts leave it out.
     interrupted = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
+    # Claims of this message so far, given-back ones included: numbers its attempts' history.
+    claims = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
 
     class Meta:
         table_name = "message_queue"
@@ -96,6 +98,28 @@ class MetaRow(peewee.Model):
 
     class Meta:
         table_name = "postroom_meta"
+
+
+class AttemptRow(peewee.Model):
+    """One attempt of a message, written with its outcome; a message keeps its last
+    `ATTEMPTS_KEPT` (the row of claim number n goes in slot n % ATTEMPTS_KEPT)."""
+
+    message_id = peewee.BigIntegerField()
+    slot = peewee.IntegerField()
+    number = peewee.IntegerField()
+    attempt = peewee.IntegerField()
+    started_at = UtcTimestampField()
+    ended_at = UtcTimestampField()
+    outcome = peewee.CharField(max_length=16)
+    error = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "message_attempts"
+        primary_key = peewee.CompositeKey("message_id", "slot")
+
+
+#: Attempts of one message kept in its history (the oldest make room for the newest).
+ATTEMPTS_KEPT = 20
 
 
 class OwnerRow(peewee.Model):

@@ -29,7 +29,6 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SCHEMA_VERSION_KEY", "check", "migra
 #: postroom_meta key: the version of the database's schema.
 SCHEMA_VERSION_KEY = "schema_version"
 
-_TABLES = ("message_queue", "account_state", "postroom_meta", "postroom_owner")
 _RUN_MIGRATE = "run `postroom migrate --database URL` (or start a supervisor, which migrates)"
 
 
@@ -74,15 +73,24 @@ def _v1_unversioned(db: peewee.Database, is_sqlite: bool) -> None:
 def _add_crash_count(db: peewee.Database, is_sqlite: bool) -> None:
     """Add `interrupted` to a table older than it, counting one crash for each row whose run
     of crashes no outcome has ended (its last_error was the only sign)."""
-    cursor = db.execute_sql("SELECT * FROM message_queue LIMIT 0")
-    if "interrupted" in {column[0] for column in cursor.description}:
+    if not _add_column(db, "interrupted INTEGER NOT NULL DEFAULT 0"):
         return
-    db.execute_sql("ALTER TABLE message_queue ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0")
     mark = "?" if is_sqlite else "%s"
     # A completed or cancelled row may still carry the text (COALESCE kept it): its run ended.
     db.execute_sql(f"UPDATE message_queue SET interrupted = 1 WHERE last_error = {mark}"
                    f" AND status NOT IN ({mark}, {mark})",
                    (INTERRUPTED, Status.COMPLETED.value, Status.CANCELLED.value))
+
+
+def _add_column(db: peewee.Database, definition: str) -> bool:
+    """Add a column to message_queue unless it has it (a migration may meet a table that an
+    interrupted upgrade or a hand already changed); True if it was added."""
+    # The columns as every query sees them (search_path included), the same on both backends.
+    cursor = db.execute_sql("SELECT * FROM message_queue LIMIT 0")
+    if definition.split()[0] in {column[0] for column in cursor.description}:
+        return False
+    db.execute_sql(f"ALTER TABLE message_queue ADD COLUMN {definition}")
+    return True
 
 
 def _v2_owner_epoch(db: peewee.Database, is_sqlite: bool) -> None:
@@ -91,19 +99,30 @@ def _v2_owner_epoch(db: peewee.Database, is_sqlite: bool) -> None:
                    " epoch BIGINT NOT NULL, holder TEXT NOT NULL, taken_at BIGINT NOT NULL)")
 
 
+def _v3_attempt_history(db: peewee.Database, is_sqlite: bool) -> None:
+    """Each attempt's start, end, outcome and error: the claim count first, then its table."""
+    _add_column(db, "claims INTEGER NOT NULL DEFAULT 0")
+    db.execute_sql("CREATE TABLE IF NOT EXISTS message_attempts (message_id BIGINT NOT NULL,"
+                   " slot INTEGER NOT NULL, number INTEGER NOT NULL, attempt INTEGER NOT NULL,"
+                   " started_at BIGINT NOT NULL,"
+                   " ended_at BIGINT NOT NULL, outcome VARCHAR(16) NOT NULL, error TEXT,"
+                   " PRIMARY KEY (message_id, slot))")
+
+
 #: Every migration, in order; the last one's version is `SCHEMA_VERSION`.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the unversioned schema of postroom 0.1.0, brought to its last shape", _v1_unversioned),
     Migration(2, "postroom_owner: the owner's epoch that fences a former owner's writes", _v2_owner_epoch),
+    Migration(3, "message_attempts: the history of each message's attempts", _v3_attempt_history),
 )
 #: The version of the schema this code reads and writes.
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 def version_of(db: peewee.Database, is_sqlite: bool) -> int | None:
-    """The database's schema version: None without any of postroom's tables, 0 for a schema
+    """The database's schema version: None without postroom's queue table, 0 for a schema
     older than versions."""
-    if not any(db.table_exists(table) for table in _TABLES):
+    if not db.table_exists("message_queue"):
         return None
     if not db.table_exists("postroom_meta"):
         return 0

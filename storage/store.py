@@ -26,10 +26,12 @@ from postroom_common.domain import (
     OPEN_STATUSES,
     AccountPause,
     AccountView,
+    Attempt,
     Delivery,
     Message,
     NewBroadcast,
     NewMessage,
+    Outcome,
     Priority,
     QueueStats,
     Status,
@@ -47,12 +49,14 @@ from postroom_common.errors import (
 from postroom_common.logs import get_logger
 from storage import schema
 from storage.models import (
+    ATTEMPTS_KEPT,
     CREATED_BY_DEMO,
     DELETED_UP_TO,
     INTERRUPTED,
     OPEN_ROWS,
     WHOLE_DATABASE,
     AccountRow,
+    AttemptRow,
     MessageRow,
     MetaRow,
     OwnerRow,
@@ -83,6 +87,11 @@ _INSERT_COLUMNS = (
 #: What a `Message` holds: the select list of every query that returns messages (raw SQL,
 #: no peewee model per row). `_message` reads a row by column name, so the order is free.
 _MESSAGE_COLUMNS = _INSERT_COLUMNS + ", last_error, completed_at"
+_ATTEMPT_COLUMNS = "message_id, slot, number, attempt, started_at, ended_at, outcome, error"
+#: A message's attempt of claim number n replaces the one of claim n - ATTEMPTS_KEPT.
+_ATTEMPT_UPSERT = (" ON CONFLICT (message_id, slot) DO UPDATE SET number = excluded.number,"
+                   " attempt = excluded.attempt, started_at = excluded.started_at,"
+                   " ended_at = excluded.ended_at, outcome = excluded.outcome, error = excluded.error")
 _ID_CHUNK = 500  # ids per IN (...) list, far below every backend's parameter limit
 # An account_state row pauses its account until paused_until, or (NULL) until it is lifted.
 _PAUSES_IN_FORCE = ("SELECT phone, paused_until, reason FROM account_state"
@@ -206,11 +215,15 @@ class Storage:
         self.Account = _bound(AccountRow, db)
         self.Facts = _bound(MetaRow, db)
         self.Owner = _bound(OwnerRow, db)
+        self.Attempts = _bound(AttemptRow, db)
         self._epoch: int | None = None  # this process's ownership, once taken (`take_ownership`)
         self._dialect = _Dialect(db)
         marks = ", ".join("?" * len(_INSERT_COLUMNS.split(",")))
         self._insert_sql = self._dialect.sql(
             f"INSERT INTO message_queue ({_INSERT_COLUMNS}) VALUES ({marks})")
+        self._attempt_sql = self._dialect.sql(
+            f"INSERT INTO message_attempts ({_ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        ) + _ATTEMPT_UPSERT
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -250,7 +263,7 @@ class Storage:
 
     def _create_tables(self) -> None:
         """A new database's schema, from today's models."""
-        self.db.create_tables([self.Row, self.Account, self.Facts, self.Owner])
+        self.db.create_tables([self.Row, self.Account, self.Facts, self.Owner, self.Attempts], safe=True)
         if not self._dialect.is_sqlite:
             self.db.execute_sql("CREATE SEQUENCE IF NOT EXISTS message_queue_id_seq")
 
@@ -258,7 +271,7 @@ class Storage:
         """True when any of postroom's tables exists (a database postroom has used)."""
         with self._guard():
             return any(self.db.table_exists(model._meta.table_name)
-                       for model in (self.Row, self.Account, self.Facts, self.Owner))
+                       for model in (self.Row, self.Account, self.Facts, self.Owner, self.Attempts))
 
     def take_ownership(self, holder: str, now: datetime) -> int:
         """Become the owner of the whole database: bump its epoch, in a transaction of its own,
@@ -318,8 +331,10 @@ class Storage:
         what a new database holds, ids aside (PostgreSQL's sequence never goes back)."""
         with self._guard():
             self.Row.delete().execute()
+            self.Attempts.delete().execute()
             self.Account.delete().execute()
-            self.Facts.delete().where(self.Facts.key != CREATED_BY_DEMO).execute()
+            kept = [CREATED_BY_DEMO, schema.SCHEMA_VERSION_KEY]
+            self.Facts.delete().where(self.Facts.key.not_in(kept)).execute()
         self._dialect.forget_ids()
 
     def close(self) -> None:
@@ -524,7 +539,8 @@ class Storage:
         for row in rows:
             row.update(status=Status.PROCESSING.value, attempts=row["attempts"] + 1, updated_at=at)
         sql = self._dialect.sql(
-            "UPDATE message_queue SET status = ?, attempts = ?, updated_at = ? WHERE id = ?"
+            "UPDATE message_queue SET status = ?, attempts = ?, updated_at = ?, claims = claims + 1"
+            " WHERE id = ?"
         )
         self._executemany(sql, [(r["status"], r["attempts"], at, r["id"]) for r in rows])
         return {row["id"]: _message(row) for row in rows}
@@ -537,7 +553,7 @@ class Storage:
         attempt numbers of the rows still in flight are read.
         """
         held = self._attempts_in_flight([t.id for t in transitions])
-        applied = [t for t in transitions if held.get(t.id) == t.attempt]
+        applied = [t for t in transitions if t.id in held and held[t.id][0] == t.attempt]
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, last_error = COALESCE(?, last_error),"
             " available_at = COALESCE(?, available_at), completed_at = ?, updated_at = ?,"
@@ -549,6 +565,9 @@ class Storage:
              to_micros(t.at), t.id)
             for t in applied
         ])
+        self._executemany(self._attempt_sql, [
+            _attempt_row(t.id, held[t.id][1], held[t.id][2], t.attempt, to_micros(t.at), outcome, t.error)
+            for t in applied if (outcome := _outcome_of(t)) is not None])
         return {t.id for t in applied}
 
     def _write_states(self, messages: Sequence[Message]) -> None:
@@ -617,8 +636,15 @@ class Storage:
             " completed_at = ?, updated_at = ?, interrupted = interrupted + 1"
             " WHERE id = ? AND status = ? AND attempts = ?")
         changed: list[Message] = []
+        ended = self._dialect.sql(
+            f"INSERT INTO message_attempts ({_ATTEMPT_COLUMNS}) SELECT id,"
+            f" claims - claims / {ATTEMPTS_KEPT} * {ATTEMPTS_KEPT}, claims, attempts, updated_at, ?, ?, ?"
+            " FROM message_queue"
+            " WHERE id = ? AND status = ? AND attempts = ?") + _ATTEMPT_UPSERT
         with self._guard():
             for message in interrupted:
+                self.db.execute_sql(ended, (to_micros(now), Outcome.INTERRUPTED.value, INTERRUPTED,
+                                            message.id, Status.PROCESSING.value, message.attempts))
                 m = _settle_interrupted(message, delivery, now)
                 cursor = self.db.execute_sql(sql, (
                     m.status.value, m.attempts, m.last_error, to_micros(m.available_at),
@@ -686,8 +712,14 @@ class Storage:
                   .where(self.Row.status.in_(_FINAL) & (self.Row.completed_at < cutoff))
                   .limit(limit))
         with self._guard():
+            ids = [row.id for row in oldest]
+            if not ids:
+                return 0
             self._dialect.before_delete()
-            return int(self.Row.delete().where(self.Row.id.in_(oldest)).execute())
+            for chunk, _ in _chunks(ids):  # a message's history goes with it
+                self.Attempts.delete().where(self.Attempts.message_id.in_(chunk)).execute()
+                self.Row.delete().where(self.Row.id.in_(chunk)).execute()
+        return len(ids)
 
     def _executemany(self, sql: str, params: Sequence[tuple[Any, ...]]) -> None:
         if params:
@@ -705,14 +737,16 @@ class Storage:
             found.extend(self._named_rows(sql, chunk, self._dialect.lock_rows()))
         return found
 
-    def _attempts_in_flight(self, ids: Sequence[int]) -> dict[int, int]:
-        """{id: attempt} of the rows of `ids` still PROCESSING, locked on PostgreSQL."""
-        held: dict[int, int] = {}
+    def _attempts_in_flight(self, ids: Sequence[int]) -> dict[int, tuple[int, int, int]]:
+        """{id: (attempt, claims, claimed at in micros)} of the rows of `ids` still PROCESSING,
+        locked on PostgreSQL (a row in flight was last updated by its claim)."""
+        held: dict[int, tuple[int, int, int]] = {}
         for chunk, marks in _chunks(ids):
-            sql = self._dialect.sql(f"SELECT id, attempts FROM message_queue WHERE id IN ({marks})"
-                                    " AND status = ?") + self._dialect.lock_rows()
+            sql = self._dialect.sql(f"SELECT id, attempts, claims, updated_at FROM message_queue"
+                                    f" WHERE id IN ({marks}) AND status = ?") + self._dialect.lock_rows()
             with self._guard():
-                held.update(self.db.execute_sql(sql, [*chunk, Status.PROCESSING.value]).fetchall())
+                rows = self.db.execute_sql(sql, [*chunk, Status.PROCESSING.value]).fetchall()
+            held.update((row[0], (row[1], row[2], row[3])) for row in rows)
         return held
 
     def _named_rows(self, sql: str, params: Sequence[Any], suffix: str = "") -> list[dict[str, Any]]:
@@ -740,7 +774,16 @@ class Storage:
         found = self._fetch(f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE id = ?", (message_id,))
         if not found:
             raise MessageNotFound(f"no message with id {message_id}")
-        return found[0]
+        return replace(found[0], history=tuple(self.history(message_id)))
+
+    def history(self, message_id: int) -> list[Attempt]:
+        """A message's last attempts (at most `ATTEMPTS_KEPT`), oldest first."""
+        with self._guard():
+            rows = self.db.execute_sql(self._dialect.sql(
+                "SELECT number, attempt, started_at, ended_at, outcome, error FROM message_attempts"
+                " WHERE message_id = ? ORDER BY number"), (message_id,)).fetchall()
+        return [Attempt(number, attempt, from_micros(started), from_micros(ended), Outcome(outcome), error)
+                for number, attempt, started, ended, outcome, error in rows]
 
     def list_messages(self, phone: str, status: Status | None = None, limit: int = 100,
                       after_id: int = 0) -> list[Message]:
@@ -848,6 +891,23 @@ def _is_closed(connection: Any) -> bool:
     except sqlite3.ProgrammingError:
         return True
     return False
+
+
+_OUTCOMES = {Status.COMPLETED: Outcome.COMPLETED, Status.FAILED: Outcome.FAILED}
+
+
+def _outcome_of(t: Transition) -> Outcome | None:
+    """How a recorded attempt ended; None for a claim called off before its send began
+    (given back with no error: the sender never saw it)."""
+    if t.give_back:
+        return Outcome.PAUSED if t.error is not None else None
+    return _OUTCOMES.get(t.status, Outcome.RETRYING)
+
+
+def _attempt_row(message_id: int, claims: int, claimed_at: int, attempt: int, ended_at: int,
+                 outcome: Outcome, error: str | None) -> tuple[Any, ...]:
+    """A row of `_ATTEMPT_COLUMNS`: the attempt of the message's claim number `claims`."""
+    return (message_id, claims % ATTEMPTS_KEPT, claims, attempt, claimed_at, ended_at, outcome.value, error)
 
 
 def _first_line(error: BaseException) -> str:
