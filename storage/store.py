@@ -48,6 +48,7 @@ from postroom_common.logs import get_logger
 from storage.models import (
     CREATED_BY_DEMO,
     DELETED_UP_TO,
+    DEMO_KEY_PREFIX,
     OPEN_ROWS,
     RETIRED_INDEXES,
     AccountRow,
@@ -205,14 +206,24 @@ class Storage:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def create_schema(self) -> None:
-        """Create the table, its indexes and (PostgreSQL) the id sequence, if missing.
+    def create_schema(self, *, keep_demo_mark: bool = False) -> None:
+        """Create the table, its indexes and (PostgreSQL) the id sequence, if missing, and
+        remove `postroom demo`'s mark: a database a real owner has used is a real queue, which
+        the demo refuses. `keep_demo_mark`: the demo's own supervisor.
 
         In one transaction; on PostgreSQL under an advisory lock, since two sessions running
         CREATE TABLE IF NOT EXISTS at once both try to create it (IntegrityError on pg_type).
         """
         with self._guard(), self.db.atomic():
             self._create_schema_objects()
+            unmarked = 0 if keep_demo_mark else self._unmark_demo()
+        if unmarked:
+            log.info("storage.demo_mark_removed",
+                     reason="a database postroom demo created is used as a real queue: the demo "
+                            "will refuse it from now on")
+
+    def _unmark_demo(self) -> int:
+        return int(self.Facts.delete().where(self.Facts.key == CREATED_BY_DEMO).execute())
 
     def create_demo_schema(self) -> bool:
         """Create the schema marked as `postroom demo`'s (`is_demo`), in one transaction, if the
@@ -271,9 +282,25 @@ class Storage:
         with self._guard():
             query.execute()
 
+    def not_from_demo(self) -> int:
+        """Messages `postroom demo` did not write: those whose idempotency key does not begin
+        with `DEMO_KEY_PREFIX` (or that have none); reads only."""
+        where = self._dialect.sql("idempotency_key IS NULL OR substr(idempotency_key, 1, ?) <> ?")
+        with self._guard():
+            cursor = self.db.execute_sql(f"SELECT COUNT(*) FROM message_queue WHERE {where}",
+                                         (len(DEMO_KEY_PREFIX), DEMO_KEY_PREFIX))
+            return int(cursor.fetchone()[0])
+
     def empty_tables(self) -> None:
         """Delete every message, pause and fact but the demo's mark (inside write_transaction):
-        what a new database holds, ids aside (PostgreSQL's sequence never goes back)."""
+        what a new database holds, ids aside (PostgreSQL's sequence never goes back).
+
+        Only with the owner lock held (`Storage(db, owner=lock)`, whose `write_transaction`
+        verifies it), so that no running supervisor's queue is ever emptied.
+        """
+        if self._owner is None:
+            raise PostroomError("empty_tables needs the owner lock: Storage(db, owner=lock), "
+                                "the lock taken")
         with self._guard():
             self.Row.delete().execute()
             self.Account.delete().execute()
