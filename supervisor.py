@@ -268,8 +268,13 @@ class Supervisor(TurnActor):
     def __init__(self, database: str | Any, sender: Sender | AsyncSender, *,
                  settings: SupervisorSettings | None = None, clock: Clock | None = None,
                  rng: RandomSource | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 _demo_check: Callable[[Storage], None] | None = None) -> None:
+        # `_demo_check` is `postroom demo`'s alone: its supervisor keeps the database's demo
+        # mark, which every other one removes, once the check (run under the owner lock,
+        # before anything is written) has not refused the database.
         self.settings = settings or SupervisorSettings()
+        self._demo_check = _demo_check
         super().__init__(TurnPool("postroom-actor", self.settings.account_threads,
                                   call_later=_REAL_TIME.call_later))
         if is_coroutine_sender(sender) and loop is None:
@@ -310,7 +315,9 @@ class Supervisor(TurnActor):
         self.lock.acquire()
         try:
             self.storage = Storage(db, owner=self.lock)  # checks after each commit the file is still ours
-            self.storage.create_schema()
+            if self._demo_check is not None:
+                self._demo_check(self.storage)
+            self.storage.create_schema(keep_demo_mark=self._demo_check is not None)
             # Fences every write from here on: a former owner that lost its lock without
             # noticing (a killed lock connection) writes nothing once this has committed.
             self.storage.take_ownership(holder_name(), self.clock.now())

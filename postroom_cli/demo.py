@@ -6,11 +6,13 @@ watches the queue through `GetStats` until every message is finished, then print
 a summary. Exit code 0 when every message reached a final status, 1 otherwise.
 
 The demo only ever touches a database it created and marked as its own (a SQLite
-file that did not exist, or a PostgreSQL database without postroom's tables): any
-other database, a real queue above all, is refused with exit code 2 before anything
-is written, with or without --keep. Its own database it starts afresh (the SQLite
-file and its -wal/-shm deleted, or postroom's tables emptied), or adds to with
---keep; it deletes nothing else. Rate-limit warnings are counted on the live
+file that did not exist, or a PostgreSQL database without postroom's tables), that
+no other supervisor has run on since and that holds no message the demo did not
+write: any other database, a real queue above all, is refused with exit code 2
+before anything is written, with or without --keep, and so is one a supervisor runs
+on (`DatabaseLocked`). Its own database it starts afresh under the owner lock (the
+SQLite file and its -wal/-shm deleted, or postroom's tables emptied), or adds to
+with --keep; it deletes nothing else. Rate-limit warnings are counted on the live
 display, and logged only with --verbose.
 """
 
@@ -37,7 +39,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from postroom_cli._demo_database import prepare
+from postroom_cli._demo_database import demo_check, demo_keys, prepare
 from postroom_common import FINAL_STATUSES, Message
 from supervisor import (
     AccountSettings,
@@ -197,8 +199,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--database", default=DEFAULT_DATABASE, metavar="URL",
         help="database URL (default %(default)s): a SQLite file that does not exist yet, a "
-             "PostgreSQL database without postroom's tables, or one an earlier demo created; "
-             "any other database is refused untouched")
+             "PostgreSQL database without postroom's tables, or one an earlier demo created that "
+             "nothing but demos has written to; any other database is refused untouched")
     add("--keep", action="store_true",
         help="add to the demo's own database instead of starting it afresh (afresh deletes "
              "only its SQLite file and -wal/-shm, or empties postroom's tables)")
@@ -305,7 +307,8 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     sender = SimulatedSender(options.rates, options.latency, _rng(options.seed, "sender"))
     clock = SystemClock()
     ref = Supervisor.start(options.database, sender, settings=_settings(options),
-                           clock=clock, rng=_rng(options.seed, "backoff"))
+                           clock=clock, rng=_rng(options.seed, "backoff"),
+                           _demo_check=demo_check(options.database))
     try:
         result = _drive(ref, options, sender, clock.now(), console)
     finally:
@@ -342,15 +345,18 @@ def _drive(ref: pykka.ActorRef[Any], options: DemoOptions, sender: SimulatedSend
 
 def _workload(options: DemoOptions, now: datetime, rng: random.Random) -> list[Enqueue]:
     phones = [f"+1555{i:07d}" for i in range(1, options.accounts + 1)]
-    return [_message(n, rng.choice(phones), now, rng) for n in range(1, options.messages + 1)]
+    key = demo_keys()  # the next demo tells its own messages from anyone else's by them
+    return [_message(n, rng.choice(phones), now, rng, key(n))
+            for n in range(1, options.messages + 1)]
 
 
-def _message(n: int, phone: str, now: datetime, rng: random.Random) -> Enqueue:
+def _message(n: int, phone: str, now: datetime, rng: random.Random, key: str) -> Enqueue:
     priority = rng.choices(_PRIORITIES, _PRIORITY_WEIGHTS)[0]
     later = now + timedelta(seconds=rng.uniform(1.0, 2.0))
     return Enqueue(phone=phone, user_id=f"user-{rng.randrange(100_000)}",
                    text=f"demo message #{n}", priority=priority,
-                   scheduled_at=later if rng.random() < _SCHEDULED_SHARE else None)
+                   scheduled_at=later if rng.random() < _SCHEDULED_SHARE else None,
+                   idempotency_key=key)
 
 
 def _enqueue(ref: pykka.ActorRef[Any], workload: Sequence[Enqueue]) -> int:

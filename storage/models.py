@@ -154,8 +154,13 @@ INTERRUPTED = "interrupted: the process stopped while this attempt was in flight
 DELETED_UP_TO = "deleted_up_to"
 
 #: postroom_meta key: present when `postroom demo` created this database. The demo touches
-#: no database without it, so a real queue can never be emptied or sent by a demo.
+#: no database without it, so a real queue can never be emptied or sent by a demo; any other
+#: supervisor removes it when it starts (`Storage.create_schema`).
 CREATED_BY_DEMO = "created_by_demo"
+
+#: How the idempotency key of every message `postroom demo` writes begins: a row without it
+#: was written by someone else (a producer, a script), and the demo refuses its database.
+DEMO_KEY_PREFIX = "postroom-demo:"
 
 
 # Unique among the rows that have one: most rows have none, and a partial index costs them

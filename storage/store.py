@@ -52,6 +52,7 @@ from storage.models import (
     ATTEMPTS_KEPT,
     CREATED_BY_DEMO,
     DELETED_UP_TO,
+    DEMO_KEY_PREFIX,
     INTERRUPTED,
     OPEN_ROWS,
     WHOLE_DATABASE,
@@ -227,15 +228,27 @@ class Storage:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def create_schema(self) -> None:
+    def create_schema(self, *, keep_demo_mark: bool = False) -> None:
         """Create or upgrade the schema to this code's version (`storage.schema`), in one
-        transaction; `SchemaMismatch` for a database newer than this code (nothing written)."""
-        self.migrate()
+        transaction; `SchemaMismatch` for a database newer than this code (nothing written).
+        And remove `postroom demo`'s mark: a database a real owner has used is a real queue,
+        which the demo refuses. `keep_demo_mark`: the demo's own supervisor."""
+        self.migrate(keep_demo_mark=keep_demo_mark)
 
-    def migrate(self) -> tuple[int | None, Sequence[schema.Migration]]:
-        """`create_schema`, saying what it did: the version found and the migrations run."""
+    def migrate(self, *, keep_demo_mark: bool = True) -> tuple[int | None, Sequence[schema.Migration]]:
+        """`create_schema`, saying what it did: the version found and the migrations run
+        (`postroom migrate` starts no supervisor: it keeps the demo's mark)."""
         with self._guard(), self.db.atomic():
-            return self._migrate()
+            done = self._migrate()
+            unmarked = 0 if keep_demo_mark else self._unmark_demo()
+        if unmarked:
+            log.info("storage.demo_mark_removed",
+                     reason="a database postroom demo created is used as a real queue: the demo "
+                            "will refuse it from now on")
+        return done
+
+    def _unmark_demo(self) -> int:
+        return int(self.Facts.delete().where(self.Facts.key == CREATED_BY_DEMO).execute())
 
     def check_schema(self) -> None:
         """`SchemaMismatch` unless the database's schema is this code's version (reads only):
@@ -326,9 +339,25 @@ class Storage:
         with self._guard():
             query.execute()
 
+    def not_from_demo(self) -> int:
+        """Messages `postroom demo` did not write: those whose idempotency key does not begin
+        with `DEMO_KEY_PREFIX` (or that have none); reads only."""
+        where = self._dialect.sql("idempotency_key IS NULL OR substr(idempotency_key, 1, ?) <> ?")
+        with self._guard():
+            cursor = self.db.execute_sql(f"SELECT COUNT(*) FROM message_queue WHERE {where}",
+                                         (len(DEMO_KEY_PREFIX), DEMO_KEY_PREFIX))
+            return int(cursor.fetchone()[0])
+
     def empty_tables(self) -> None:
         """Delete every message, pause and fact but the demo's mark (inside write_transaction):
-        what a new database holds, ids aside (PostgreSQL's sequence never goes back)."""
+        what a new database holds, ids aside (PostgreSQL's sequence never goes back).
+
+        Only with the owner lock held (`Storage(db, owner=lock)`, whose `write_transaction`
+        verifies it), so that no running supervisor's queue is ever emptied.
+        """
+        if self._owner is None:
+            raise PostroomError("empty_tables needs the owner lock: Storage(db, owner=lock), "
+                                "the lock taken")
         with self._guard():
             self.Row.delete().execute()
             self.Attempts.delete().execute()

@@ -7,17 +7,21 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pykka
 import pytest
 
 from actors.clock import FakeClock
 from actors.privacy import mask_phone
+from postroom_cli._demo_database import NotADemoDatabase, demo_check
 from postroom_cli.main import main
 from postroom_cli.status import read_stats
-from postroom_common import FINAL_STATUSES, AccountPause, Message, Status
+from postroom_common import FINAL_STATUSES, AccountPause, Message, NewMessage, Priority, Status
 from storage import Storage, open_database
 from supervisor import Enqueue, Supervisor
 from tests.integration.helpers import RecordingSender, cli_globals_restored, quiet_library_logs
+from tests.integration.test_owner_lock import Child
 
 #: Phones of the "real" queue: the demo's own accounts, so a demo that sent them would show.
 REAL_PHONES = [f"+1555{i:07d}" for i in range(1, 6)]
@@ -81,9 +85,7 @@ def _real_queue(url: str) -> list[Message]:
     quiet_library_logs()
     ref = Supervisor.start(url, sender, clock=clock)
     try:
-        for n in range(50):
-            ref.ask(Enqueue(phone=REAL_PHONES[n % 5], user_id=f"user-{n}", text=f"real #{n}",
-                            scheduled_at=clock.now() + timedelta(days=1)))
+        _enqueue_real(ref, clock, 50)
     finally:
         ref.stop()
     assert sender.calls == []
@@ -150,6 +152,120 @@ def test_demo_does_not_start_afresh_while_a_supervisor_holds_its_file(
         assert read_stats(url).total == 20
     finally:
         ref.stop()
+
+
+def _enqueue_real(ref: pykka.ActorRef[Any], clock: FakeClock, count: int) -> None:
+    """`count` acknowledged messages, due a day after the supervisor's standing clock."""
+    for n in range(count):
+        ref.ask(Enqueue(phone=REAL_PHONES[n % 5], user_id=f"user-{n}", text=f"real #{n}",
+                        scheduled_at=clock.now() + timedelta(days=1)))
+
+
+@pytest.mark.parametrize("holder", ["real", "demo"])
+def test_demo_on_a_database_a_supervisor_runs_on_exits_locked_having_written_nothing(
+        database_url: str, holder: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """While any supervisor (a real one, or the demo's own) runs on the demo's database, the demo
+    exits 2 with DatabaseLocked, afresh or --keep, and its rows, counts and mark stay as they were."""
+    assert _demo(database_url, "--messages", "20") == 0
+    clock = FakeClock(datetime(2020, 1, 1, tzinfo=UTC))
+    sender = RecordingSender()
+    check = {"_demo_check": demo_check(database_url)} if holder == "demo" else {}
+    quiet_library_logs()
+    ref = Supervisor.start(database_url, sender, clock=clock, **check)
+    try:
+        _enqueue_real(ref, clock, 30)
+        before, stats = _rows(database_url), read_stats(database_url)
+        mark = _pauses_and_demo_mark(database_url)
+        assert len(before) == 50 and mark[1] is (holder == "demo")
+        for keep in ([], ["--keep"]):
+            capsys.readouterr()
+            assert _demo(database_url, "--messages", "20", *keep) == 2
+            assert "DatabaseLocked" in capsys.readouterr().err
+            assert _rows(database_url) == before
+            assert read_stats(database_url) == stats
+            assert _pauses_and_demo_mark(database_url) == mark
+    finally:
+        ref.stop()
+    assert sender.calls == []
+
+
+def test_demo_on_a_database_another_process_runs_on_exits_locked_having_written_nothing(
+        database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A supervisor in another process holds the demo's database: the demo exits 2 with
+    DatabaseLocked and every row is still there."""
+    assert _demo(database_url, "--messages", "20") == 0
+    before = _rows(database_url)
+    child = Child(database_url)
+    try:
+        assert child.line() == "ready" and child.line() == "started"
+        capsys.readouterr()
+        assert _demo(database_url, "--messages", "20") == 2
+        assert "DatabaseLocked" in capsys.readouterr().err
+        assert _rows(database_url) == before and len(before) == 20
+    finally:
+        assert child.stop() == 0
+
+
+@pytest.mark.parametrize("keep", [[], ["--keep"]], ids=["afresh", "keep"])
+def test_demo_refuses_its_database_once_a_real_supervisor_has_run_on_it(
+        database_url: str, keep: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A real supervisor removes the demo's mark when it starts: the next demo exits 2 saying why,
+    and the real messages are all still there."""
+    assert _demo(database_url, "--messages", "20") == 0
+    before = _real_queue(database_url)
+    assert len(before) == 70
+    assert _pauses_and_demo_mark(database_url)[1] is False
+    capsys.readouterr()
+    assert _demo(database_url, "--messages", "20", *keep) == 2
+    assert "a supervisor other than the demo's has run on it" in capsys.readouterr().err
+    assert _rows(database_url) == before
+
+
+def _insert_as_a_script(url: str, count: int) -> None:
+    """What a producer or a script does: rows written through `Storage`, no supervisor."""
+    now = datetime.now(UTC)
+    news = [NewMessage(phone=REAL_PHONES[n % 5], user_id=f"user-{n}", text=f"real #{n}",
+                       attachment=None, priority=Priority.NORMAL, created_at=now,
+                       scheduled_at=now + timedelta(days=1), max_attempts=3, idempotency_key=None)
+            for n in range(count)]
+    store = Storage(open_database(url))
+    try:
+        with store.write_transaction():
+            store.insert(news)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("keep", [[], ["--keep"]], ids=["afresh", "keep"])
+def test_demo_refuses_its_database_once_something_else_wrote_a_message(
+        database_url: str, keep: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Messages written without a supervisor leave the mark, but the demo counts them as not its
+    own: it exits 2 saying how many, and sends, deletes and writes nothing."""
+    assert _demo(database_url, "--messages", "20") == 0
+    _insert_as_a_script(database_url, 30)
+    before = _rows(database_url)
+    assert _pauses_and_demo_mark(database_url)[1] is True
+    capsys.readouterr()
+    assert _demo(database_url, "--messages", "20", *keep) == 2
+    assert "holds 30 message(s) the demo did not write" in capsys.readouterr().err
+    assert _rows(database_url) == before
+    assert read_stats(database_url).total == 50
+
+
+def test_the_demo_supervisor_checks_its_database_again_under_its_own_lock(database_url: str) -> None:
+    """Rows written between the demo's look and its supervisor's start: the supervisor refuses the
+    database before it reads, sends or marks anything, and lets go of it."""
+    assert _demo(database_url, "--messages", "20") == 0
+    _insert_as_a_script(database_url, 3)
+    before = _rows(database_url)
+    sender = RecordingSender()
+    quiet_library_logs()
+    with pytest.raises(NotADemoDatabase, match="holds 3 message"):
+        Supervisor.start(database_url, sender, _demo_check=demo_check(database_url))
+    assert _rows(database_url) == before and sender.calls == []
+    assert _pauses_and_demo_mark(database_url)[1] is True
+    ref = Supervisor.start(database_url, sender, clock=FakeClock(datetime(2020, 1, 1, tzinfo=UTC)))
+    ref.stop()  # the refused start left the database free
 
 
 def test_demo_logs_no_rate_limit_warnings_unless_verbose(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,12 +18,13 @@ from postroom_common import (
     MessageNotFound,
     NewBroadcast,
     NewMessage,
+    PostroomError,
     Priority,
     Status,
     Transition,
 )
-from storage import Storage, open_database
-from storage.models import to_micros
+from storage import OwnerLock, Storage, open_database
+from storage.models import DEMO_KEY_PREFIX, to_micros
 from storage.store import INTERRUPTED
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -518,10 +521,55 @@ def test_demo_mark_is_absent_until_marked_and_survives_emptying(storage: Storage
         storage.mark_demo()
         storage.mark_demo()  # marking twice is harmless
     assert storage.is_demo()
-    with storage.write_transaction():
-        storage.empty_tables()
+    with _owned(storage) as owned, owned.write_transaction():
+        owned.empty_tables()
     assert storage.is_demo() and storage.stats().total == 0 and storage.pauses(NOW) == []
     assert insert(storage, new())  # ids are still handed out after emptying
+
+
+@contextmanager
+def _owned(storage: Storage) -> Iterator[Storage]:
+    """`storage`'s database as its owner: the owner lock held, as a supervisor holds it."""
+    lock = OwnerLock(storage.db)
+    lock.acquire()
+    owned = Storage(storage.db, owner=lock)
+    try:
+        yield owned
+    finally:
+        owned.close()
+        lock.release()
+
+
+def test_emptying_needs_the_owner_lock(storage: Storage) -> None:
+    """`empty_tables` on a storage without the owner lock raises and deletes nothing."""
+    insert(storage, new())
+    with storage.write_transaction():
+        storage.mark_demo()
+    with pytest.raises(PostroomError, match="owner lock"), storage.write_transaction():
+        storage.empty_tables()
+    assert storage.stats().total == 1
+
+
+def test_create_schema_removes_the_demo_mark_unless_told_to_keep_it(storage: Storage) -> None:
+    """A real owner's `create_schema` makes a demo's database a real queue; the demo's own keeps it."""
+    with storage.write_transaction():
+        storage.mark_demo()
+    storage.create_schema(keep_demo_mark=True)
+    assert storage.is_demo()
+    storage.create_schema()
+    assert not storage.is_demo()
+    storage.create_schema()  # nothing to remove: harmless
+    assert not storage.is_demo()
+
+
+def test_not_from_demo_counts_the_messages_without_the_demo_key_prefix(storage: Storage) -> None:
+    """Messages without a key, or with a key not beginning with the demo's prefix, are not the demo's."""
+    assert storage.not_from_demo() == 0
+    insert(storage, new(key=f"{DEMO_KEY_PREFIX}run:1"), new(key=f"{DEMO_KEY_PREFIX}run:2"))
+    assert storage.not_from_demo() == 0
+    insert(storage, new(), new(key="order-17"), new(key=DEMO_KEY_PREFIX.upper() + "x"),
+           new(key=DEMO_KEY_PREFIX[:-1]))
+    assert storage.not_from_demo() == 4
 
 
 def test_a_database_without_postroom_tables_has_no_schema_and_no_mark(database_url: str) -> None:
