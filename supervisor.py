@@ -29,6 +29,7 @@ import heapq
 import math
 import os
 import random
+import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -107,7 +108,7 @@ from actors import (
     validate_enqueues,
 )
 from actors._faults import crash_point
-from actors.aio import AsyncSender, is_coroutine_sender, running_awaitables
+from actors.aio import AsyncSender, end_sends_of_closed_loop, is_coroutine_sender, running_awaitables
 from actors.directory import AccountDirectory
 from actors.pacing import Pacing
 from actors.persistence import log_unanswered
@@ -256,6 +257,8 @@ _REAL_TIME = SystemClock()
 DRAIN_POLL = 0.05
 #: Seconds a stop waits for the runtime's threads to finish the reads they run.
 STOP_JOIN = 30.0
+#: Seconds between two looks at the bot's event loop: closed without `stop()`, the supervisor stops.
+LOOP_CHECK = 1.0
 #: The enqueue commands, which `admit` hands straight to the writer.
 _ENQUEUES = (Enqueue, EnqueueBatch, Broadcast)
 
@@ -273,6 +276,7 @@ class Supervisor(TurnActor):
         # `_demo_check` is `postroom demo`'s alone: its supervisor keeps the database's demo
         # mark, which every other one removes, once the check (run under the owner lock,
         # before anything is written) has not refused the database.
+        _stop_supervisors_of_closed_loops()  # one may still own this database
         self.settings = settings or SupervisorSettings()
         self._demo_check = _demo_check
         super().__init__(TurnPool("postroom-actor", self.settings.account_threads,
@@ -301,6 +305,7 @@ class Supervisor(TurnActor):
         self.sends = SendWatch()
         # Send timeouts run on real time, whatever `clock` is (a test's FakeClock).
         self.deadlines = self.clock if isinstance(self.clock, SystemClock) else _REAL_TIME
+        self.closed = threading.Event()  # set once `on_stop` is over (the database released)
         self._open_storage(database)
         try:
             self._boot_work = self._acquire_every_account()
@@ -308,6 +313,9 @@ class Supervisor(TurnActor):
             self._close_storage()
             raise
         _RUNNING.add(self.actor_ref)
+        if loop is not None:
+            with _ON_LOOPS_LOCK:
+                _ON_LOOPS.add(self)
 
     def _open_storage(self, database: str | Any) -> None:
         db = open_database(database, self.settings.sqlite)
@@ -354,6 +362,7 @@ class Supervisor(TurnActor):
         else:
             self._start_boot_accounts()
         self._arm_cleanup()
+        self._arm_loop_check()
         self._check_pauses()  # at once: a disabled account is reported from the start
 
     def _start_boot_accounts(self) -> None:
@@ -412,8 +421,18 @@ class Supervisor(TurnActor):
     # -- stopping --------------------------------------------------------------------------
 
     def on_stop(self) -> None:
+        try:
+            self._stop_in_order()
+        finally:
+            with _ON_LOOPS_LOCK:
+                _ON_LOOPS.discard(self)
+            self.closed.set()
+
+    def _stop_in_order(self) -> None:
         for name in list(self._timers):
             self._cancel_timer(name)
+        if self.loop is not None and self.loop.is_closed():
+            self._loop_closed()
         for waiting in self._drains.take_all():
             waiting.fail(SupervisorStopped("the supervisor stopped before the queue drained"))
         self._release_accounts()
@@ -445,6 +464,14 @@ class Supervisor(TurnActor):
                 return
             if isinstance(report, AccountReleased | AccountCrashed):
                 releasing.pop(report.actor_urn, None)
+
+    def _loop_closed(self) -> None:
+        """Said once, when stopping: the sends still on the closed loop end (their messages are
+        retried) so that the accounts can record them and be released."""
+        assert self.loop is not None
+        log.error("supervisor.loop_closed", sends_ended=end_sends_of_closed_loop(self.loop),
+                  left="the open messages stay in the database for the next start",
+                  hint="await room.stop() before the bot's event loop ends")
 
     def _close_storage(self) -> None:
         """Close every connection, then release the lock (the writer has stopped)."""
@@ -543,6 +570,8 @@ class Supervisor(TurnActor):
                 self._pauses_read(pauses, asked)
             case DrainCheckDue():
                 self._count_open()
+            case _LoopCheckDue():
+                self._check_loop()
             case OpenCounted(count, number):
                 self._open_counted(count, number)
             case Answer(token=_DrainBarrier()):
@@ -703,6 +732,18 @@ class Supervisor(TurnActor):
         if self.settings.cleanup_interval is not None:
             self._arm("cleanup", self.settings.cleanup_interval, CleanupDue())
 
+    def _arm_loop_check(self) -> None:
+        if self.loop is not None:  # on real time: a closed loop is noticed whatever `clock` is
+            self._arm("loop", LOOP_CHECK, _LoopCheckDue(), clock=self.deadlines)
+
+    def _check_loop(self) -> None:
+        """The bot's loop closed without `stop()`: nothing sent on it could ever end, and the
+        database stays owned. Told to stop (not stopped here: stopping waits for the accounts)."""
+        if self.loop is not None and self.loop.is_closed():
+            self.actor_ref.stop(block=False)
+        else:
+            self._arm_loop_check()
+
     # -- pauses lifted elsewhere, disabled accounts --------------------------------------------
 
     def _check_pauses(self) -> None:
@@ -809,6 +850,11 @@ class _DrainBarrier:
 
 
 @dataclass(frozen=True, slots=True)
+class _LoopCheckDue:
+    """Time to look whether the bot's event loop has closed."""
+
+
+@dataclass(frozen=True, slots=True)
 class _BootWork:
     """The accounts with work, read after the suspects were sent alone."""
 
@@ -901,6 +947,20 @@ class AsyncPostroom:
 
 
 _RUNNING: weakref.WeakSet[pykka.ActorRef[Supervisor]] = weakref.WeakSet()
+#: The running supervisors given an event loop (whose loop may close without `stop()`).
+_ON_LOOPS: set[Supervisor] = set()
+_ON_LOOPS_LOCK = threading.Lock()
+
+
+def _stop_supervisors_of_closed_loops() -> None:
+    """Stop, and wait for, every supervisor whose event loop has closed without `stop()`, so
+    that a new one may own its database at once (rather than after its `LOOP_CHECK`)."""
+    with _ON_LOOPS_LOCK:
+        running = list(_ON_LOOPS)
+    for supervisor in running:
+        if supervisor.loop is not None and supervisor.loop.is_closed():
+            supervisor.actor_ref.stop(block=False)  # or it was stopping already: wait all the same
+            supervisor.closed.wait(supervisor.settings.stop_timeout + STOP_JOIN)
 
 
 @atexit.register

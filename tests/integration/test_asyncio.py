@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actors.account import AccountSettings
+from storage import Storage, open_database
 from supervisor import (
     AsyncPostroom,
+    BackoffPolicy,
     Enqueue,
     GetMessage,
     Message,
@@ -24,6 +31,7 @@ from supervisor import (
 )
 from tests.conftest import LogCapture, eventually
 
+ROOT = Path(__file__).resolve().parents[2]
 
 def settings(**account: Any) -> SupervisorSettings:
     account.setdefault("idle_timeout", None)
@@ -242,3 +250,124 @@ def test_a_plain_sender_returning_a_coroutine_runs_it_on_the_bots_loop(sqlite_ur
     assert paused.last_error is not None and paused.last_error.startswith("RateLimited")
     assert paused.status is Status.PENDING and paused.attempts == 0  # the attempt was given back
     assert set(threads) == {loop_thread}
+
+
+# -- SystemExit and KeyboardInterrupt from an async sender ------------------------------------
+
+
+def test_system_exit_and_keyboard_interrupt_from_an_async_sender_retry_and_the_loop_goes_on(
+        tmp_path: Path) -> None:
+    """In a bot's `asyncio.run()`, an `async def` sender raising SystemExit on one message and
+    KeyboardInterrupt on another ends neither the loop nor the bot: both messages are
+    `retrying` with their error, and every other message is sent."""
+    env = {k: v for k, v in os.environ.items() if k != "POSTROOM_CRASH_AT"}
+    env["PYTHONPATH"] = str(ROOT)
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.integration.async_exit_child", f"sqlite:///{tmp_path}/bot.db"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert child.returncode == 0, child.stderr[-3000:]
+    seen = json.loads(child.stdout.splitlines()[-1])
+    for text, raised in (("exit", "SystemExit"), ("interrupt", "KeyboardInterrupt")):
+        assert seen[text]["status"] == "retrying" and seen[text]["attempts"] == 1
+        assert seen[text]["last_error"].startswith(raised)
+    assert {seen[text]["status"] for text in ("after exit", "after interrupt", "other", "last")} == {
+        "completed"}
+
+
+# -- a loop that closes without stop() ----------------------------------------------------------
+
+
+def quick_retries() -> SupervisorSettings:
+    return settings(backoff=BackoffPolicy(base=0.05))
+
+
+def forgetful_bot(url: str, closing: str) -> tuple[AsyncPostroom, list[int]]:
+    """A bot whose loop ends without `room.stop()`, its sender inside "hang" on that loop and
+    "later" waiting behind it; by `asyncio.run` (which cancels the loop's tasks first), or by
+    `loop.close()` (which drops them unrun). The room, and the ids of hang and later."""
+
+    async def main() -> tuple[AsyncPostroom, list[int]]:
+        entered = asyncio.Event()
+
+        async def send(message: Message) -> None:
+            entered.set()
+            await asyncio.Event().wait()
+
+        room = await AsyncPostroom.start(url, send, settings=quick_retries())
+        ids = [await room.enqueue("+15550001", "u", text) for text in ("hang", "later")]
+        await asyncio.wait_for(entered.wait(), 10)
+        return room, ids
+
+    if closing == "asyncio.run":
+        return asyncio.run(main())
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def next_bot(url: str) -> tuple[int, list[int]]:
+    """A new AsyncPostroom on the same database in a new loop, drained: what it left open and
+    the ids it sent."""
+
+    async def main() -> tuple[int, list[int]]:
+        sent: list[int] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message.id)
+
+        room = await AsyncPostroom.start(url, send, settings=quick_retries())
+        left = await room.drain(30)
+        await room.stop()
+        return left, sent
+
+    return asyncio.run(main())
+
+
+def statuses(url: str, ids: list[int]) -> dict[int, Message]:
+    store = Storage(open_database(url))
+    try:
+        return {message_id: store.get(message_id) for message_id in ids}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("closing", ["asyncio.run", "loop.close"])
+def test_a_closed_loop_stops_the_supervisor_and_the_next_room_sends_its_messages(
+        sqlite_url: str, logs: LogCapture, closing: str) -> None:
+    """A loop closed without `room.stop()` stops the supervisor within a bound, said once by
+    one error event; its messages are left pending or retrying, none processing; a new
+    AsyncPostroom on the same file in the same process starts and sends them."""
+    room, (hang, later) = forgetful_bot(sqlite_url, closing)
+    eventually(lambda: not room.ref.is_alive(), timeout=10)
+    eventually(lambda: logs.events("supervisor.stopped"), timeout=30)  # its database is released
+    closed = logs.events("supervisor.loop_closed")
+    assert len(closed) == 1 and closed[0]["log_level"] == "error"
+
+    left = statuses(sqlite_url, [hang, later])
+    assert left[hang].status is Status.RETRYING and left[hang].attempts == 1
+    if closing == "loop.close":  # its send was dropped unrun: ended when the supervisor stopped
+        assert closed[0]["sends_ended"] == 1
+        assert (left[hang].last_error or "").endswith("the bot's event loop closed before the send ended")
+        assert left[later].status is Status.PENDING  # never claimed: the account was released
+    else:  # cancelled by asyncio.run; "later" may have been sent before the loop closed
+        assert (left[hang].last_error or "").startswith("RuntimeError: the send was cancelled")
+        assert left[later].status is not Status.PROCESSING
+
+    open_left, sent = next_bot(sqlite_url)
+    assert open_left == 0
+    assert hang in sent and sent.count(hang) == 1
+    assert all(m.status is Status.COMPLETED for m in statuses(sqlite_url, [hang, later]).values())
+    assert len(logs.events("supervisor.loop_closed")) == 1
+
+
+def test_a_new_room_at_once_after_a_closed_loop_owns_the_database(sqlite_url: str,
+                                                                  logs: LogCapture) -> None:
+    """A new AsyncPostroom started as soon as the old loop closed, before the old supervisor
+    looked at its loop, is not refused: the old one is stopped first, and its messages are sent."""
+    room, ids = forgetful_bot(sqlite_url, "asyncio.run")
+    open_left, sent = next_bot(sqlite_url)
+    assert not room.ref.is_alive()
+    assert open_left == 0 and ids[0] in sent
+    assert len(logs.events("supervisor.loop_closed")) == 1
