@@ -232,6 +232,10 @@ class SupervisorSettings:
     suspect_timeout: float = 120.0
     """Seconds a suspect (a message in flight at two crashes in a row) is given to be sent
     alone at boot before the other accounts start anyway."""
+    max_suspects_alone: int = 3
+    """Suspects a boot sends alone, one after the other, at most: a crash that leaves more is
+    not blamed on a message (a crash storm with many accounts sending) and is recovered as an
+    ordinary one, so a boot is held up at most this many times `suspect_timeout`; 0: never."""
     commit_delay: float = 0.001
     """At most this many seconds the writer gathers more writes before a commit when they
     arrive back to back, while they keep arriving (group commit under load: fewer fsyncs per
@@ -245,6 +249,8 @@ class SupervisorSettings:
         if self.account_threads < 2:
             raise ValidationError("account_threads must be at least 2: the writer and the supervisor "
                                   "take turns on them too")
+        if self.max_suspects_alone < 0:
+            raise ValidationError(f"max_suspects_alone must be 0 or more, not {self.max_suspects_alone}")
 
 
 #: The wall clock of every supervisor not given another, and of every send timeout: one timer
@@ -328,12 +334,22 @@ class Supervisor(TurnActor):
         settled: list[Message] = self.persistence.ask(SettleInFlight(self.settings.delivery), block=True)
         crash_point("boot.recovered")
         retried = {m.id for m in settled if m.status is Status.RETRYING}
-        self._suspects = deque((i, phone) for i, phone in again if i in retried)
+        suspects = [(i, phone) for i, phone in again if i in retried]
         work = self.storage.open_work()
         self.storage.close()  # this was the caller's thread; the actors' threads open their own
         log.info("supervisor.recovered", interrupted=len(settled), accounts=len(work),
-                 suspects=len(self._suspects), delivery=self.settings.delivery.value)
+                 suspects=len(suspects), delivery=self.settings.delivery.value)
+        self._suspects = deque(self._to_send_alone(suspects))
         return work
+
+    def _to_send_alone(self, suspects: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """The suspects to send alone: none when there are too many for one culprit to be likely
+        (each sent alone holds every other account up) and the crash is an ordinary one."""
+        if len(suspects) <= self.settings.max_suspects_alone:
+            return suspects
+        log.warning("quarantine.skipped", suspects=len(suspects),
+                    max_suspects_alone=self.settings.max_suspects_alone)
+        return []
 
     def on_start(self) -> None:
         if self._suspects:
@@ -363,7 +379,8 @@ class Supervisor(TurnActor):
     # bystander: charged alike, both would end failed. So a message in flight at two crashes
     # in a row is sent alone at the next boot: its account is the only one running until its
     # outcome is recorded. A poison then kills the process with nothing else in flight, and a
-    # bystander is sent and done with.
+    # bystander is sent and done with. Many suspects at once say the crash was not a message's
+    # (every account was sending): sending each alone would only be a long outage.
 
     def _next_suspect(self) -> None:
         """Stop the account that sent the last suspect; start the next one's, or every account."""
