@@ -661,9 +661,8 @@ class Supervisor(TurnActor):
         return True
 
     def _arm_sleepers(self) -> None:
-        if self.sleepers:
-            delay = (self.sleepers[0][0] - self.clock.now()).total_seconds()
-            self._arm("sleepers", delay, SleepersDue())
+        if self.sleepers:  # an instant of the wall clock: a step of it moves the wake-up too
+            self._arm("sleepers", self.sleepers[0][0], SleepersDue())
 
     def _wake_sleepers(self) -> None:
         now = self.clock.now()
@@ -693,11 +692,15 @@ class Supervisor(TurnActor):
 
     # -- timers ---------------------------------------------------------------------------
 
-    def _arm(self, name: str, delay: float, message: Any, clock: Clock | None = None) -> None:
-        """One timer per `name`: `message` comes back to the supervisor after `delay` seconds."""
+    def _arm(self, name: str, when: float | datetime, message: Any, clock: Clock | None = None) -> None:
+        """One timer per `name`: `message` comes back to the supervisor after `when` seconds, or
+        at the instant `when` of the wall clock."""
         self._cancel_timer(name)
-        ref = self.actor_ref
-        self._timers[name] = (clock or self.clock).call_later(delay, lambda: tell_if_alive(ref, message))
+        clock, back = clock or self.clock, functools.partial(tell_if_alive, self.actor_ref, message)
+        if isinstance(when, datetime):
+            self._timers[name] = clock.call_at(when, back)
+        else:
+            self._timers[name] = clock.call_later(when, back)
 
     def _cancel_timer(self, name: str) -> None:
         timer = self._timers.pop(name, None)
