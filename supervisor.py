@@ -235,6 +235,10 @@ class SupervisorSettings:
     suspect_timeout: float = 120.0
     """Seconds a suspect (a message in flight at two crashes in a row) is given to be sent
     alone at boot before the other accounts start anyway."""
+    max_suspects_alone: int = 3
+    """Suspects a boot sends alone, one after the other, at most: a crash that leaves more is
+    not blamed on a message (a crash storm with many accounts sending) and is recovered as an
+    ordinary one, so a boot is held up at most this many times `suspect_timeout`; 0: never."""
     commit_delay: float = 0.001
     """At most this many seconds the writer gathers more writes before a commit when they
     arrive back to back, while they keep arriving (group commit under load: fewer fsyncs per
@@ -248,6 +252,8 @@ class SupervisorSettings:
         if self.account_threads < 2:
             raise ValidationError("account_threads must be at least 2: the writer and the supervisor "
                                   "take turns on them too")
+        if self.max_suspects_alone < 0:
+            raise ValidationError(f"max_suspects_alone must be 0 or more, not {self.max_suspects_alone}")
 
 
 #: The wall clock of every supervisor not given another, and of every send timeout: one timer
@@ -348,12 +354,22 @@ class Supervisor(TurnActor):
         settled: list[Message] = self.persistence.ask(SettleInFlight(self.settings.delivery), block=True)
         crash_point("boot.recovered")
         retried = {m.id for m in settled if m.status is Status.RETRYING}
-        self._suspects = deque((i, phone) for i, phone in again if i in retried)
+        suspects = [(i, phone) for i, phone in again if i in retried]
         work = self.storage.open_work()
         self.storage.close()  # this was the caller's thread; the actors' threads open their own
         log.info("supervisor.recovered", interrupted=len(settled), accounts=len(work),
-                 suspects=len(self._suspects), delivery=self.settings.delivery.value)
+                 suspects=len(suspects), delivery=self.settings.delivery.value)
+        self._suspects = deque(self._to_send_alone(suspects))
         return work
+
+    def _to_send_alone(self, suspects: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """The suspects to send alone: none when there are too many for one culprit to be likely
+        (each sent alone holds every other account up) and the crash is an ordinary one."""
+        if len(suspects) <= self.settings.max_suspects_alone:
+            return suspects
+        log.warning("quarantine.skipped", suspects=len(suspects),
+                    max_suspects_alone=self.settings.max_suspects_alone)
+        return []
 
     def on_start(self) -> None:
         if self._suspects:
@@ -384,7 +400,8 @@ class Supervisor(TurnActor):
     # bystander: charged alike, both would end failed. So a message in flight at two crashes
     # in a row is sent alone at the next boot: its account is the only one running until its
     # outcome is recorded. A poison then kills the process with nothing else in flight, and a
-    # bystander is sent and done with.
+    # bystander is sent and done with. Many suspects at once say the crash was not a message's
+    # (every account was sending): sending each alone would only be a long outage.
 
     def _next_suspect(self) -> None:
         """Stop the account that sent the last suspect; start the next one's, or every account."""
@@ -685,9 +702,8 @@ class Supervisor(TurnActor):
         return True
 
     def _arm_sleepers(self) -> None:
-        if self.sleepers:
-            delay = (self.sleepers[0][0] - self.clock.now()).total_seconds()
-            self._arm("sleepers", delay, SleepersDue())
+        if self.sleepers:  # an instant of the wall clock: a step of it moves the wake-up too
+            self._arm("sleepers", self.sleepers[0][0], SleepersDue())
 
     def _wake_sleepers(self) -> None:
         now = self.clock.now()
@@ -717,11 +733,15 @@ class Supervisor(TurnActor):
 
     # -- timers ---------------------------------------------------------------------------
 
-    def _arm(self, name: str, delay: float, message: Any, clock: Clock | None = None) -> None:
-        """One timer per `name`: `message` comes back to the supervisor after `delay` seconds."""
+    def _arm(self, name: str, when: float | datetime, message: Any, clock: Clock | None = None) -> None:
+        """One timer per `name`: `message` comes back to the supervisor after `when` seconds, or
+        at the instant `when` of the wall clock."""
         self._cancel_timer(name)
-        ref = self.actor_ref
-        self._timers[name] = (clock or self.clock).call_later(delay, lambda: tell_if_alive(ref, message))
+        clock, back = clock or self.clock, functools.partial(tell_if_alive, self.actor_ref, message)
+        if isinstance(when, datetime):
+            self._timers[name] = clock.call_at(when, back)
+        else:
+            self._timers[name] = clock.call_later(when, back)
 
     def _cancel_timer(self, name: str) -> None:
         timer = self._timers.pop(name, None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -268,11 +269,13 @@ class AccountActor(TurnActor):
         # Ahead of the turns: at a boot, every account reads its window before any sends twice.
         self.run_job(read, urgent=True)
 
-    def _arm(self, at: Any, generation: int) -> None:
+    def _arm(self, at: datetime, generation: int) -> None:
+        """The machine's one timer, for an instant of the wall clock, so that a step of it moves
+        the wait for a schedule, a retry or a pause's end; the machine's other waits at worst
+        wake early (pacing and the idle check count on the monotonic clock and wait again)."""
         self._cancel_timer()
         ref = self.actor_ref
-        delay = (at - self.deps.clock.now()).total_seconds()
-        self._timer = self.deps.clock.call_later(delay, lambda: tell_if_alive(ref, _TimerFired(generation)))
+        self._timer = self.deps.clock.call_at(at, lambda: tell_if_alive(ref, _TimerFired(generation)))
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

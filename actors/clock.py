@@ -3,6 +3,13 @@
 Actors never call `datetime.now()` or start their own timer threads; they ask a
 `Clock`. `SystemClock` serves every timer of the process from one thread;
 `FakeClock` lets tests move time by hand and fires due timers synchronously.
+
+Two kinds of timer: `call_later` waits a number of seconds on the monotonic clock (a
+send's timeout, a poll); `call_at` waits for an instant of the wall clock (a schedule, a
+retry, the end of a pause), so a step of the wall clock (a suspend, an NTP step) moves
+it too. A step forward is followed at once (within `WALL_CHECK`); a step back is not:
+`now()` never goes back, it goes on at `REJOIN_RATE` until the wall clock catches up, so
+a retry due in a second is not held for the step's length.
 """
 
 from __future__ import annotations
@@ -19,9 +26,17 @@ from postroom_common.logs import get_logger
 
 log = get_logger("postroom.clock")
 
+#: Seconds at most between two looks at the wall clock while a `call_at` timer waits: a step
+#: forward is noticed within this long.
+WALL_CHECK = 1.0
+#: The pace of `now()`, in seconds per monotonic second, while it is ahead of a wall clock that
+#: stepped back: half speed closes the gap in twice the step's length, and meanwhile a wait on
+#: the wall clock lasts at most twice as long as it says.
+REJOIN_RATE = 0.5
+
 
 class TimerHandle:
-    """A pending `call_later`; `cancel()` makes it a no-op."""
+    """A pending `call_later` or `call_at`; `cancel()` makes it a no-op."""
 
     __slots__ = ("callback", "cancelled")
 
@@ -63,6 +78,11 @@ class Clock(Protocol):
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run `callback` once after `delay` seconds, on a timer thread; it must not block."""
+        ...
+
+    def call_at(self, when: datetime, callback: Callable[[], None]) -> TimerHandle:
+        """Run `callback` once `now()` has reached `when` (however the wall clock steps), on a
+        timer thread; it must not block."""
         ...
 
 
@@ -108,26 +128,75 @@ class _TimerQueue:
         return self._heap[0][0] if self._heap else None
 
 
-class SystemClock:
-    """Wall-clock time; all timers run on one daemon thread, started on first use."""
+class _SteadyTime:
+    """The wall clock as postroom reads it: it follows a step forward, never a step back.
 
-    def __init__(self) -> None:
-        self._timers = _TimerQueue()
+    After a step back it goes on from where it was, at `REJOIN_RATE`, until the wall clock
+    catches up: the deadlines it gave (a retry due in a second, a pause's end) keep their
+    distance instead of moving away by the step, and it rejoins the host's time in the end
+    (a schedule meanwhile is early by the gap at most). Kept as the offset of the wall clock
+    from the monotonic one, which only a step changes.
+    """
+
+    def __init__(self, wall: float, mono: float) -> None:
+        self._offset = wall - mono
+        self._mono = mono
+        self._lock = threading.Lock()
+
+    def ahead(self, wall: float, mono: float) -> float:
+        """Seconds `now()` is ahead of the wall clock, read as POSIX time `wall` at `mono`."""
+        with self._lock:  # two readers at once must not lose a step back
+            slowed = self._offset - max(0.0, mono - self._mono) * (1 - REJOIN_RATE)
+            self._offset, self._mono = max(wall - mono, slowed), mono
+            return self._offset - (wall - mono)
+
+
+def _seconds_until(left: float, ahead: float) -> float:
+    """Monotonic seconds until `now()`, ahead of the wall clock by `ahead`, has moved `left`
+    seconds on (unless the wall clock steps meanwhile)."""
+    slow = ahead / (1 - REJOIN_RATE)  # monotonic seconds until the wall clock catches up
+    return left / REJOIN_RATE if left <= slow * REJOIN_RATE else slow + left - slow * REJOIN_RATE
+
+
+class SystemClock:
+    """Wall-clock time; all timers run on one daemon thread, started on first use.
+
+    `wall` replaces the host's wall clock (POSIX seconds) and `wall_check` shortens
+    `WALL_CHECK`, for tests that step the wall clock under the timer thread.
+    """
+
+    def __init__(self, *, wall: Callable[[], float] = time.time, wall_check: float = WALL_CHECK) -> None:
+        self._wall = wall
+        self._steady = _SteadyTime(wall(), time.monotonic())
+        self._wall_check = wall_check
+        self._timers = _TimerQueue()  # by monotonic deadline
+        self._instants = _TimerQueue()  # `call_at`'s, by POSIX time
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        return datetime.fromtimestamp(self._read()[0], UTC)
+
+    def _read(self) -> tuple[float, float]:
+        """`now()` as POSIX time, and how far ahead of the wall clock it is."""
+        wall = self._wall()
+        ahead = self._steady.ahead(wall, time.monotonic())
+        return wall + ahead, ahead
 
     def monotonic(self) -> float:
         return time.monotonic()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        return self._add(self._timers, time.monotonic() + max(0.0, delay), callback)
+
+    def call_at(self, when: datetime, callback: Callable[[], None]) -> TimerHandle:
+        return self._add(self._instants, when.timestamp(), callback)
+
+    def _add(self, queue: _TimerQueue, deadline: float, callback: Callable[[], None]) -> TimerHandle:
         handle = TimerHandle(callback)
-        deadline = time.monotonic() + max(0.0, delay)
         with self._cond:
-            earliest = self._timers.next_deadline()
-            self._timers.push(deadline, handle)
+            earliest = queue.next_deadline()
+            queue.push(deadline, handle)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="postroom-timers", daemon=True)
                 self._thread.start()
@@ -138,28 +207,44 @@ class SystemClock:
     def _run(self) -> None:
         while True:
             with self._cond:
-                deadline = self._timers.next_deadline()
-                wait = None if deadline is None else deadline - time.monotonic()
+                wait = self._wait()
                 if wait is None or wait > 0:
                     # The platform's limit: a timer in the year 9999 waits in several goes.
                     self._cond.wait(None if wait is None else min(wait, threading.TIMEOUT_MAX))
                     continue
-                due = self._timers.pop_due(time.monotonic())
+                due = self._timers.pop_due(time.monotonic()) + self._instants.pop_due(self._read()[0])
             _fire(due)
+
+    def _wait(self) -> float | None:
+        """Seconds until the next timer is due, None if there is none; while a `call_at` timer
+        waits, at most `wall_check` (the wall clock may step meanwhile)."""
+        deadline, instant = self._timers.next_deadline(), self._instants.next_deadline()
+        waits: list[float] = [] if deadline is None else [deadline - time.monotonic()]
+        if instant is not None:
+            now, ahead = self._read()
+            waits.append(min(self._wall_check, _seconds_until(instant - now, ahead)))
+        return min(waits, default=None)
 
 
 class FakeClock:
-    """A clock tests move by hand; due timers fire in the thread that calls `advance`."""
+    """A clock tests move by hand; due timers fire in the thread that calls `advance` or `jump`.
+
+    `advance` moves both clocks; `jump` steps the wall clock alone, as a suspend or an NTP
+    step does (`now()` follows a step forward at once and one back at `REJOIN_RATE`).
+    """
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2030, 1, 1, tzinfo=UTC)
+        self._wall = start or datetime(2030, 1, 1, tzinfo=UTC)
         self._mono = 1000.0
+        self._steady = _SteadyTime(self._wall.timestamp(), self._mono)
         self._timers = _TimerQueue()
+        self._instants = _TimerQueue()
         self._lock = threading.RLock()
 
     def now(self) -> datetime:
         with self._lock:
-            return self._now
+            ahead = self._steady.ahead(self._wall.timestamp(), self._mono)
+            return self._wall + timedelta(seconds=ahead) if ahead else self._wall
 
     def monotonic(self) -> float:
         with self._lock:
@@ -171,15 +256,33 @@ class FakeClock:
             self._timers.push(self._mono + max(0.0, delay), handle)
         return handle
 
+    def call_at(self, when: datetime, callback: Callable[[], None]) -> TimerHandle:
+        handle = TimerHandle(callback)
+        with self._lock:
+            self._instants.push(when.timestamp(), handle)
+        return handle
+
     def advance(self, seconds: float) -> None:
-        """Move time forward and fire every timer that fell due."""
+        """Move both clocks forward and fire every timer that fell due."""
         with self._lock:
             self._mono += seconds
-            self._now += timedelta(seconds=seconds)
-            due = self._timers.pop_due(self._mono)
+            self._wall += timedelta(seconds=seconds)
+        self._fire_due()
+
+    def jump(self, by: timedelta) -> None:
+        """Step the wall clock by `by`, forward or back, the monotonic clock standing still, and
+        fire every timer that fell due."""
+        with self._lock:
+            self._wall += by
+        self._fire_due()
+
+    def _fire_due(self) -> None:
+        with self._lock:
+            due = self._timers.pop_due(self._mono) + self._instants.pop_due(self.now().timestamp())
         _fire(due)
 
-    def pending_timers(self) -> int:
-        """Timers not yet fired nor cancelled (for tests)."""
+    def pending_timers(self, *, wall_clock_only: bool = False) -> int:
+        """Timers not yet fired nor cancelled (for tests); only `call_at`'s if asked."""
+        queues = [self._instants] if wall_clock_only else [self._timers, self._instants]
         with self._lock:
-            return sum(1 for _, _, h in self._timers._heap if not h.cancelled)
+            return sum(1 for queue in queues for _, _, h in queue._heap if not h.cancelled)

@@ -12,11 +12,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from postroom_common import AccountPause, Delivery, Message, NewMessage, Priority, Status
+import pytest
+
+from postroom_common import AccountPause, Delivery, Message, NewMessage, Priority, Status, ValidationError
 from storage import Storage, open_database
-from supervisor import FakeClock, GetStats
+from supervisor import AccountSettings, FakeClock, GetStats, SupervisorSettings
 from tests.conftest import LogCapture, eventually
-from tests.integration.helpers import start
+from tests.integration.helpers import start, start_with
 
 SUSPECTS = ["+15550001", "+15550002"]  # one suspect each
 BYSTANDERS = ["+15550003", "+15550004", "+15550005"]  # ordinary work, five messages each
@@ -48,19 +50,20 @@ def new(phone: str, text: str) -> NewMessage:
                       created_at=now, scheduled_at=None, max_attempts=5, idempotency_key=None)
 
 
-def left_by_two_crashes(url: str, *, first_time: str | None = None,
-                        paused: str | None = None) -> dict[str, int]:
-    """Suspects in flight at two crashes, bystanders' work pending; ids by text."""
+def left_by_two_crashes(url: str, *, first_time: str | None = None, paused: str | None = None,
+                        suspected: list[str] = SUSPECTS) -> dict[str, int]:
+    """Suspects (one per account of `suspected`) in flight at two crashes, bystanders' work
+    pending; ids by text."""
     storage = Storage(open_database(url))
     storage.create_schema()
     try:
         with storage.write_transaction():
-            news = [new(p, f"suspect {p}") for p in SUSPECTS]
+            news = [new(p, f"suspect {p}") for p in suspected]
             news += [new(p, f"work {p} {n}") for p in BYSTANDERS for n in range(5)]
             if first_time is not None:
                 news.append(new(first_time, "first time"))
             ids = dict(zip([n.text for n in news], storage.insert(news), strict=True))
-        suspects = [ids[f"suspect {p}"] for p in SUSPECTS]
+        suspects = [ids[f"suspect {p}"] for p in suspected]
         now = datetime.now(UTC)
         with storage.write_transaction():
             storage.claim(suspects, now)  # in flight at the first crash
@@ -91,6 +94,35 @@ def test_each_suspect_is_sent_alone_then_everything_else(database_url: str, logs
                if not text.startswith("suspect"))  # the others only after the suspects
     assert logs.events("quarantine.finished")
 
+
+
+def test_a_crash_with_many_suspects_is_an_ordinary_crash(database_url: str, logs: LogCapture) -> None:
+    """More suspects than `max_suspects_alone` (a crash storm with every account sending): none
+    is sent alone, and every account sends at once, even while a suspect's send hangs (SQLite
+    and PostgreSQL)."""
+    storm = [f"+1555010{n:02d}" for n in range(12)]
+    ids = left_by_two_crashes(database_url, suspected=storm)
+    hung = f"suspect {storm[0]}"
+    inside, release = threading.Event(), threading.Event()
+    timing = TimingSender()
+
+    def sender(message: Message) -> None:
+        if message.text == hung:
+            inside.set()
+            release.wait(30)
+        timing(message)
+
+    settings = SupervisorSettings(account=AccountSettings(idle_timeout=None), max_suspects_alone=3)
+    ref = start_with(database_url, sender, settings)
+    try:
+        assert inside.wait(10)
+        eventually(lambda: ref.ask(GetStats()).by_status[Status.COMPLETED] == len(ids) - 1)
+    finally:
+        release.set()
+    eventually(lambda: ref.ask(GetStats()).by_status[Status.COMPLETED] == len(ids))
+    assert logs.events("quarantine.sending_alone") == []
+    (skipped,) = logs.events("quarantine.skipped")
+    assert (skipped["suspects"], skipped["max_suspects_alone"]) == (len(storm), 3)
 
 
 def test_the_first_boot_after_the_upgrade_knows_the_suspects_of_a_previous_database(
@@ -172,3 +204,9 @@ def test_a_suspect_that_hangs_holds_the_others_up_for_suspect_timeout_only(
     eventually(lambda: ref.ask(GetStats()).by_status[Status.COMPLETED] == len(ids))
     assert [e["message_id"] for e in logs.events("quarantine.sending_alone")] == [
         ids[f"suspect {p}"] for p in SUSPECTS]
+
+
+def test_a_negative_max_suspects_alone_is_refused() -> None:
+    """`max_suspects_alone` below 0 is refused with ValidationError when the settings are made."""
+    with pytest.raises(ValidationError, match="max_suspects_alone"):
+        SupervisorSettings(max_suspects_alone=-1)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+import time
+from datetime import UTC, datetime, timedelta
 
-from actors.clock import FakeClock, SystemClock
+from actors.clock import REJOIN_RATE, FakeClock, SystemClock
 
 
 def test_fake_clock_fires_due_timers_in_order() -> None:
@@ -99,3 +100,90 @@ def test_system_clock_survives_a_failing_callback() -> None:
     clock.call_later(0.01, fail)
     clock.call_later(0.02, done.set)
     assert done.wait(5)
+
+
+def test_a_step_forward_fires_the_wall_clock_timers_it_passed() -> None:
+    """`jump` steps the wall clock alone: the `call_at` timers it passed fire, `call_later`'s
+    (monotonic) do not."""
+    clock = FakeClock()
+    fired: list[str] = []
+    clock.call_at(clock.now() + timedelta(hours=1), lambda: fired.append("in an hour"))
+    clock.call_at(clock.now() + timedelta(hours=3), lambda: fired.append("in three hours"))
+    clock.call_later(3600, lambda: fired.append("an hour of monotonic time"))
+    mono = clock.monotonic()
+    clock.jump(timedelta(hours=2))
+    assert fired == ["in an hour"]
+    assert clock.monotonic() == mono
+    assert clock.pending_timers() == 2 and clock.pending_timers(wall_clock_only=True) == 1
+
+
+def test_after_a_step_back_now_goes_on_at_the_rejoin_rate_until_the_wall_clock_catches_up() -> None:
+    """A step back is not followed: `now()` never goes back, runs at `REJOIN_RATE` while ahead
+    of the wall clock, and follows it again once it caught up."""
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    clock = FakeClock(start)
+    fired: list[int] = []
+    clock.call_at(start + timedelta(seconds=1), lambda: fired.append(1))
+    clock.jump(timedelta(hours=-1))
+    assert clock.now() == start
+    clock.advance(1.0)
+    assert clock.now() == start + timedelta(seconds=REJOIN_RATE)
+    assert fired == []
+    clock.advance(1.0 / REJOIN_RATE - 1.0)
+    assert fired == [1]  # due after its second at the rejoin rate, not after the hour
+    gap = 3600 - 1.0  # seconds `now()` is still ahead of the wall clock
+    clock.advance(gap / (1 - REJOIN_RATE))
+    rejoined = clock.now()
+    assert rejoined == start + timedelta(seconds=1 + gap * REJOIN_RATE / (1 - REJOIN_RATE))
+    clock.advance(10)
+    assert clock.now() == rejoined + timedelta(seconds=10)  # the wall clock's pace again
+
+
+class _SteppedWall:
+    """The host's wall clock (POSIX seconds), stepped by hand; counts its reads."""
+
+    def __init__(self) -> None:
+        self.step = timedelta(0)
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return time.time() + self.step.total_seconds()
+
+
+def test_the_timer_thread_follows_a_step_forward_of_the_wall_clock() -> None:
+    """A `call_at` timer an hour ahead fires on the timer thread once the wall clock steps two
+    hours forward, within a look at the wall clock."""
+    wall = _SteppedWall()
+    clock = SystemClock(wall=wall, wall_check=0.02)
+    done = threading.Event()
+    clock.call_at(clock.now() + timedelta(hours=1), done.set)
+    clock.call_later(0.01, lambda: None)  # the thread is asleep before the step
+    wall.step = timedelta(hours=2)
+    assert done.wait(5)
+
+
+def test_the_timer_thread_fires_a_wall_clock_timer_after_a_step_back() -> None:
+    """A `call_at` timer due shortly fires on the timer thread even though the wall clock
+    stepped an hour back meanwhile."""
+    wall = _SteppedWall()
+    clock = SystemClock(wall=wall, wall_check=0.02)
+    done = threading.Event()
+    clock.call_at(clock.now() + timedelta(seconds=0.05), done.set)
+    wall.step = timedelta(hours=-1)
+    assert done.wait(5)
+
+
+def test_an_idle_timer_thread_looks_at_the_wall_clock_only_every_wall_check() -> None:
+    """With timers far ahead the thread does not spin: no look at the wall clock while only
+    monotonic timers wait, one per `wall_check` at most while a wall-clock timer does."""
+    wall = _SteppedWall()
+    clock = SystemClock(wall=wall, wall_check=0.05)
+    clock.call_later(3600, lambda: None)
+    reads = wall.reads
+    threading.Event().wait(0.3)  # a span of real time over which to count the thread's wake-ups
+    assert wall.reads == reads
+    clock.call_at(clock.now() + timedelta(hours=1), lambda: None)
+    reads = wall.reads
+    threading.Event().wait(0.5)
+    assert wall.reads - reads <= 0.5 / 0.05 + 3
