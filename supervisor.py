@@ -26,7 +26,6 @@ import atexit
 import contextlib
 import functools
 import heapq
-import math
 import os
 import random
 import weakref
@@ -132,6 +131,7 @@ from postroom_common import (
     SupervisorStopped,
     ValidationError,
 )
+from postroom_common.checks import check_count, check_seconds, check_timedelta, earlier
 from postroom_common.logs import get_logger
 from storage import OwnerLock, SqliteSettings, Storage, open_database
 
@@ -242,9 +242,20 @@ class SupervisorSettings:
     """Per-phone exceptions to `pacing` (a user account paces far slower than a bot)."""
 
     def __post_init__(self) -> None:
-        if self.account_threads < 2:
-            raise ValidationError("account_threads must be at least 2: the writer and the supervisor "
-                                  "take turns on them too")
+        check_count("SupervisorSettings.max_restarts", self.max_restarts, minimum=0)
+        check_seconds("SupervisorSettings.restart_period", self.restart_period)
+        check_timedelta("SupervisorSettings.retention", self.retention)
+        check_seconds("SupervisorSettings.cleanup_interval", self.cleanup_interval, positive=True,
+                      optional=True)
+        check_count("SupervisorSettings.send_threads", self.send_threads, minimum=1)
+        check_seconds("SupervisorSettings.slow_send_after", self.slow_send_after)
+        check_seconds("SupervisorSettings.stop_timeout", self.stop_timeout)
+        # At least 2: the writer and the supervisor take turns on them too.
+        check_count("SupervisorSettings.account_threads", self.account_threads, minimum=2)
+        check_seconds("SupervisorSettings.pause_check_interval", self.pause_check_interval, positive=True,
+                      optional=True)
+        check_seconds("SupervisorSettings.suspect_timeout", self.suspect_timeout)
+        check_seconds("SupervisorSettings.commit_delay", self.commit_delay)
 
 
 #: The wall clock of every supervisor not given another, and of every send timeout: one timer
@@ -490,8 +501,7 @@ class Supervisor(TurnActor):
             case RequeueMessage(message_id):
                 forward(self.persistence, RequeueRow(message_id), reply)
             case CleanupNow(older_than):
-                cutoff = self.clock.now() - (older_than or self.settings.retention)
-                forward(self.persistence, DeleteFinished(cutoff), reply)
+                self._cleanup_now(older_than, reply)
             case Drain(timeout):
                 self._drain(reply, timeout)
             case GetHealth():
@@ -521,7 +531,7 @@ class Supervisor(TurnActor):
                 self._boot_work = work
                 self._start_boot_accounts()
             case CleanupDue():
-                self.persistence.tell(DeleteFinished(self.clock.now() - self.settings.retention))
+                self.persistence.tell(DeleteFinished(earlier(self.clock.now(), self.settings.retention)))
                 self._arm_cleanup()
             case SleepersDue():
                 self._wake_sleepers()
@@ -537,6 +547,12 @@ class Supervisor(TurnActor):
                 self._barrier_passed(message)
             case _:
                 raise ValidationError(f"unknown command {type(message).__name__}")
+
+    def _cleanup_now(self, older_than: timedelta | None, reply: Reply | None) -> None:
+        if older_than is not None:  # not `or`: timedelta(0), falsy, means every finished row
+            check_timedelta("CleanupNow.older_than", older_than)
+        retention = self.settings.retention if older_than is None else older_than
+        forward(self.persistence, DeleteFinished(earlier(self.clock.now(), retention)), reply)
 
     def _read(self, reply: Reply | None, query: Callable[..., Any], *args: Any) -> None:
         """A read on the runtime's threads, answered from there; the supervisor goes on meanwhile."""
@@ -732,9 +748,7 @@ class Supervisor(TurnActor):
     # -- drains ---------------------------------------------------------------------------
 
     def _drain(self, reply: Reply | None, timeout: float | None) -> None:
-        if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool)
-                                    or not math.isfinite(timeout) or timeout < 0):
-            raise ValidationError(f"Drain timeout must be a finite number of seconds >= 0, not {timeout!r}")
+        check_seconds("Drain timeout", timeout, optional=True)
         if reply is None:
             return  # told: nobody waits for the answer
         deadline = None if timeout is None else self.deadlines.monotonic() + timeout

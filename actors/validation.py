@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from actors.messages import Broadcast, Enqueue
 from postroom_common import NewBroadcast, NewMessage, Priority, ValidationError
+from postroom_common.checks import check_count
 
 #: The most attempts a message may have: what an INTEGER column holds on PostgreSQL.
 MAX_ATTEMPTS = 2**31 - 1
@@ -28,6 +29,12 @@ class Limits:
     """For user_id and idempotency_key (their columns hold 255)."""
     max_phone_length: int = 64
     """For phone (its column holds 64: PostgreSQL refuses longer, so the door must too)."""
+
+    def __post_init__(self) -> None:
+        check_count("Limits.max_text_length", self.max_text_length, minimum=1)
+        check_count("Limits.default_max_attempts", self.default_max_attempts, minimum=1, maximum=MAX_ATTEMPTS)
+        check_count("Limits.max_field_length", self.max_field_length, minimum=1, maximum=255)
+        check_count("Limits.max_phone_length", self.max_phone_length, minimum=1, maximum=64)
 
 
 def validate_enqueue(command: Enqueue, now: datetime, limits: Limits) -> NewMessage:

@@ -55,9 +55,11 @@ def test_drain_gives_up_at_its_timeout_and_says_what_is_left(sqlite_url: str) ->
     assert 0.3 <= time.monotonic() - started < 5
 
 
-@pytest.mark.parametrize("timeout", [-1.0, math.nan, math.inf, "soon", True])
+@pytest.mark.parametrize("timeout", [-1.0, math.nan, math.inf, "soon", True,
+                                     pytest.param(10**400, id="10**400"), 1e12])
 def test_a_bad_drain_timeout_is_refused(sqlite_url: str, timeout: object) -> None:
-    """A negative, infinite or non-numeric timeout is a ValidationError."""
+    """A negative, infinite, non-numeric or huge timeout (an int no float holds raised
+    OverflowError; above 100 years) is a ValidationError."""
     ref = start(sqlite_url, RecordingSender())
     with pytest.raises(ValidationError, match="Drain timeout"):
         ref.ask(Drain(timeout=timeout))  # type: ignore[arg-type]
