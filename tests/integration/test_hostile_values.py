@@ -176,3 +176,23 @@ def test_a_bad_cleanup_age_is_refused(sqlite_url: str, older_than: object) -> No
     with pytest.raises(ValidationError, match=r"CleanupNow\.older_than"):
         ref.ask(CleanupNow(older_than=older_than))  # type: ignore[arg-type]
     assert ref.ask(GetMessage(message_id)).status is Status.COMPLETED
+
+
+def test_an_exception_whose_str_raises_keyboard_interrupt_is_an_outcome(
+        sqlite_url: str, logs: LogCapture) -> None:
+    """A sender's exception whose __str__ raises KeyboardInterrupt is recorded by its type and
+    retried: it stopped every actor of the supervisor, leaving the message `processing`."""
+
+    class Interrupting(Exception):
+        def __str__(self) -> str:
+            raise KeyboardInterrupt
+
+    sender = RecordingSender(lambda m, n: (_ for _ in ()).throw(Interrupting()) if n == 1 else None)
+    clock = FakeClock()
+    ref = start(sqlite_url, sender, clock=clock)
+    message_id = ref.ask(Enqueue(phone="+15550001", user_id="u", text="hi"))
+    eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.RETRYING)
+    assert ref.ask(GetMessage(message_id)).last_error == "Interrupting: (its message could not be read)"
+    clock.advance(BackoffPolicy().base)
+    eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.COMPLETED)
+    assert ref.is_alive() and not logs.events("account.crashed")
