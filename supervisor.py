@@ -110,7 +110,7 @@ from actors.aio import AsyncSender, is_coroutine_sender, running_awaitables
 from actors.directory import AccountDirectory
 from actors.pacing import Pacing
 from actors.persistence import log_unanswered
-from actors.runtime import Answer, Reply, TurnActor, TurnPool, ask_async, forward, tell_if_alive
+from actors.runtime import Answer, Reply, TurnActor, TurnPool, ask_async, forward, tell_if_alive, weak_reply
 from actors.sending import SendPool, SendWatch
 from actors.watches import DrainWaiters, PauseWatch
 from postroom_common import (
@@ -752,25 +752,32 @@ class Supervisor(TurnActor):
         if reply is None:
             return  # told: nobody waits for the answer
         deadline = None if timeout is None else self.deadlines.monotonic() + timeout
-        self._drains.add(reply, deadline)
+        # Held weakly: a caller that gives up (its ask timed out) leaves no waiter behind.
+        key = self._drains.add(weak_reply(reply), deadline)
         # The enqueues the caller sent before went straight to the writer: count once it has them.
         try:
-            self.ask_actor(self.persistence, WriteBarrier(), _DrainBarrier(reply))
+            self.ask_actor(self.persistence, WriteBarrier(), _DrainBarrier(key))
         except pykka.ActorDeadError:
-            self._drains.remove(reply)
+            self._drains.remove(key)
             raise SupervisorStopped("the supervisor is stopping") from None
         self._arm_drain_check()
 
     def _barrier_passed(self, answer: Answer) -> None:
-        reply = answer.token.reply
+        key = answer.token.key
         if answer.error is None:
-            if self._drains.passed(reply, self._counts):
+            if self._drains.passed(key, self._counts):
                 self._count_open()
-        elif self._drains.remove(reply):
+        elif (reply := self._drains.remove(key)) is not None:
             reply.fail(answer.error)  # the writer could not commit what came before: a StorageError
 
+    @property
+    def drains_waiting(self) -> int:
+        """`Drain` asks still waiting for an answer (one whose caller gave up may count until
+        the next count of the open messages forgets it)."""
+        return len(self._drains)
+
     def _count_open(self) -> None:
-        if self._counting or not self._drains:
+        if self._counting or not self._drains.prune():
             return
         self._counts += 1
         self._counting, ref, storage, number = True, self.actor_ref, self.storage, self._counts
@@ -805,9 +812,9 @@ class Supervisor(TurnActor):
 
 @dataclass(frozen=True, slots=True)
 class _DrainBarrier:
-    """The token of a drain's write barrier: whom to answer."""
+    """The token of a drain's write barrier: which drain (its key in `DrainWaiters`)."""
 
-    reply: Reply
+    key: int
 
 
 @dataclass(frozen=True, slots=True)
