@@ -26,7 +26,6 @@ import atexit
 import contextlib
 import functools
 import heapq
-import math
 import os
 import random
 import threading
@@ -112,7 +111,7 @@ from actors.aio import AsyncSender, end_sends_of_closed_loop, is_coroutine_sende
 from actors.directory import AccountDirectory
 from actors.pacing import Pacing
 from actors.persistence import log_unanswered
-from actors.runtime import Answer, Reply, TurnActor, TurnPool, ask_async, forward, tell_if_alive
+from actors.runtime import Answer, Reply, TurnActor, TurnPool, ask_async, forward, tell_if_alive, weak_reply
 from actors.sending import SendPool, SendWatch
 from actors.watches import DrainWaiters, PauseWatch
 from postroom_common import (
@@ -134,6 +133,7 @@ from postroom_common import (
     SupervisorStopped,
     ValidationError,
 )
+from postroom_common.checks import check_count, check_seconds, check_timedelta, earlier
 from postroom_common.logs import get_logger
 from storage import OwnerLock, SqliteSettings, Storage, holder_name, open_database
 
@@ -249,11 +249,21 @@ class SupervisorSettings:
     """Per-phone exceptions to `pacing` (a user account paces far slower than a bot)."""
 
     def __post_init__(self) -> None:
-        if self.account_threads < 2:
-            raise ValidationError("account_threads must be at least 2: the writer and the supervisor "
-                                  "take turns on them too")
-        if self.max_suspects_alone < 0:
-            raise ValidationError(f"max_suspects_alone must be 0 or more, not {self.max_suspects_alone}")
+        check_count("SupervisorSettings.max_restarts", self.max_restarts, minimum=0)
+        check_seconds("SupervisorSettings.restart_period", self.restart_period)
+        check_timedelta("SupervisorSettings.retention", self.retention)
+        check_seconds("SupervisorSettings.cleanup_interval", self.cleanup_interval, positive=True,
+                      optional=True)
+        check_count("SupervisorSettings.send_threads", self.send_threads, minimum=1)
+        check_seconds("SupervisorSettings.slow_send_after", self.slow_send_after)
+        check_seconds("SupervisorSettings.stop_timeout", self.stop_timeout)
+        # At least 2: the writer and the supervisor take turns on them too.
+        check_count("SupervisorSettings.account_threads", self.account_threads, minimum=2)
+        check_seconds("SupervisorSettings.pause_check_interval", self.pause_check_interval, positive=True,
+                      optional=True)
+        check_seconds("SupervisorSettings.suspect_timeout", self.suspect_timeout)
+        check_count("SupervisorSettings.max_suspects_alone", self.max_suspects_alone, minimum=0)
+        check_seconds("SupervisorSettings.commit_delay", self.commit_delay)
 
 
 #: The wall clock of every supervisor not given another, and of every send timeout: one timer
@@ -546,8 +556,7 @@ class Supervisor(TurnActor):
             case RequeueMessage(message_id):
                 forward(self.persistence, RequeueRow(message_id), reply)
             case CleanupNow(older_than):
-                cutoff = self.clock.now() - (older_than or self.settings.retention)
-                forward(self.persistence, DeleteFinished(cutoff), reply)
+                self._cleanup_now(older_than, reply)
             case Drain(timeout):
                 self._drain(reply, timeout)
             case GetHealth():
@@ -577,7 +586,7 @@ class Supervisor(TurnActor):
                 self._boot_work = work
                 self._start_boot_accounts()
             case CleanupDue():
-                self.persistence.tell(DeleteFinished(self.clock.now() - self.settings.retention))
+                self.persistence.tell(DeleteFinished(earlier(self.clock.now(), self.settings.retention)))
                 self._arm_cleanup()
             case SleepersDue():
                 self._wake_sleepers()
@@ -595,6 +604,12 @@ class Supervisor(TurnActor):
                 self._barrier_passed(message)
             case _:
                 raise ValidationError(f"unknown command {type(message).__name__}")
+
+    def _cleanup_now(self, older_than: timedelta | None, reply: Reply | None) -> None:
+        if older_than is not None:  # not `or`: timedelta(0), falsy, means every finished row
+            check_timedelta("CleanupNow.older_than", older_than)
+        retention = self.settings.retention if older_than is None else older_than
+        forward(self.persistence, DeleteFinished(earlier(self.clock.now(), retention)), reply)
 
     def _read(self, reply: Reply | None, query: Callable[..., Any], *args: Any) -> None:
         """A read on the runtime's threads, answered from there; the supervisor goes on meanwhile."""
@@ -805,31 +820,36 @@ class Supervisor(TurnActor):
     # -- drains ---------------------------------------------------------------------------
 
     def _drain(self, reply: Reply | None, timeout: float | None) -> None:
-        if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool)
-                                    or not math.isfinite(timeout) or timeout < 0):
-            raise ValidationError(f"Drain timeout must be a finite number of seconds >= 0, not {timeout!r}")
+        check_seconds("Drain timeout", timeout, optional=True)
         if reply is None:
             return  # told: nobody waits for the answer
         deadline = None if timeout is None else self.deadlines.monotonic() + timeout
-        self._drains.add(reply, deadline)
+        # Held weakly: a caller that gives up (its ask timed out) leaves no waiter behind.
+        key = self._drains.add(weak_reply(reply), deadline)
         # The enqueues the caller sent before went straight to the writer: count once it has them.
         try:
-            self.ask_actor(self.persistence, WriteBarrier(), _DrainBarrier(reply))
+            self.ask_actor(self.persistence, WriteBarrier(), _DrainBarrier(key))
         except pykka.ActorDeadError:
-            self._drains.remove(reply)
+            self._drains.remove(key)
             raise SupervisorStopped("the supervisor is stopping") from None
         self._arm_drain_check()
 
     def _barrier_passed(self, answer: Answer) -> None:
-        reply = answer.token.reply
+        key = answer.token.key
         if answer.error is None:
-            if self._drains.passed(reply, self._counts):
+            if self._drains.passed(key, self._counts):
                 self._count_open()
-        elif self._drains.remove(reply):
+        elif (reply := self._drains.remove(key)) is not None:
             reply.fail(answer.error)  # the writer could not commit what came before: a StorageError
 
+    @property
+    def drains_waiting(self) -> int:
+        """`Drain` asks still waiting for an answer (one whose caller gave up may count until
+        the next count of the open messages forgets it)."""
+        return len(self._drains)
+
     def _count_open(self) -> None:
-        if self._counting or not self._drains:
+        if self._counting or not self._drains.prune():
             return
         self._counts += 1
         self._counting, ref, storage, number = True, self.actor_ref, self.storage, self._counts
@@ -864,9 +884,9 @@ class Supervisor(TurnActor):
 
 @dataclass(frozen=True, slots=True)
 class _DrainBarrier:
-    """The token of a drain's write barrier: whom to answer."""
+    """The token of a drain's write barrier: which drain (its key in `DrainWaiters`)."""
 
-    reply: Reply
+    key: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,14 +36,23 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from actors.ordering import SendOrder
 from actors.pacing import Pacer, Pacing
 from actors.privacy import describe_error
 from actors.retry import BackoffPolicy, Next, RandomSource, decide
-from postroom_common import AccountPause, AccountView, Message, Status, Transition, pause_end_text
+from postroom_common import (
+    AccountPause,
+    AccountView,
+    Message,
+    Status,
+    Transition,
+    ValidationError,
+    pause_end_text,
+)
+from postroom_common.checks import check_count, check_seconds, later
 
 __all__ = [
     "AccountMachine",
@@ -77,6 +86,14 @@ class AccountSettings:
     """Seconds before a read or write that failed is tried again."""
     idle_timeout: float | None = 30.0
     """Seconds with nothing due before the account offers to stop (its memory freed); None: never."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backoff, BackoffPolicy):
+            raise ValidationError(f"AccountSettings.backoff must be a BackoffPolicy, not {self.backoff!r}")
+        check_seconds("AccountSettings.send_timeout", self.send_timeout, positive=True, optional=True)
+        check_count("AccountSettings.window", self.window, minimum=1)
+        check_seconds("AccountSettings.storage_retry", self.storage_retry, positive=True)
+        check_seconds("AccountSettings.idle_timeout", self.idle_timeout, optional=True)
 
 
 class At(NamedTuple):
@@ -263,7 +280,7 @@ class AccountMachine:
     def read_failed(self, error: str, at: At) -> list[Command]:
         self._reading = False
         return [Log("warning", "account.read_failed", {"error": error}),
-                *self._arm(at.now + timedelta(seconds=self.settings.storage_retry))]
+                *self._arm(later(at.now, self.settings.storage_retry))]
 
     def arrived(self, messages: Sequence[Message], at: At) -> list[Command]:
         """New or requeued messages of this account, as committed (one delivery)."""
@@ -307,7 +324,7 @@ class AccountMachine:
             self._unrecorded = asked
         self.state = AccountState.IDLE
         return [Log("warning", "account.write_failed", {"error": error}),
-                *self._arm(at.now + timedelta(seconds=self.settings.storage_retry))]
+                *self._arm(later(at.now, self.settings.storage_retry))]
 
     def write_not_sent(self, at: At) -> list[Command]:
         """The write asked for never reached the writer (the actor failed first), so nothing of
@@ -342,9 +359,8 @@ class AccountMachine:
         assert message is not None, "no send to give back"
         self._unrecorded = WriteAndClaim(record=_given_back(message, at.now))
         self.state = AccountState.IDLE
-        later = self._next(at) if self._releasing else self._arm(
-            at.now + timedelta(seconds=self.settings.storage_retry))
-        return [Log("warning", "account.send_deferred", {"message_id": message.id, "error": error}), *later]
+        then = self._next(at) if self._releasing else self._arm(later(at.now, self.settings.storage_retry))
+        return [Log("warning", "account.send_deferred", {"message_id": message.id, "error": error}), *then]
 
     def timer_fired(self, generation: int, at: At) -> list[Command]:
         if generation != self._generation:
@@ -435,7 +451,7 @@ class AccountMachine:
                 return message, []
             wait = min(self.pacer.recipient_wait(m.user_id, at.mono) for m in self.window.messages())
         self._paced = True
-        return None, self._arm(at.now + timedelta(seconds=wait))
+        return None, self._arm(later(at.now, wait))
 
     def _accept(self, message: Message, at: At) -> list[Command]:
         if message.available_at > at.now:
@@ -454,7 +470,7 @@ class AccountMachine:
         if at.mono - self._idle_since >= idle:
             self._idle_since = at.mono
             return [*commands, ReportIdle(self._wake_at, self.deliveries_seen)]
-        check = at.now + timedelta(seconds=idle - (at.mono - self._idle_since))
+        check = later(at.now, idle - (at.mono - self._idle_since))
         return commands + self._arm(min(check, self._wake_at) if self._wake_at else check)
 
     def _settle_suspect(self) -> list[Command]:

@@ -76,7 +76,9 @@ class Broadcast:
     """Queue one message to many recipients in one commit. Answer: their ids, in order.
 
     What `EnqueueBatch` of identical messages does, without building an `Enqueue`
-    per recipient: the shared fields are checked once. All or nothing.
+    per recipient: the shared fields are checked once. All or nothing: like a batch it is
+    one transaction, and every other write waits while it is written. A huge one is best
+    sent in chunks, each with its own idempotency key (README, Known limitations).
     """
 
     recipients: Sequence[tuple[str, str | int]]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from postroom_common.checks import check_count, check_number, check_seconds
+
 
 @dataclass(frozen=True, slots=True)
 class Pacing:
@@ -20,6 +22,11 @@ class Pacing:
     """Messages that may go back to back before `rate` applies."""
     per_recipient_interval: float | None = None
     """Minimum seconds between two messages to the same recipient (user_id)."""
+
+    def __post_init__(self) -> None:
+        check_number("Pacing.rate", self.rate, positive=True, optional=True)
+        check_count("Pacing.burst", self.burst, minimum=1)
+        check_seconds("Pacing.per_recipient_interval", self.per_recipient_interval, optional=True)
 
 
 class Pacer:

@@ -224,7 +224,13 @@ class PersistenceActor(TurnActor):
         return answers
 
     def _insert_alone(self, insert: Insert) -> list[Any] | IdempotencyConflict:
-        """A broadcast or a keyed batch: its answers, or the conflict that refused all of it."""
+        """A broadcast or a keyed batch: its answers, or the conflict that refused all of it.
+
+        Written whole in this transaction, however big, though other writes wait meanwhile:
+        spread over several commits, an unkeyed batch would no longer be all or nothing, a
+        key reused in its last part could no longer refuse its first, and an enqueue its
+        caller sent after it could be written before its end.
+        """
         if not insert.news:
             return []
         try:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
-import json
+import html
+import re
+import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
 from postroom_common import Message
 
@@ -28,56 +33,59 @@ def describe_error(error: BaseException, message: Message) -> str:
     """The error's type and text for `last_error`, with the message's own data redacted.
 
     Senders often put the recipient, the text or the whole message into their exception
-    messages, quoted (`{text!r}`), escaped or cut short; the stored error must not become a
-    copy of them. Each of phone, user_id, text, attachment and idempotency key is redacted as
-    it is and in its repr and JSON forms, and so is any run of `_RUN` or more characters the
-    error shares with one of them (a prefix of the text, a line of it). Describing an error
-    never fails: an exception whose `str()` raises is described by its type alone.
+    messages, quoted (`{text!r}`), escaped, URL-encoded (a GET query, a form body),
+    HTML-escaped, upper-cased or cut short; the stored error must not become a copy of them.
+    The error is read as it is and decoded each of those ways (`_views`), and wherever a view
+    shows one of phone, user_id, text, attachment or idempotency key whole, or any run of
+    `_RUN` or more characters of one (a prefix of the text, a line of it), whatever case,
+    the error's characters behind it are redacted. Describing an error never fails: an
+    exception whose `str()` raises, even `KeyboardInterrupt`, is described by its type alone.
     """
     name = type(error).__name__
     try:
         text = str(error)
-    except Exception:  # noqa: BLE001 - a broken __str__ must not crash the account recording it
+    except BaseException:  # noqa: BLE001 - a sender's broken __str__ must not stop the account recording it
         return f"{name}: (its message could not be read)"
-    return f"{name}: {_redact(text[:_MAX_ERROR], _secrets(message))}"[:_MAX_ERROR]
+    return f"{name}: {_redact(text[:_MAX_ERROR], message)}"[:_MAX_ERROR]
 
 
 #: Shared runs this long or longer are redacted; shorter secrets only where they stand whole.
 _RUN = 8
-#: Secrets are indexed by the runs starting every `_STEP` characters (a 4 KB text: a thousand
-#: runs, not four thousand); a shared run then loses at most `_STEP - 1` characters at each end
-#: to the redaction's reach, too few to say anything.
-_STEP = 4
 _REDACTED = "[redacted]"
 
+_PERCENT = re.compile(r"(?:%[0-9A-Fa-f]{2})+|\+")
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_ESCAPE = re.compile(r"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+                     r"|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|[nrtbf\"'\\/])")
+_SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
 
-def _secrets(message: Message) -> list[str]:
-    """Every form of the message's data that an exception message may quote."""
-    forms: set[str] = set()
-    for value in (message.phone, message.user_id, message.text, message.attachment,
-                  message.idempotency_key):
-        if value:
-            forms.update((value, repr(value)[1:-1], json.dumps(value)[1:-1]))
-    return sorted((form for form in forms if len(form) >= 3), key=len, reverse=True)
-
-
-def _redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, _REDACTED)
-    return _redact_shared_runs(text, [s for s in secrets if len(s) >= _RUN])
+#: What a decoder makes of one match: characters, each with its offsets in the match.
+_Decoding = list[tuple[str, int, int]]
 
 
-def _redact_shared_runs(text: str, secrets: list[str]) -> str:
-    """Replace every run of `_RUN`+ characters of `text` that also stands in a secret."""
-    if len(text) < _RUN or not secrets:
+class _View(NamedTuple):
+    """The error text read one way: its characters, and the span of the error text behind each."""
+
+    chars: str
+    spans: list[tuple[int, int]] | None = None
+    """None: character i is the error's own character i."""
+
+    def span(self, first: int, last: int) -> tuple[int, int]:
+        """The error text behind characters `first` to `last`, both included."""
+        if self.spans is None:
+            return first, last + 1
+        return self.spans[first][0], self.spans[last][1]
+
+
+def _redact(text: str, message: Message) -> str:
+    """`text` with every stretch that shows the message's data replaced by `_REDACTED`."""
+    short, windows = _secrets(message)
+    if not short and not windows:
         return text
-    windows = {secret[i:i + _RUN] for secret in secrets for i in range(0, len(secret) - _RUN + 1, _STEP)}
     hidden = [False] * len(text)
-    for i in range(len(text) - _RUN + 1):
-        if text[i:i + _RUN] in windows:
-            hidden[i:i + _RUN] = [True] * _RUN
-    if not any(hidden):
-        return text
+    for view in _views(text):
+        for start, end in _found(view, short, windows):
+            hidden[start:end] = [True] * (end - start)
     out: list[str] = []
     for i, char in enumerate(text):
         if not hidden[i]:
@@ -85,3 +93,115 @@ def _redact_shared_runs(text: str, secrets: list[str]) -> str:
         elif i == 0 or not hidden[i - 1]:
             out.append(_REDACTED)
     return "".join(out)
+
+
+def _secrets(message: Message) -> tuple[list[str], set[str]]:
+    """The message's values, case-folded: those shorter than `_RUN` (at least 3 characters),
+    found whole, and every `_RUN`-character run of the longer ones (built once per error)."""
+    short: list[str] = []
+    windows: set[str] = set()
+    for value in (message.phone, message.user_id, message.text, message.attachment,
+                  message.idempotency_key):
+        folded = value.casefold() if value else ""
+        if len(folded) >= _RUN:
+            windows.update(folded[i:i + _RUN] for i in range(len(folded) - _RUN + 1))
+        elif len(folded) >= 3:
+            short.append(folded)
+    return short, windows
+
+
+def _views(text: str) -> list[_View]:
+    """The error as it is and decoded from each quoting a sender may have used: percent-encoding
+    (`quote`, `quote_plus`), HTML entities, backslash escapes (repr, JSON), and all three in
+    turn (a JSON body in a query string); each case-folded. Only the decodings that change
+    something are made: most errors are read once."""
+    plain = _View(text)
+    unquoted = _decoded(plain, _PERCENT, _unquoted)
+    views = [plain, unquoted, _decoded(plain, _ENTITY, _unescaped_entity),
+             _decoded(plain, _ESCAPE, _unescaped)]
+    if unquoted is not None:
+        nested = _decoded(unquoted, _ENTITY, _unescaped_entity) or unquoted
+        nested = _decoded(nested, _ESCAPE, _unescaped) or nested
+        views.append(nested if nested is not unquoted else None)
+    return [_folded(view) for view in views if view is not None]
+
+
+def _found(view: _View, short: list[str], windows: set[str]) -> list[tuple[int, int]]:
+    """The spans of the error text behind each secret and each shared run the view shows."""
+    chars = view.chars
+    spans = [view.span(i, i + _RUN - 1) for i in range(len(chars) - _RUN + 1) if chars[i:i + _RUN] in windows]
+    for secret in short:
+        at = chars.find(secret)
+        while at >= 0:
+            spans.append(view.span(at, at + len(secret) - 1))
+            at = chars.find(secret, at + 1)
+    return spans
+
+
+def _decoded(view: _View, pattern: re.Pattern[str], decode: Callable[[str], _Decoding]) -> _View | None:
+    """`view` with each match of `pattern` replaced by its decoding, each character of which
+    stands for the error text behind its own source characters; None if nothing matches."""
+    chars, spans = view.chars, _spans(view)
+    out: list[str] = []
+    out_spans: list[tuple[int, int]] = []
+    last = 0
+    for match in pattern.finditer(chars):
+        at = match.start()
+        out.append(chars[last:at])
+        out_spans += spans[last:at]
+        for char, begin, end in decode(match[0]):
+            out.append(char)
+            out_spans.append((spans[at + begin][0], spans[at + end - 1][1]))
+        last = match.end()
+    if not last:
+        return None
+    out.append(chars[last:])
+    return _View("".join(out), out_spans + spans[last:])
+
+
+def _folded(view: _View) -> _View:
+    """The view case-folded (`ß` and `SS` alike), each folded character behind its source's span."""
+    folded = view.chars.casefold()
+    if len(folded) == len(view.chars):  # no character folded into several: the spans still line up
+        return _View(folded, view.spans)
+    spans = _spans(view)
+    pairs = [(fold, span) for char, span in zip(view.chars, spans, strict=True) for fold in char.casefold()]
+    return _View("".join(fold for fold, _ in pairs), [span for _, span in pairs])
+
+
+def _spans(view: _View) -> list[tuple[int, int]]:
+    return view.spans if view.spans is not None else [(i, i + 1) for i in range(len(view.chars))]
+
+
+def _unquoted(run: str) -> _Decoding:
+    """A run of %XX escapes as UTF-8 (or a "+", a space in a form body), character by character."""
+    if run == "+":
+        return [(" ", 0, 1)]
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    chars: _Decoding = []
+    begin = 0
+    for k in range(0, len(run), 3):
+        decoded = decoder.decode(bytes.fromhex(run[k + 1:k + 3]))
+        if decoded:
+            chars += [(char, begin, k + 3) for char in decoded]
+            begin = k + 3
+    chars += [(char, begin, len(run)) for char in decoder.decode(b"", final=True)]
+    return chars
+
+
+def _unescaped_entity(entity: str) -> _Decoding:
+    return [(char, 0, len(entity)) for char in html.unescape(entity)]
+
+
+def _unescaped(escape: str) -> _Decoding:
+    """One backslash escape of repr or JSON (a surrogate pair as one character)."""
+    kind = escape[1]
+    if kind not in "uUx":
+        char = _SIMPLE_ESCAPES.get(kind, kind)
+    elif len(escape) == 12:  # \uD83D\uDE00
+        pair = chr(int(escape[2:6], 16)) + chr(int(escape[8:12], 16))
+        char = pair.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+    else:
+        code = int(escape[2:], 16)
+        char = chr(code) if code <= sys.maxunicode else escape
+    return [(each, 0, len(escape)) for each in char]

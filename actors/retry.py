@@ -5,11 +5,12 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
 from actors.errors import AccountSuspended, PermanentError, RateLimited
 from postroom_common import ValidationError
+from postroom_common.checks import check_number, check_seconds, later
 
 
 class RandomSource(Protocol):
@@ -31,18 +32,18 @@ class BackoffPolicy:
     jitter: float = 0.2
     """Up to this fraction is taken off at random, so retries of a burst spread out."""
     max_retry_after: float = 3600.0
-    """A rate limit's retry_after is capped at this many seconds."""
+    """A rate limit's retry_after is capped at this many seconds (an infinite one means this)."""
     min_pause: float = 1.0
-    """The shortest pause a rate limit imposes: a retry_after of 0, negative or not a finite
-    number means this, and it doubles while the platform keeps rate-limiting the account."""
+    """The shortest pause a rate limit imposes: a retry_after of 0, negative, NaN, missing or
+    unreadable means this, and it doubles while the platform keeps rate-limiting the account."""
 
     def __post_init__(self) -> None:
-        for name in ("base", "factor", "max_delay", "max_retry_after", "min_pause"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValidationError(f"BackoffPolicy.{name} must be a finite number > 0, not {value!r}")
-        if not 0.0 <= self.jitter < 1.0:
-            raise ValidationError(f"BackoffPolicy.jitter must be in [0, 1), not {self.jitter!r}")
+        for name in ("base", "max_delay", "max_retry_after", "min_pause"):
+            check_seconds(f"BackoffPolicy.{name}", getattr(self, name), positive=True)
+        check_number("BackoffPolicy.factor", self.factor, positive=True)
+        jitter = self.jitter
+        if not (isinstance(jitter, int | float) and not isinstance(jitter, bool) and 0.0 <= jitter < 1.0):
+            raise ValidationError(f"BackoffPolicy.jitter must be in [0, 1), not {jitter!r}")
 
 
 def compute_backoff(attempts: int, policy: BackoffPolicy, rng: RandomSource) -> float:
@@ -55,8 +56,8 @@ def pause_for(retry_after: float | None, in_a_row: int, policy: BackoffPolicy) -
     """Seconds an account pauses for its `in_a_row`-th rate limit without a send between:
     what the platform asked, but never less than `min_pause` doubled for each one before
     (a platform answering "retry after 0" again and again is not hammered), nor more than
-    `max_retry_after`."""
-    asked = retry_after if retry_after is not None and math.isfinite(retry_after) else 0.0
+    `max_retry_after` (what an infinite retry_after means)."""
+    asked = retry_after if retry_after is not None and not math.isnan(retry_after) else 0.0
     floor = _grown(policy.min_pause, 2.0, in_a_row - 1)
     return min(max(asked, floor), policy.max_retry_after)
 
@@ -94,13 +95,34 @@ def decide(
 ) -> Decision:
     """Classify a sender's exception into retry, fail or pause (`limited_in_a_row`: the
     account's rate limits without a send between, this one included)."""
-    if isinstance(error, AccountSuspended) and error.retry_after is None:
-        # Banned, or the session revoked: waiting cannot help, only a person can.
-        return Decision(Next.DISABLE)
     if isinstance(error, RateLimited | AccountSuspended):
+        retry_after = retry_after_of(error)
+        if retry_after is None and isinstance(error, AccountSuspended):
+            # Banned, or the session revoked: waiting cannot help, only a person can.
+            return Decision(Next.DISABLE)
         # Not the message's fault: the whole account waits and the attempt is given back.
-        pause = pause_for(error.retry_after, limited_in_a_row, policy)
-        return Decision(Next.PAUSE, now + timedelta(seconds=pause))
+        return Decision(Next.PAUSE, later(now, pause_for(retry_after, limited_in_a_row, policy)))
     if isinstance(error, PermanentError) or attempts >= max_attempts:
         return Decision(Next.FAIL)
-    return Decision(Next.RETRY, now + timedelta(seconds=compute_backoff(attempts, policy, rng)))
+    return Decision(Next.RETRY, later(now, compute_backoff(attempts, policy, rng)))
+
+
+def retry_after_of(error: RateLimited | AccountSuspended) -> float | None:
+    """The seconds the sender's exception asks for, as a float (None: it says "until lifted").
+
+    A subclass may skip `__init__` or make `retry_after` a property that raises or a value
+    that is no number: that counts as 0, the minimum pause, and an int too large for a
+    float as infinite, never as a crash of the account reading it.
+    """
+    try:
+        value = error.retry_after
+    except BaseException:  # noqa: BLE001 - the sender's code, run on postroom's thread
+        return 0.0
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+    except BaseException:  # noqa: BLE001 - the same: a __float__ of the sender's
+        return 0.0

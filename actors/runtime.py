@@ -61,6 +61,7 @@ import contextlib
 import queue
 import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ __all__ = [
     "ask_async",
     "forward",
     "tell_if_alive",
+    "weak_reply",
 ]
 
 
@@ -179,6 +181,12 @@ class LoopFuture(pykka.Future[Any]):
     def fail(self, error: BaseException) -> None:
         self._hand_over(_reject, error)
 
+    @property
+    def settled(self) -> bool:
+        """The asyncio future is done: answered, or cancelled by its awaiter (a `wait_for`
+        that timed out); nobody reads a later answer."""
+        return self._target.done()
+
     def _hand_over(self, settle: Callable[[asyncio.Future[Any], Any], None], value: Any) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             self._loop.call_soon_threadsafe(settle, self._target, value)
@@ -242,6 +250,22 @@ class MailReply(pykka.Future[Any]):
         if not self._answered:
             self._answered = True
             tell_if_alive(self._asker, answer)
+
+
+def weak_reply(reply: Reply) -> Callable[[], Reply | None]:
+    """`reply` for as long as its asker may still read the answer; None once it cannot.
+
+    For a request that may wait long (a `Drain`): a caller that gave up must not leave it
+    behind. A `ThreadFuture` is held weakly: the asker holds it while it waits in `get()` or
+    keeps the future (to `get()` again later); once its `ask(..., timeout=)` raised and
+    returned, nothing refers to it and nobody can read an answer. A `LoopFuture` has no
+    reader once its asyncio future is done (cancelled by a timeout). Any other reply is held.
+    """
+    if isinstance(reply, ThreadFuture):
+        return weakref.ref(reply)
+    if isinstance(reply, LoopFuture):
+        return lambda: None if reply.settled else reply
+    return lambda: reply
 
 
 def tell_if_alive(ref: pykka.ActorRef[Any], message: Any) -> None:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from actors.messages import Broadcast, Enqueue
 from postroom_common import NewBroadcast, NewMessage, Priority, ValidationError
+from postroom_common.checks import check_count
 
 #: The most attempts a message may have: what an INTEGER column holds on PostgreSQL.
 MAX_ATTEMPTS = 2**31 - 1
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")  # a broadcast checks 100,000 ids: scanned in C, not char by char
+#: Unicode categories refused in identifiers beyond ASCII: controls (C1) and format characters.
+_INVISIBLE = frozenset({"Cc", "Cf"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,12 @@ class Limits:
     """For user_id and idempotency_key (their columns hold 255)."""
     max_phone_length: int = 64
     """For phone (its column holds 64: PostgreSQL refuses longer, so the door must too)."""
+
+    def __post_init__(self) -> None:
+        check_count("Limits.max_text_length", self.max_text_length, minimum=1)
+        check_count("Limits.default_max_attempts", self.default_max_attempts, minimum=1, maximum=MAX_ATTEMPTS)
+        check_count("Limits.max_field_length", self.max_field_length, minimum=1, maximum=255)
+        check_count("Limits.max_phone_length", self.max_phone_length, minimum=1, maximum=64)
 
 
 def validate_enqueue(command: Enqueue, now: datetime, limits: Limits) -> NewMessage:
@@ -134,8 +144,9 @@ def _identifier(name: str, value: object, max_length: int, checked: set[tuple[st
         raise ValidationError(f"{name} is longer than {max_length}")
     if _CONTROL.search(value):
         raise ValidationError(f"{name} must not contain control characters")
-    if not value.isascii():  # ASCII always encodes: a broadcast's ids skip the encode
+    if not value.isascii():  # ASCII always encodes and has no other controls: a broadcast's ids skip both
         _encodable(name, value)
+        _visible(name, value)
     checked.add((name, value))
 
 
@@ -150,6 +161,15 @@ def _text(text: object, attachment: object, limits: Limits, checked: set[tuple[s
         return  # ASCII always encodes; a long non-ASCII broadcast text is encoded once
     _encodable("text", text)
     checked.add(("text", text))
+
+
+def _visible(name: str, value: str) -> None:
+    """No C1 control and no format character (category Cf: the bidi controls U+200E/F,
+    U+202A-E, U+2066-9 that make `+1555` display as another number, zero-width ones)."""
+    for char in value:
+        if unicodedata.category(char) in _INVISIBLE:
+            raise ValidationError(f"{name} must not contain control or format characters "
+                                  f"(U+{ord(char):04X})")
 
 
 def _encodable(name: str, value: str) -> None:

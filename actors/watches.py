@@ -6,7 +6,7 @@ reader pool, hands the answers in here, and carries out what comes back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -72,7 +72,8 @@ class PauseWatch:
 
 @dataclass(slots=True, eq=False)
 class _Drain:
-    request: Any
+    reply: Callable[[], Any]
+    """The request's reply, or None once its caller has let go of it (`runtime.weak_reply`)."""
     deadline: float | None
     """On the monotonic clock; None: no limit."""
     after: int | None = None
@@ -82,46 +83,66 @@ class _Drain:
 
 @dataclass
 class DrainWaiters:
-    """`Drain` commands waiting for the queue to empty, each until its deadline."""
+    """`Drain` commands waiting for the queue to empty, each until its deadline, or until its
+    caller lets go of it: a caller that gave up (its `ask` timed out and returned) leaves no
+    waiter behind to be counted for. Each drain is known by the key `add` gave it."""
 
-    _waiting: list[_Drain] = field(default_factory=list)
+    _waiting: dict[int, _Drain] = field(default_factory=dict)
+    _added: int = 0
+
+    def __len__(self) -> int:
+        return len(self._waiting)
 
     def __bool__(self) -> bool:
         return bool(self._waiting)
 
-    def add(self, request: Any, deadline: float | None) -> None:
-        """A new drain, waiting for its write barrier (`passed`) before any count may answer it."""
-        self._waiting.append(_Drain(request, deadline))
+    def add(self, reply: Callable[[], Any], deadline: float | None) -> int:
+        """A new drain, waiting for its write barrier (`passed`) before any count may answer
+        it; `reply()` gives its reply, or None once nobody waits for the answer. Its key."""
+        self._added += 1
+        self._waiting[self._added] = _Drain(reply, deadline)
+        return self._added
 
-    def passed(self, request: Any, counts_started: int) -> bool:
+    def passed(self, key: int, counts_started: int) -> bool:
         """Its barrier came back: the writer committed what was sent before it. False if the
-        drain is no longer waiting (its deadline passed, the supervisor stopped)."""
-        for drain in self._waiting:
-            if drain.request is request:
-                drain.after = counts_started
-                return True
-        return False
+        drain is no longer waiting (its deadline passed, its caller gave up, the supervisor stopped)."""
+        drain = self._waiting.get(key)
+        if drain is None:
+            return False
+        drain.after = counts_started
+        return True
 
-    def remove(self, request: Any) -> bool:
-        """Stop waiting for `request`; False if it was not waiting."""
-        kept = [d for d in self._waiting if d.request is not request]
-        removed, self._waiting = len(kept) < len(self._waiting), kept
-        return removed
+    def remove(self, key: int) -> Any | None:
+        """Stop waiting for drain `key`: its reply, if it was waiting and someone still waits for it."""
+        drain = self._waiting.pop(key, None)
+        return None if drain is None else drain.reply()
+
+    def prune(self) -> bool:
+        """Forget the drains whose callers let go of them; True if any is still waited for."""
+        self._waiting = {key: drain for key, drain in self._waiting.items() if drain.reply() is not None}
+        return bool(self._waiting)
 
     def counted(self, open_messages: int, number: int, monotonic: float) -> list[Any]:
-        """After count `number` of the open messages: the requests to answer with it now."""
-        answered = [d for d in self._waiting if _over(d, open_messages, number, monotonic)]
-        self._waiting = [d for d in self._waiting if d not in answered]
-        return [d.request for d in answered]
+        """After count `number` of the open messages: the replies to answer with it now (the
+        drains whose callers let go of them are forgotten meanwhile)."""
+        answered = []
+        for key, drain in list(self._waiting.items()):
+            reply = drain.reply()
+            if reply is None or _over(drain, open_messages, number, monotonic):
+                del self._waiting[key]
+                if reply is not None:
+                    answered.append(reply)
+        return answered
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of those still waiting."""
-        deadlines = [d.deadline for d in self._waiting if d.deadline is not None]
+        deadlines = [d.deadline for d in self._waiting.values() if d.deadline is not None]
         return min(deadlines) if deadlines else None
 
     def take_all(self) -> list[Any]:
-        """Every waiting request (the supervisor is stopping, or the count failed)."""
-        taken, self._waiting = [d.request for d in self._waiting], []
+        """Every reply still waited for (the supervisor is stopping, or the count failed)."""
+        taken = [reply for drain in self._waiting.values() if (reply := drain.reply()) is not None]
+        self._waiting = {}
         return taken
 
 

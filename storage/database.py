@@ -12,6 +12,7 @@ from pathlib import Path
 import peewee
 from playhouse import db_url
 
+from postroom_common.checks import check_seconds
 from postroom_common.errors import DatabaseNotFound, StorageError, ValidationError
 from postroom_common.logs import get_logger
 from storage.owner import OwnerLock
@@ -37,6 +38,10 @@ class SqliteSettings:
     """FULL by default: an acknowledged message survives a power cut."""
     busy_timeout: float = 5.0
     """Seconds a writer waits for another process's lock before failing."""
+
+    def __post_init__(self) -> None:
+        # SQLite takes it in milliseconds, as a 32-bit int.
+        check_seconds("SqliteSettings.busy_timeout", self.busy_timeout, maximum=(2**31 - 1) / 1000)
 
 
 def _quiet_peewee_sql_logging() -> None:

@@ -865,14 +865,25 @@ class Storage:
         by_account: dict[str, dict[Status, int]] = {}
         with self._guard():
             for phone, status, count in cast(Iterable[tuple[str, str, int]], query.tuples()):
-                by_status[Status(status)] += count
-                by_account.setdefault(phone, {})[Status(status)] = count
+                by_status[_status(status)] += count
+                by_account.setdefault(phone, {})[_status(status)] = count
         return QueueStats(by_status=by_status, by_account=by_account)
 
 
 # Enums by value for `_message`: a dict lookup, where calling the Enum costs every row far more.
 _PRIORITIES = {int(priority): priority for priority in Priority}
 _STATUSES = {status.value: status for status in Status}
+
+
+def _status(value: str) -> Status:
+    """A row's status; one this version does not know is a `StorageError` that names it."""
+    status = _STATUSES.get(value)
+    if status is None:
+        raise StorageError(f"the database holds a message status postroom does not know: {value!r} "
+                           "(written by a newer version of postroom, or by hand)")
+    return status
+
+
 # A row's instants repeat (a new row was created, made available and updated at its enqueue
 # instant; a claim's rows were all updated at once): each is converted once, then looked up.
 _instant = functools.lru_cache(maxsize=1024)(from_micros)
@@ -884,7 +895,7 @@ def _message(row: Mapping[str, Any]) -> Message:
     return Message(
         id=row["id"], phone=row["phone"], user_id=row["user_id"],
         text=bytes(row["text"]).decode("utf-8"), attachment=row["attachment"],
-        priority=_PRIORITIES[row["priority"]], status=_STATUSES[row["status"]],
+        priority=_PRIORITIES[row["priority"]], status=_status(row["status"]),
         created_at=_instant(row["created_at"]), scheduled_at=_from_micros(row["scheduled_at"]),
         available_at=_instant(row["available_at"]), attempts=row["attempts"],
         max_attempts=row["max_attempts"], last_error=row["last_error"],

@@ -99,6 +99,21 @@ def test_status_unmasked_shows_the_full_numbers(
     assert [pause["account"] for pause in report["paused"]] == [ALIKE[1]]
 
 
+@pytest.mark.parametrize("json_output", [False, True], ids=["table", "json"])
+def test_status_names_a_status_it_does_not_know_and_exits_2(
+        database_url: str, capsys: pytest.CaptureFixture[str], json_output: bool) -> None:
+    """A row whose status this version does not know (a newer version wrote it, or a hand edit)
+    is a clear error naming it, exit code 2, not a bare ValueError traceback."""
+    _enqueue_rows(database_url, ALIKE)
+    store = _store(database_url)
+    with store.write_transaction():
+        store.db.execute_sql("UPDATE message_queue SET status = 'bogus'")
+    store.close()
+    code, text = _run(capsys, "status", "--database", database_url, *(["--json"] if json_output else []))
+    assert code == 2
+    assert "StorageError" in text and "'bogus'" in text and "Traceback" not in text
+
+
 # -- resume -----------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 
@@ -12,6 +13,7 @@ import pytest
 from actors.errors import RateLimited
 from supervisor import (
     AsyncPostroom,
+    CancelMessage,
     Drain,
     Enqueue,
     EnqueueBatch,
@@ -21,6 +23,7 @@ from supervisor import (
     SupervisorStopped,
     ValidationError,
 )
+from tests.conftest import eventually
 from tests.integration.helpers import RecordingSender, start
 
 
@@ -55,9 +58,11 @@ def test_drain_gives_up_at_its_timeout_and_says_what_is_left(sqlite_url: str) ->
     assert 0.3 <= time.monotonic() - started < 5
 
 
-@pytest.mark.parametrize("timeout", [-1.0, math.nan, math.inf, "soon", True])
+@pytest.mark.parametrize("timeout", [-1.0, math.nan, math.inf, "soon", True,
+                                     pytest.param(10**400, id="10**400"), 1e12])
 def test_a_bad_drain_timeout_is_refused(sqlite_url: str, timeout: object) -> None:
-    """A negative, infinite or non-numeric timeout is a ValidationError."""
+    """A negative, infinite, non-numeric or huge timeout (an int no float holds raised
+    OverflowError; above 100 years) is a ValidationError."""
     ref = start(sqlite_url, RecordingSender())
     with pytest.raises(ValidationError, match="Drain timeout"):
         ref.ask(Drain(timeout=timeout))  # type: ignore[arg-type]
@@ -90,3 +95,42 @@ def test_drain_from_asyncio(sqlite_url: str) -> None:
         return left
 
     assert asyncio.run(main()) == 0
+
+
+def test_drains_whose_callers_gave_up_leave_no_waiter(sqlite_url: str) -> None:
+    """Thousands of Drain asks abandoned by their callers (a future dropped, an ask that timed
+    out) are forgotten, so the supervisor stops counting for them; a drain still held waits
+    on and is answered."""
+    ref = start(sqlite_url, RecordingSender(lambda m, n: (_ for _ in ()).throw(RateLimited(600))))
+    stuck = ref.ask(Enqueue(phone="+15550001", user_id="u", text="stuck"))
+    kept = ref.ask(Drain(), block=False)
+    for _ in range(2000):
+        ref.ask(Drain(), block=False)  # the future is dropped at once
+    for _ in range(20):
+        with contextlib.suppress(pykka.Timeout):
+            ref.ask(Drain(), timeout=0.001)
+    proxy = ref.proxy()
+    eventually(lambda: proxy.drains_waiting.get() == 1)
+    ref.ask(CancelMessage(stuck))
+    assert kept.get(timeout=10) == 0
+    eventually(lambda: proxy.drains_waiting.get() == 0)
+
+
+def test_an_asyncio_drain_cancelled_by_its_timeout_leaves_no_waiter(sqlite_url: str) -> None:
+    """`asyncio.wait_for(room.drain(), ...)` that times out cancels the awaited future: the
+    supervisor forgets that drain."""
+
+    def limited(message: Message) -> None:
+        raise RateLimited(600)
+
+    async def main() -> None:
+        room = await AsyncPostroom.start(sqlite_url, limited)
+        await room.enqueue("+15550001", "u", "stuck")
+        for _ in range(50):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(room.drain(), 0.001)
+        proxy = room.ref.proxy()
+        await asyncio.to_thread(eventually, lambda: proxy.drains_waiting.get() == 0)
+        await room.stop()
+
+    asyncio.run(main())

@@ -11,6 +11,7 @@ from storage import Storage, open_database
 from supervisor import (
     AccountSettings,
     BackoffPolicy,
+    CleanupNow,
     Enqueue,
     FakeClock,
     GetHealth,
@@ -18,6 +19,7 @@ from supervisor import (
     Message,
     Status,
     SupervisorSettings,
+    ValidationError,
 )
 from tests.conftest import LogCapture, eventually
 from tests.integration.helpers import RecordingSender, start, start_with
@@ -103,3 +105,94 @@ def test_an_exception_whose_str_raises_is_an_outcome_not_a_crash(sqlite_url: str
     clock.advance(BackoffPolicy().base)
     eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.COMPLETED)
     assert not logs.events("account.crashed")
+
+
+class _LimitedNoInit(RateLimited):
+    def __init__(self) -> None:  # never calls RateLimited.__init__: no retry_after at all
+        pass
+
+
+class _SuspendedNoInit(AccountSuspended):
+    def __init__(self) -> None:  # neither reason nor retry_after
+        pass
+
+
+@pytest.mark.parametrize("kind", [_LimitedNoInit, _SuspendedNoInit])
+def test_a_rate_limit_without_its_retry_after_pauses_the_minimum(
+        sqlite_url: str, logs: LogCapture, kind: type[Exception]) -> None:
+    """A RateLimited or AccountSuspended subclass that skipped __init__ pauses its account for
+    min_pause with the attempt given back, instead of crashing the account until it is parked."""
+    clock = FakeClock()
+    sender = RecordingSender(lambda m, n: (_ for _ in ()).throw(kind()) if n == 1 else None)
+    ref = start(sqlite_url, sender, clock=clock)
+    message_id = ref.ask(Enqueue(phone="+15550001", user_id="u", text="hi"))
+    eventually(lambda: _pause_end(sqlite_url, clock) == clock.now() + timedelta(seconds=1))
+    paused = ref.ask(GetMessage(message_id))
+    assert paused.status is Status.PENDING and paused.attempts == 0
+    clock.advance(1)
+    eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.COMPLETED)
+    assert ref.ask(GetMessage(message_id)).attempts == 1
+    assert not logs.events("account.crashed") and ref.ask(GetHealth()).parked_accounts == ()
+
+
+def test_a_delay_past_the_year_9999_ends_at_the_last_instant(sqlite_url: str, logs: LogCapture) -> None:
+    """With the clock in the last second a datetime holds, a retry and a rate limit are set for
+    that last instant: adding their delay overflowed, crashed the account until it was parked,
+    and marked its message "interrupted" although the process had not stopped."""
+    last = datetime.max.replace(tzinfo=UTC)
+    clock = FakeClock(last - timedelta(milliseconds=500))
+
+    def script(message: Message, call: int) -> None:
+        raise TransientError("later") if message.text == "retry" else RateLimited(3600)
+
+    ref = start(sqlite_url, RecordingSender(script), clock=clock)
+    retried = ref.ask(Enqueue(phone="+15550001", user_id="u", text="retry"))
+    limited = ref.ask(Enqueue(phone="+15550002", user_id="u", text="limited"))
+    eventually(lambda: ref.ask(GetMessage(retried)).status is Status.RETRYING)
+    assert ref.ask(GetMessage(retried)).available_at == last
+    eventually(lambda: _pause_end(sqlite_url, clock) == last)
+    assert ref.ask(GetMessage(limited)).status is Status.PENDING
+    assert not logs.events("account.crashed") and ref.ask(GetHealth()).parked_accounts == ()
+
+
+def test_cleanup_older_than_zero_deletes_every_finished_row(sqlite_url: str) -> None:
+    """`CleanupNow(older_than=timedelta(0))` deletes what finished before now: a zero timedelta
+    is falsy, and the 7-day retention used to apply instead."""
+    clock = FakeClock()
+    ref = start(sqlite_url, RecordingSender(), clock=clock)
+    message_id = ref.ask(Enqueue(phone="+15550001", user_id="u", text="hi"))
+    eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.COMPLETED)
+    clock.advance(1)
+    assert ref.ask(CleanupNow(older_than=timedelta(0))) == 1
+
+
+@pytest.mark.parametrize("older_than", [timedelta(seconds=-1), timedelta.max, 3600, "1 day"])
+def test_a_bad_cleanup_age_is_refused(sqlite_url: str, older_than: object) -> None:
+    """A negative, huge (past what a datetime can subtract) or non-timedelta age is a
+    ValidationError, and nothing is deleted."""
+    ref = start(sqlite_url, RecordingSender())
+    message_id = ref.ask(Enqueue(phone="+15550001", user_id="u", text="hi"))
+    eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.COMPLETED)
+    with pytest.raises(ValidationError, match=r"CleanupNow\.older_than"):
+        ref.ask(CleanupNow(older_than=older_than))  # type: ignore[arg-type]
+    assert ref.ask(GetMessage(message_id)).status is Status.COMPLETED
+
+
+def test_an_exception_whose_str_raises_keyboard_interrupt_is_an_outcome(
+        sqlite_url: str, logs: LogCapture) -> None:
+    """A sender's exception whose __str__ raises KeyboardInterrupt is recorded by its type and
+    retried: it stopped every actor of the supervisor, leaving the message `processing`."""
+
+    class Interrupting(Exception):
+        def __str__(self) -> str:
+            raise KeyboardInterrupt
+
+    sender = RecordingSender(lambda m, n: (_ for _ in ()).throw(Interrupting()) if n == 1 else None)
+    clock = FakeClock()
+    ref = start(sqlite_url, sender, clock=clock)
+    message_id = ref.ask(Enqueue(phone="+15550001", user_id="u", text="hi"))
+    eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.RETRYING)
+    assert ref.ask(GetMessage(message_id)).last_error == "Interrupting: (its message could not be read)"
+    clock.advance(BackoffPolicy().base)
+    eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.COMPLETED)
+    assert ref.is_alive() and not logs.events("account.crashed")

@@ -70,7 +70,8 @@ def rows(ref: pykka.ActorRef[Supervisor]) -> int:
 # -- strategies --------------------------------------------------------------------------
 
 no_surrogates = st.characters(blacklist_categories=("Cs",))
-identifier_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters=CONTROL)
+# Identifiers refuse control and format characters (bidi controls, zero-width ones): texts do not.
+identifier_chars = st.characters(blacklist_categories=("Cs", "Cc", "Cf"), blacklist_characters=CONTROL)
 identifiers = st.one_of(
     st.sampled_from(["+15550001", "+15550002", "+447700900123", "42", "@channel"]),
     st.text(identifier_chars, min_size=1, max_size=40).filter(str.strip),

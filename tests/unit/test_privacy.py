@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,3 +87,57 @@ def test_describe_error_survives_an_exception_whose_str_raises() -> None:
             raise ValueError("no text for you")
 
     assert describe_error(Broken(), _message("hi")).startswith("Broken: ")
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_describe_error_survives_a_str_raising_a_base_exception(raised: type[BaseException]) -> None:
+    """An exception whose __str__ raises KeyboardInterrupt or SystemExit is described by its
+    type too: it stopped the whole supervisor, leaving rows `processing`."""
+
+    class Hostile(Exception):
+        def __str__(self) -> str:
+            raise raised
+
+    assert describe_error(Hostile(), _message("hi")) == "Hostile: (its message could not be read)"
+
+
+UNICODE_TEXT = 'Ваш код 771-204 & <b>"не"</b> показывайте — ß, 😀, ok?'
+
+
+@pytest.mark.parametrize("text", [SECRET_TEXT, UNICODE_TEXT], ids=["ascii", "unicode"])
+@pytest.mark.parametrize("quote", [
+    lambda t: f"GET /send?chat=7&text={urllib.parse.quote(t)} failed",  # a URL's query
+    lambda t: f"GET /send?text={urllib.parse.quote(t, safe='')}",
+    lambda t: f"body was text={urllib.parse.quote_plus(t)}&x=1",  # a form body
+    lambda t: f"<p>{html.escape(t)}</p>",  # an HTML error page echoing it
+    lambda t: f"REJECTED: {t.upper()}",  # an API that upper-cases what it quotes
+    lambda t: f"Rejected: {t.lower()}",
+    lambda t: "GET /s?q=" + urllib.parse.quote(json.dumps({"text": t})),  # JSON in a query string
+    lambda t: html.escape(repr(t)),  # a repr in an HTML page
+], ids=["query", "query-safe", "form", "html", "upper", "lower", "json-in-query", "repr-in-html"])
+def test_describe_error_redacts_encoded_and_recased_forms(text: str, quote: Any) -> None:
+    """The text URL-encoded, form-encoded, HTML-escaped or re-cased does not survive, nor does
+    any 8-character piece of it."""
+    stored = describe_error(RuntimeError(quote(text)), _message(text))
+    readings = [stored, urllib.parse.unquote_plus(stored), html.unescape(stored)]
+    for k in range(len(text) - 7):
+        piece = text[k:k + 8].casefold()
+        assert not any(piece in reading.casefold() for reading in readings), (piece, stored)
+    assert "[redacted]" in stored
+
+
+@pytest.mark.parametrize("offset", range(8))
+def test_an_eight_character_run_at_any_offset_is_redacted(offset: int) -> None:
+    """A run of 8 characters of the text is redacted wherever it starts (the runs were
+    indexed every fourth character: three offsets in four got through)."""
+    text = "abcdefghijklmnopqrstuvwxyz0123456789"
+    stored = describe_error(RuntimeError(f"<{text[offset + 9:offset + 17]}>"), _message(text))
+    assert stored == "RuntimeError: <[redacted]>"
+
+
+def test_an_error_sharing_only_short_pieces_is_kept() -> None:
+    """Seven characters in common, or an escape that decodes to nothing of the message, is no
+    copy of it: the error is stored as it is."""
+    text = "abcdefghijklmnopqrstuvwxyz"
+    error = "near abcdefg, %41%42 &amp; \\u0041 at 30 s"
+    assert describe_error(RuntimeError(error), _message(text)) == f"RuntimeError: {error}"

@@ -21,6 +21,35 @@ class FixedRandom:
         return self.value
 
 
+class _NoInit(RateLimited):
+    def __init__(self) -> None:  # never calls RateLimited.__init__: no retry_after attribute
+        pass
+
+
+class _Unreadable(RateLimited):
+    def __init__(self) -> None:
+        pass
+
+    @property
+    def retry_after(self) -> float:  # type: ignore[override]
+        raise KeyboardInterrupt
+
+
+class _Worded(RateLimited):
+    def __init__(self) -> None:
+        self.retry_after = "soon"  # type: ignore[assignment]
+
+
+class _Huge(RateLimited):
+    def __init__(self) -> None:
+        self.retry_after = 10**400  # type: ignore[assignment]
+
+
+class _SuspendedNoInit(AccountSuspended):
+    def __init__(self) -> None:
+        pass
+
+
 @pytest.mark.parametrize(
     ("attempts", "rand", "expected"),
     [
@@ -54,7 +83,13 @@ def test_compute_backoff(attempts: int, rand: float, expected: float) -> None:
         (RateLimited(-5), 1, 3, "pause", 1.0),  # a negative retry_after: the minimum pause
         (RateLimited(0), 1, 3, "pause", 1.0),
         (RateLimited(float("nan")), 1, 3, "pause", 1.0),  # not a number: the minimum too
-        (RateLimited(float("inf")), 1, 3, "pause", 1.0),
+        (RateLimited(float("inf")), 1, 3, "pause", 3600.0),  # infinite: as long as allowed
+        (RateLimited(float("-inf")), 1, 3, "pause", 1.0),  # negative: the minimum
+        (_NoInit(), 3, 3, "pause", 1.0),  # a subclass that skipped __init__: no retry_after at all
+        (_Unreadable(), 1, 3, "pause", 1.0),  # a retry_after that raises when read
+        (_Worded(), 1, 3, "pause", 1.0),  # one that is no number
+        (_Huge(), 1, 3, "pause", 3600.0),  # an int too large for a float: as long as allowed
+        (_SuspendedNoInit(), 1, 3, "pause", 1.0),  # suspended, with neither reason nor duration
         (AccountSuspended("flood", float("nan")), 1, 3, "pause", 1.0),
         (KeyboardInterrupt(), 1, 3, "retry", 1.0),  # BaseException from a sender is transient too
         (AccountSuspended("peer flood", 600), 1, 3, "pause", 600.0),  # the account waits

@@ -52,6 +52,14 @@ def command(**changes: Any) -> Enqueue:
         ({"scheduled_at": "tomorrow"}, "datetime"),
         ({"idempotency_key": ""}, "idempotency_key"),
         ({"attachment": ""}, "attachment"),
+        # bidi controls make one number display as another: format characters are refused too
+        ({"phone": "+1555\u202e1000"}, "phone must not contain control or format characters \\(U\\+202E\\)"),
+        ({"phone": "\u200e+15550001"}, "U\\+200E"),  # left-to-right mark
+        ({"user_id": "user\u2067"}, "user_id must not contain control or format"),  # right-to-left isolate
+        ({"user_id": "us\u200ber"}, "U\\+200B"),  # zero-width space
+        ({"user_id": "\ufeffuser"}, "U\\+FEFF"),  # byte order mark
+        ({"phone": "+1555\x850001"}, "U\\+0085"),  # a C1 control (next line)
+        ({"idempotency_key": "order\u202a1"}, "idempotency_key must not contain control or format"),
     ],
 )
 def test_invalid_enqueue_is_refused(changes: dict[str, Any], fragment: str) -> None:
@@ -98,6 +106,7 @@ def test_not_an_enqueue() -> None:
         (Broadcast([("+1555", "42")], text="hi", max_attempts=0), "max_attempts"),
         (Broadcast([("+1555", "42")], text="hi", idempotency_key="k" * 250), "idempotency_key"),
         (Broadcast([("+1555", "42")], text="hi", scheduled_at=datetime(2030, 1, 1)), "timezone-aware"),
+        (Broadcast([("+1555", "42"), ("+1555", "4\u202e3")], text="hi"), "recipient 1: user_id must not"),
     ],
 )
 def test_invalid_broadcast_is_refused(broadcast: Broadcast, fragment: str) -> None:

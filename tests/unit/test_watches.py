@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from actors.watches import DISABLED_REPORT_EVERY, DrainWaiters, PauseWatch
@@ -52,13 +54,17 @@ def test_disabled_accounts_are_reported_once_per_period() -> None:
     assert watch.disabled_to_report(disabled, DISABLED_REPORT_EVERY + 2) == ["+a", "+b"]
 
 
+def held(name: str) -> Callable[[], str]:
+    """A reply its caller still holds."""
+    return lambda: name
+
+
 def test_drains_are_answered_when_empty_or_past_their_deadline() -> None:
     """A count of 0 answers every waiter past its barrier; otherwise only those whose deadline
     has passed."""
     waiters = DrainWaiters()
     for name, deadline in (("forever", None), ("short", 1.0), ("long", 5.0)):
-        waiters.add(name, deadline)
-        assert waiters.passed(name, 0)
+        assert waiters.passed(waiters.add(held(name), deadline), 0)
     assert waiters.next_deadline() == 1.0
     assert waiters.counted(3, 1, 0.5) == []
     assert waiters.counted(3, 2, 1.0) == ["short"]
@@ -71,11 +77,40 @@ def test_a_drain_is_answered_only_by_a_count_begun_after_its_barrier() -> None:
     """Before its write barrier came back, and by a count already running when it did, a
     drain's enqueues may not be counted yet: their zero does not answer it."""
     waiters = DrainWaiters()
-    waiters.add("early", None)
-    waiters.add("late", None)
-    assert waiters.passed("early", 0)
+    early = waiters.add(held("early"), None)
+    late = waiters.add(held("late"), None)
+    assert waiters.passed(early, 0)
     assert waiters.counted(0, 1, 0.0) == ["early"]  # "late" has no barrier back yet
-    assert waiters.passed("late", 1)  # count 1 was running when it came back
+    assert waiters.passed(late, 1)  # count 1 was running when it came back
     assert waiters.counted(0, 1, 0.0) == []
     assert waiters.counted(0, 2, 0.0) == ["late"]
-    assert not waiters.passed("late", 2)  # answered: no longer waiting
+
+
+class Future:
+    """Stands for a caller's future: held weakly, as the supervisor holds a ThreadFuture."""
+
+
+def test_a_drain_whose_caller_let_go_is_forgotten() -> None:
+    """A drain whose reply nobody holds any more is dropped by the next prune or count, without
+    an answer; those still held wait on, and a barrier or removal of a dropped one is a no-op."""
+    waiters = DrainWaiters()
+    kept = Future()
+    given_up = [Future() for _ in range(1000)]
+    keys = [waiters.add(weakref.ref(future), None) for future in given_up]
+    waiters.add(weakref.ref(kept), None)
+    assert len(waiters) == 1001
+    del given_up
+    assert waiters.prune() and len(waiters) == 1
+    assert not waiters.passed(keys[0], 0) and waiters.remove(keys[1]) is None
+    del kept
+    assert waiters.counted(0, 1, 0.0) == [] and not waiters
+
+
+def test_a_stop_answers_only_the_drains_still_held() -> None:
+    """`take_all` (a stop, a failed count) gives the replies still held, not the forgotten ones."""
+    waiters = DrainWaiters()
+    gone, stays = Future(), Future()
+    waiters.add(weakref.ref(gone), 1.0)
+    waiters.add(weakref.ref(stays), 1.0)
+    del gone
+    assert waiters.take_all() == [stays]
