@@ -53,10 +53,11 @@ from actors import (
     AccountSuspended,
     Arrived,
     BackoffPolicy,
-    BatchKind,
     Broadcast,
+    Cancelled,
     CancelMessage,
     CancelRow,
+    ChangesDue,
     CleanupDue,
     CleanupNow,
     Clock,
@@ -66,6 +67,7 @@ from actors import (
     Enqueue,
     EnqueueBatch,
     FakeClock,
+    FeedRead,
     GetHealth,
     GetMessage,
     GetStats,
@@ -98,19 +100,20 @@ from actors import (
     SuspectSettled,
     SystemClock,
     TransientError,
+    TrimChanges,
     WriteBarrier,
     classify,
     mask_phone,
     sender_with_adapters,
-    validate_broadcast,
-    validate_enqueue,
-    validate_enqueues,
+    validate_insert,
 )
 from actors._faults import crash_point
 from actors.aio import AsyncSender, end_sends_of_closed_loop, is_coroutine_sender, running_awaitables
 from actors.directory import AccountDirectory
+from actors.feed import FeedState
 from actors.pacing import Pacing
 from actors.persistence import log_unanswered
+from actors.producer import AsyncProducer, Producer
 from actors.runtime import Answer, Reply, TurnActor, TurnPool, ask_async, forward, tell_if_alive, weak_reply
 from actors.sending import SendPool, SendWatch
 from actors.watches import DrainWaiters, PauseWatch
@@ -136,11 +139,13 @@ from postroom_common import (
 from postroom_common.checks import check_count, check_seconds, check_timedelta, earlier
 from postroom_common.logs import get_logger
 from storage import OwnerLock, SqliteSettings, Storage, holder_name, open_database
+from storage.listen import ChangeListener
 
 __all__ = [
     "AccountSettings",
     "AccountSuspended",
     "AsyncPostroom",
+    "AsyncProducer",
     "AsyncSender",
     "BackoffPolicy",
     "Broadcast",
@@ -168,6 +173,7 @@ __all__ = [
     "PermanentError",
     "PostroomError",
     "Priority",
+    "Producer",
     "QueueStats",
     "RateLimited",
     "RequeueMessage",
@@ -239,6 +245,18 @@ class SupervisorSettings:
     """Suspects a boot sends alone, one after the other, at most: a crash that leaves more is
     not blamed on a message (a crash storm with many accounts sending) and is recovered as an
     ordinary one, so a boot is held up at most this many times `suspect_timeout`; 0: never."""
+    feed_poll_interval: float = 0.25
+    """Seconds between two reads of the change feed, where other processes (producers, the
+    operator's commands) record the rows, cancels, requeues and pauses they write: the longest
+    a producer's message waits to be noticed on SQLite, and on PostgreSQL with `feed_listen`
+    off. One indexed read each, usually of nothing."""
+    feed_listen: bool = True
+    """PostgreSQL: LISTEN for those changes, noticed within milliseconds, the feed then read
+    every `feed_safety_interval` too. Off behind a pooler in transaction mode (pgbouncer), which
+    cannot keep a LISTEN: the feed is polled every `feed_poll_interval`."""
+    feed_safety_interval: float = 5.0
+    """Seconds between two reads of the feed while listening (a notification lost to a dropped
+    connection is caught up by the reconnection itself; this is the net under it)."""
     commit_delay: float = 0.001
     """At most this many seconds the writer gathers more writes before a commit when they
     arrive back to back, while they keep arriving (group commit under load: fewer fsyncs per
@@ -264,6 +282,8 @@ class SupervisorSettings:
         check_seconds("SupervisorSettings.suspect_timeout", self.suspect_timeout)
         check_count("SupervisorSettings.max_suspects_alone", self.max_suspects_alone, minimum=0)
         check_seconds("SupervisorSettings.commit_delay", self.commit_delay)
+        check_seconds("SupervisorSettings.feed_poll_interval", self.feed_poll_interval, positive=True)
+        check_seconds("SupervisorSettings.feed_safety_interval", self.feed_safety_interval, positive=True)
 
 
 #: The wall clock of every supervisor not given another, and of every send timeout: one timer
@@ -273,6 +293,8 @@ _REAL_TIME = SystemClock()
 DRAIN_POLL = 0.05
 #: Seconds a stop waits for the runtime's threads to finish the reads they run.
 STOP_JOIN = 30.0
+#: How long the change feed's entries are kept: read within moments, kept for the operator.
+FEED_KEPT = timedelta(hours=1)
 #: Seconds between two looks at the bot's event loop: closed without `stop()`, the supervisor stops.
 LOOP_CHECK = 1.0
 #: The enqueue commands, which `admit` hands straight to the writer.
@@ -322,6 +344,7 @@ class Supervisor(TurnActor):
         # Send timeouts run on real time, whatever `clock` is (a test's FakeClock).
         self.deadlines = self.clock if isinstance(self.clock, SystemClock) else _REAL_TIME
         self.closed = threading.Event()  # set once `on_stop` is over (the database released)
+        self._listener: ChangeListener | None = None  # PostgreSQL: wakes it at others' commits
         self._open_storage(database)
         try:
             self._boot_work = self._acquire_every_account()
@@ -365,6 +388,8 @@ class Supervisor(TurnActor):
         crash_point("boot.recovered")
         retried = {m.id for m in settled if m.status is Status.RETRYING}
         suspects = [(i, phone) for i, phone in again if i in retried]
+        # Before the accounts' read: a change committed after it is read from the feed.
+        self._feed = FeedState(self.storage.feed_cursor(self.deadlines.monotonic()))
         work = self.storage.open_work()
         self.storage.close()  # this was the caller's thread; the actors' threads open their own
         log.info("supervisor.recovered", interrupted=len(settled), accounts=len(work),
@@ -390,6 +415,8 @@ class Supervisor(TurnActor):
         self._arm_cleanup()
         self._arm_loop_check()
         self._check_pauses()  # at once: a disabled account is reported from the start
+        self._listen_for_changes()
+        self._arm_feed()
 
     def _start_boot_accounts(self) -> None:
         """Start the accounts with work due; the others sleep in the timer heap until theirs is
@@ -458,6 +485,8 @@ class Supervisor(TurnActor):
     def _stop_in_order(self) -> None:
         for name in list(self._timers):
             self._cancel_timer(name)
+        if self._listener is not None:
+            self._listener.stop()
         if self.loop is not None and self.loop.is_closed():
             self._loop_closed()
         for waiting in self._drains.take_all():
@@ -525,14 +554,7 @@ class Supervisor(TurnActor):
         return True
 
     def _insert(self, command: Enqueue | EnqueueBatch | Broadcast) -> Insert:
-        now, limits = self.clock.now(), self.settings.limits
-        match command:
-            case Enqueue():
-                return Insert([validate_enqueue(command, now, limits)], BatchKind.ONE)
-            case EnqueueBatch(commands):
-                return Insert(validate_enqueues(commands, now, limits), BatchKind.BATCH)
-            case Broadcast():
-                return Insert(validate_broadcast(command, now, limits), BatchKind.BROADCAST)
+        return validate_insert(command, self.clock.now(), self.settings.limits)
 
     def receive(self, message: Any, reply: Reply | None) -> None:
         try:
@@ -587,6 +609,7 @@ class Supervisor(TurnActor):
                 self._start_boot_accounts()
             case CleanupDue():
                 self.persistence.tell(DeleteFinished(earlier(self.clock.now(), self.settings.retention)))
+                self.persistence.tell(TrimChanges(earlier(self.clock.now(), FEED_KEPT)))
                 self._arm_cleanup()
             case SleepersDue():
                 self._wake_sleepers()
@@ -596,6 +619,10 @@ class Supervisor(TurnActor):
                 self._pauses_read(pauses, asked)
             case DrainCheckDue():
                 self._count_open()
+            case ChangesDue():
+                self._read_feed()
+            case FeedRead():
+                self._feed_read(message)
             case _LoopCheckDue():
                 self._check_loop()
             case OpenCounted(count, number):
@@ -816,6 +843,58 @@ class Supervisor(TurnActor):
             tell_if_alive(running, ReadPauseAgain())
         else:
             self._ensure_account(phone)
+
+    # -- changes other processes made ---------------------------------------------------------
+
+    def _listen_for_changes(self) -> None:
+        """PostgreSQL: a thread LISTENs and wakes the supervisor at each producer's commit."""
+        ref = self.actor_ref
+        if self.settings.feed_listen:
+            self._listener = self.storage.listener(lambda: tell_if_alive(ref, ChangesDue()))
+        if self._listener is not None:
+            self._listener.start()
+
+    def _arm_feed(self) -> None:
+        listening = self._listener is not None
+        interval = self.settings.feed_safety_interval if listening else self.settings.feed_poll_interval
+        self._arm("feed", interval, ChangesDue(), clock=self.deadlines)
+
+    def _read_feed(self) -> None:
+        """Read the change feed on the runtime's threads (one read at a time; a wake-up during
+        it reads again after it); `_feed_read` takes the answer."""
+        feed = self._feed
+        if feed.reading:
+            feed.again = True
+            return
+        feed.reading, feed.again = True, False
+        ref, storage, deadlines = self.actor_ref, self.storage, self.deadlines
+
+        def read() -> None:
+            try:
+                result = feed.read(storage, deadlines.monotonic())
+            except StorageError as error:
+                result = FeedRead((), (), (), more=False, error=error)
+            tell_if_alive(ref, result)
+
+        self.run_job(read)
+
+    def _feed_read(self, read: FeedRead) -> None:
+        """Obey what other processes wrote: new and requeued rows to their accounts (started or
+        put to sleep as the writer's own), cancels out of the windows, pauses read again."""
+        self._feed.reading = False
+        if read.error is not None:
+            log.warning("feed.read_failed", error=str(read.error))
+        self._route(read.messages)
+        for phone, message_id in read.cancelled:
+            running = self.directory.get(phone)
+            if running is not None:
+                tell_if_alive(running, Cancelled(message_id))
+        for phone in read.paused:
+            self._pause_lifted(phone)
+        if read.more or self._feed.again:
+            self._read_feed()
+        else:
+            self._arm_feed()
 
     # -- drains ---------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from actors.messages import (
     Cancelled,
     CancelMessage,
     CancelRow,
+    ChangesDue,
     CleanupDue,
     CleanupNow,
     DeleteFinished,
@@ -44,6 +45,7 @@ from actors.messages import (
     DrainCheckDue,
     Enqueue,
     EnqueueBatch,
+    FeedRead,
     GetHealth,
     GetMessage,
     GetStats,
@@ -66,6 +68,7 @@ from actors.messages import (
     SleepersDue,
     StartAccountsFor,
     SuspectSettled,
+    TrimChanges,
     WriteBarrier,
 )
 from actors.ordering import SendOrder
@@ -74,7 +77,7 @@ from actors.persistence import HealthState, PersistenceActor
 from actors.privacy import describe_error, mask_phone
 from actors.retry import BackoffPolicy, Decision, Next, RandomSource, compute_backoff, decide
 from actors.runtime import Answer, Reply, TurnActor, TurnPool
-from actors.validation import Limits, validate_broadcast, validate_enqueue, validate_enqueues
+from actors.validation import Limits, validate_broadcast, validate_enqueue, validate_enqueues, validate_insert
 
 __all__ = [
     "AccountActor",
@@ -95,6 +98,7 @@ __all__ = [
     "CancelMessage",
     "CancelRow",
     "Cancelled",
+    "ChangesDue",
     "CleanupDue",
     "CleanupNow",
     "Clock",
@@ -105,6 +109,7 @@ __all__ = [
     "Enqueue",
     "EnqueueBatch",
     "FakeClock",
+    "FeedRead",
     "GetHealth",
     "GetMessage",
     "GetStats",
@@ -145,6 +150,7 @@ __all__ = [
     "SystemClock",
     "TimerHandle",
     "TransientError",
+    "TrimChanges",
     "TurnActor",
     "TurnPool",
     "WriteBarrier",
@@ -157,4 +163,5 @@ __all__ = [
     "validate_broadcast",
     "validate_enqueue",
     "validate_enqueues",
+    "validate_insert",
 ]

@@ -25,6 +25,7 @@ from postroom_common import (
     Message,
     NewBroadcast,
     NewMessage,
+    PostroomError,
     Priority,
     Status,
     StorageError,
@@ -223,6 +224,20 @@ class Insert:
             return news.template.idempotency_key is not None
         return self.kind is not BatchKind.ONE and any(new.idempotency_key is not None for new in news)
 
+    def ids(self, outcome: Sequence[int | Message | PostroomError]) -> list[int]:
+        """The ids `Storage.insert` answered for these messages, in order (a repeated key
+        answers the first message's id); a conflict it answered is raised."""
+        ids: list[int] = []
+        for answer in outcome:
+            if isinstance(answer, PostroomError):
+                raise answer
+            ids.append(answer.id if isinstance(answer, Message) else answer)
+        return ids
+
+    def answer(self, ids: Sequence[int]) -> int | list[int]:
+        """What the caller is answered: an id for an `Enqueue`, the list for a batch."""
+        return ids[0] if self.kind is BatchKind.ONE else list(ids)
+
 
 @dataclass(frozen=True, slots=True)
 class RecordAndClaim:
@@ -299,6 +314,14 @@ class DeleteFinished:
     """Rows that finished before this go."""
     deleted_so_far: int = 0
     """Carried from chunk to chunk."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrimChanges:
+    """Delete the change feed's entries written before `before` (read long ago). Answer: how many."""
+
+    before: datetime
+    """The cutoff."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +461,27 @@ class PausesRead:
     """Every pause in force when read, or the error."""
     asked: int
     """`PauseWatch.asking()`'s token for this read."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesDue:
+    """Time to read the change feed: its poll fell due, or another process notified a change."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRead:
+    """What the change feed named since the last read, as the database has it now."""
+
+    messages: Sequence[Message]
+    """Open rows other processes inserted or requeued, in id order."""
+    cancelled: Sequence[tuple[str, int]]
+    """(phone, id) of messages other processes cancelled."""
+    paused: Sequence[str]
+    """Accounts whose pause other processes set or lifted."""
+    more: bool
+    """The read stopped at its limit: read again at once."""
+    error: StorageError | None = None
+    """Why the feed could not be read (the rest is empty then)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,6 @@ from actors.clock import Clock
 from actors.directory import AccountDirectory
 from actors.messages import (
     Arrived,
-    BatchKind,
     Cancelled,
     CancelRow,
     DeleteFinished,
@@ -46,6 +45,7 @@ from actors.messages import (
     RequeueRow,
     SettleInFlight,
     StartAccountsFor,
+    TrimChanges,
     WriteBarrier,
 )
 from actors.privacy import mask_phone
@@ -255,6 +255,8 @@ class PersistenceActor(TurnActor):
                     return self.storage.delete_finished_before(cutoff, self.cleanup_chunk)
                 case LiftPause(phone):
                     return self.storage.clear_pause(phone)
+                case TrimChanges(before):
+                    return self.storage.trim_changes(before)
                 case WriteBarrier():
                     return None
         except StorageError:
@@ -307,21 +309,21 @@ class PersistenceActor(TurnActor):
 
     def _answer_insert(self, insert: Insert, reply: Reply | None, outcome: Any) -> list[Message]:
         """Answer an insert's caller (or log its refusal, told); the rows it wrote."""
-        if not isinstance(outcome, PostroomError):
-            errors = [o for o in outcome if isinstance(o, PostroomError)]
-            if not errors:
-                ids = [o.id if isinstance(o, Message) else o for o in outcome]
-                if reply is not None:
-                    reply.answer(ids[0] if insert.kind is BatchKind.ONE else ids)
-                written = _new_messages(insert.news, outcome)
-                _log_enqueued(written)
-                return written
-            outcome = errors[0]  # a single enqueue's conflict: batches are refused whole
+        try:
+            if isinstance(outcome, PostroomError):
+                raise outcome  # a batch refused whole
+            ids = insert.ids(outcome)
+        except PostroomError as refused:
+            if reply is not None:
+                reply.fail(refused)
+            else:
+                log_unanswered(insert.kind.value, refused)
+            return []
         if reply is not None:
-            reply.fail(outcome)
-        else:
-            log_unanswered(insert.kind.value, outcome)
-        return []
+            reply.answer(insert.answer(ids))
+        written = _new_messages(insert.news, outcome)
+        _log_enqueued(written)
+        return written
 
     def _route(self, messages: Sequence[Message]) -> None:
         """New or requeued rows straight to their running accounts; the others to the supervisor."""

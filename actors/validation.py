@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from actors.messages import Broadcast, Enqueue
+from actors.messages import BatchKind, Broadcast, Enqueue, EnqueueBatch, Insert
 from postroom_common import NewBroadcast, NewMessage, Priority, ValidationError
 from postroom_common.checks import check_count
 
@@ -38,6 +38,19 @@ class Limits:
         check_count("Limits.default_max_attempts", self.default_max_attempts, minimum=1, maximum=MAX_ATTEMPTS)
         check_count("Limits.max_field_length", self.max_field_length, minimum=1, maximum=255)
         check_count("Limits.max_phone_length", self.max_phone_length, minimum=1, maximum=64)
+
+
+def validate_insert(command: Enqueue | EnqueueBatch | Broadcast, now: datetime, limits: Limits) -> Insert:
+    """The door's check of an enqueue command, the same for a supervisor and a producer: the
+    `Insert` that writes it; `ValidationError` (nothing written) for anything else."""
+    match command:
+        case Enqueue():
+            return Insert([validate_enqueue(command, now, limits)], BatchKind.ONE)
+        case EnqueueBatch(commands):
+            return Insert(validate_enqueues(commands, now, limits), BatchKind.BATCH)
+        case Broadcast():
+            return Insert(validate_broadcast(command, now, limits), BatchKind.BROADCAST)
+    raise ValidationError(f"not an enqueue command: {type(command).__name__}")
 
 
 def validate_enqueue(command: Enqueue, now: datetime, limits: Limits) -> NewMessage:

@@ -213,6 +213,31 @@ class Attempt:
     """What the sender raised, redacted as `last_error` is."""
 
 
+class ChangeKind(enum.StrEnum):
+    """What another process changed, as the change feed tells the owner."""
+
+    INSERTED = "inserted"  # new rows, ids first_id ... last_id (others' ids may fall between)
+    REQUEUED = "requeued"  # failed rows back to pending, ids first_id ... last_id
+    CANCELLED = "cancelled"  # rows cancelled, ids first_id ... last_id
+    PAUSED = "paused"  # the account's pause was set or lifted: read it again
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change feed: a hint to the owner, which reads the rows it names."""
+
+    kind: ChangeKind
+    """What changed."""
+    phone: str | None = None
+    """The account (PAUSED), or None."""
+    first_id: int | None = None
+    """The lowest message id concerned (INSERTED, REQUEUED, CANCELLED)."""
+    last_id: int | None = None
+    """The highest message id concerned."""
+    seq: int = 0
+    """Its place in the feed (0 until written)."""
+
+
 @dataclass(frozen=True, slots=True)
 class AccountPause:
     """An account may not send before `until` (persisted: a restart keeps honouring it)."""

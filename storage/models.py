@@ -118,6 +118,25 @@ class AttemptRow(peewee.Model):
         primary_key = peewee.CompositeKey("message_id", "slot")
 
 
+class ChangeRow(peewee.Model):
+    """A change another process made (a producer, an operator's command), for the owner to
+    notice: new or requeued rows (an id range), a cancel (one id), a pause set or lifted (a
+    phone). A hint, never the truth: the owner reads the rows it names."""
+
+    seq = peewee.BigAutoField(primary_key=True)
+    kind = peewee.CharField(max_length=16)
+    phone = peewee.CharField(max_length=64, null=True)
+    first_id = peewee.BigIntegerField(null=True)
+    last_id = peewee.BigIntegerField(null=True)
+    at = UtcTimestampField()
+
+    class Meta:
+        table_name = "postroom_changes"
+
+
+#: The PostgreSQL channel a process that changed the queue notifies; the owner listens on it.
+CHANGES_CHANNEL = "postroom_changes"
+
 #: Attempts of one message kept in its history (the oldest make room for the newest).
 ATTEMPTS_KEPT = 20
 

@@ -224,7 +224,7 @@ class _SessionLock:
     """`pg_try_advisory_lock(OWNER_LOCK_KEY)` on a dedicated connection, kept open."""
 
     def __init__(self, database: peewee.PostgresqlDatabase) -> None:
-        self._params = _connect_params(database)
+        self._params = connect_params(database)
         self._conn: psycopg.Connection[Any] | None = None
 
     def acquire(self) -> None:
@@ -289,7 +289,7 @@ def holder_name() -> str:
     return f"postroom supervisor pid {os.getpid()} on {socket.gethostname()}"[:63]
 
 
-def _connect_params(database: peewee.PostgresqlDatabase) -> dict[str, Any]:
+def connect_params(database: peewee.PostgresqlDatabase) -> dict[str, Any]:
     """psycopg's arguments for the database peewee connects to, named for pg_stat_activity."""
     params = dict(database.connect_params)
     name = str(database.database)

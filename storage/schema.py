@@ -109,11 +109,19 @@ def _v3_attempt_history(db: peewee.Database, is_sqlite: bool) -> None:
                    " PRIMARY KEY (message_id, slot))")
 
 
+def _v4_change_feed(db: peewee.Database, is_sqlite: bool) -> None:
+    """What other processes changed (rows, cancels, requeues, pauses), for the owner to notice."""
+    seq = "seq INTEGER NOT NULL PRIMARY KEY" if is_sqlite else "seq BIGSERIAL NOT NULL PRIMARY KEY"
+    db.execute_sql(f"CREATE TABLE IF NOT EXISTS postroom_changes ({seq}, kind VARCHAR(16) NOT NULL,"
+                   " phone VARCHAR(64), first_id BIGINT, last_id BIGINT, at BIGINT NOT NULL)")
+
+
 #: Every migration, in order; the last one's version is `SCHEMA_VERSION`.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the unversioned schema of postroom 0.1.0, brought to its last shape", _v1_unversioned),
     Migration(2, "postroom_owner: the owner's epoch that fences a former owner's writes", _v2_owner_epoch),
     Migration(3, "message_attempts: the history of each message's attempts", _v3_attempt_history),
+    Migration(4, "postroom_changes: what other processes changed, for the owner to notice", _v4_change_feed),
 )
 #: The version of the schema this code reads and writes.
 SCHEMA_VERSION = MIGRATIONS[-1].version

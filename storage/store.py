@@ -27,6 +27,8 @@ from postroom_common.domain import (
     AccountPause,
     AccountView,
     Attempt,
+    Change,
+    ChangeKind,
     Delivery,
     Message,
     NewBroadcast,
@@ -48,8 +50,11 @@ from postroom_common.errors import (
 )
 from postroom_common.logs import get_logger
 from storage import schema
+from storage.feed import INITIAL_GAPS, FeedCursor
+from storage.listen import ChangeListener
 from storage.models import (
     ATTEMPTS_KEPT,
+    CHANGES_CHANNEL,
     CREATED_BY_DEMO,
     DELETED_UP_TO,
     DEMO_KEY_PREFIX,
@@ -58,6 +63,7 @@ from storage.models import (
     WHOLE_DATABASE,
     AccountRow,
     AttemptRow,
+    ChangeRow,
     MessageRow,
     MetaRow,
     OwnerRow,
@@ -142,23 +148,23 @@ class _Dialect:
         self.db = db
         self.is_sqlite = isinstance(db, peewee.SqliteDatabase)
         self.param = db.param
-        self._next_id: int | None = None
 
     def sql(self, text: str) -> str:
         return text.replace("?", self.param)
 
     def allocate_ids(self, count: int) -> list[int]:
-        """Ids for new rows, increasing in enqueue order; called inside the write transaction."""
+        """Ids for new rows, increasing in enqueue order; called inside the write transaction.
+
+        SQLite: read from the table each time, inside the transaction whose write lock keeps
+        every other process's insert out until the commit (producers write to the file too:
+        no counter is held in memory). PostgreSQL: the sequence.
+        """
         if self.is_sqlite:
-            # One writer per SQLite file (OwnerLock), so a counter in memory is exact.
-            if self._next_id is None:
-                (top,) = self.db.execute_sql(
-                    "SELECT MAX(COALESCE((SELECT MAX(id) FROM message_queue), 0),"
-                    " COALESCE((SELECT value FROM postroom_meta WHERE key = ?), 0))",
-                    (DELETED_UP_TO,)).fetchone()
-                self._next_id = int(top) + 1
-            first, self._next_id = self._next_id, self._next_id + count
-            return list(range(first, first + count))
+            (top,) = self.db.execute_sql(
+                "SELECT MAX(COALESCE((SELECT MAX(id) FROM message_queue), 0),"
+                " COALESCE((SELECT value FROM postroom_meta WHERE key = ?), 0))",
+                (DELETED_UP_TO,)).fetchone()
+            return list(range(int(top) + 1, int(top) + 1 + count))
         cursor = self.db.execute_sql(
             "SELECT nextval('message_queue_id_seq') FROM generate_series(1, %s)", (count,)
         )
@@ -173,10 +179,6 @@ class _Dialect:
                 " SELECT ?, COALESCE(MAX(id), 0) FROM message_queue WHERE true"
                 " ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
                 (DELETED_UP_TO,))
-
-    def forget_ids(self) -> None:
-        """After a rollback nothing is known about ids: read MAX(id) again."""
-        self._next_id = None
 
     def lock_rows(self) -> str:
         return "" if self.is_sqlite else " FOR UPDATE"
@@ -217,6 +219,7 @@ class Storage:
         self.Facts = _bound(MetaRow, db)
         self.Owner = _bound(OwnerRow, db)
         self.Attempts = _bound(AttemptRow, db)
+        self.Changes = _bound(ChangeRow, db)
         self._epoch: int | None = None  # this process's ownership, once taken (`take_ownership`)
         self._dialect = _Dialect(db)
         marks = ", ".join("?" * len(_INSERT_COLUMNS.split(",")))
@@ -276,7 +279,8 @@ class Storage:
 
     def _create_tables(self) -> None:
         """A new database's schema, from today's models."""
-        self.db.create_tables([self.Row, self.Account, self.Facts, self.Owner, self.Attempts], safe=True)
+        self.db.create_tables([self.Row, self.Account, self.Facts, self.Owner, self.Attempts,
+                               self.Changes], safe=True)
         if not self._dialect.is_sqlite:
             self.db.execute_sql("CREATE SEQUENCE IF NOT EXISTS message_queue_id_seq")
 
@@ -364,7 +368,7 @@ class Storage:
             self.Account.delete().execute()
             kept = [CREATED_BY_DEMO, schema.SCHEMA_VERSION_KEY]
             self.Facts.delete().where(self.Facts.key.not_in(kept)).execute()
-        self._dialect.forget_ids()
+            self.Changes.delete().execute()
 
     def close(self) -> None:
         """Close this thread's connection."""
@@ -388,21 +392,17 @@ class Storage:
         `OwnershipLost` after the commit when the owner's check fails: the commit went to a
         file nobody will read again, and its callers must not be told it is durable.
         """
-        try:
-            fresh = self.db.is_closed()  # the guard opens a new connection: the last one went
-            with self._guard():
-                self._verify_owner_if_due(fresh)
-                self.db.begin()
-                try:
-                    self._hold_epoch()
-                    yield
-                    self.db.commit()
-                except BaseException:
-                    self._rollback_after_failure()
-                    raise
-        except StorageError:
-            self._dialect.forget_ids()
-            raise
+        fresh = self.db.is_closed()  # the guard opens a new connection: the last one went
+        with self._guard():
+            self._verify_owner_if_due(fresh)
+            self.db.begin()
+            try:
+                self._hold_epoch()
+                yield
+                self.db.commit()
+            except BaseException:
+                self._rollback_after_failure()
+                raise
         self._check_owner()
 
     def _verify_owner_if_due(self, fresh: bool) -> None:
@@ -705,6 +705,62 @@ class Storage:
                  .order_by(self.Row.id))
         with self._guard():
             return [(int(row.id), str(row.phone)) for row in query]
+
+    def announce(self, changes: Sequence[Change], now: datetime) -> None:
+        """Tell the owner what this transaction changed (inside write_transaction, by a process
+        that does not own the database): entries of the change feed, and on PostgreSQL a
+        notification, sent at the commit, one per transaction however many changes."""
+        if not changes:
+            return
+        self._executemany(self._dialect.sql(
+            "INSERT INTO postroom_changes (kind, phone, first_id, last_id, at) VALUES (?, ?, ?, ?, ?)"),
+            [(c.kind.value, c.phone, c.first_id, c.last_id, to_micros(now)) for c in changes])
+        if not self._dialect.is_sqlite:
+            with self._guard():
+                self.db.execute_sql(f"NOTIFY {CHANGES_CHANNEL}")
+
+    def listener(self, on_change: Callable[[], None]) -> ChangeListener | None:
+        """A thread (not started) that calls `on_change` at each change another process
+        commits; None on SQLite, which has no notifications (the owner polls the feed)."""
+        if self._dialect.is_sqlite:
+            return None
+        return ChangeListener(self.db, on_change)
+
+    def feed_cursor(self, now_mono: float) -> FeedCursor:
+        """A cursor at the feed's end: read before the rows it stands for (boot), so that any
+        change committed after that read is read from the feed."""
+        with self._guard():
+            (high,) = self.db.execute_sql("SELECT COALESCE(MAX(seq), 0) FROM postroom_changes").fetchone()
+            present = [seq for (seq,) in self.db.execute_sql(self._dialect.sql(
+                "SELECT seq FROM postroom_changes WHERE seq > ?"), (int(high) - INITIAL_GAPS,))]
+        return FeedCursor(int(high), present, now_mono)
+
+    def read_changes(self, cursor: FeedCursor, now_mono: float, limit: int = 1000) -> list[Change]:
+        """The feed's entries after `cursor` (and in its gaps), in order, at most `limit`;
+        the cursor moves past them."""
+        gaps = cursor.gaps
+        marks = ", ".join("?" * len(gaps))
+        where = f"seq > ? OR seq IN ({marks})" if gaps else "seq > ?"
+        with self._guard():
+            rows = self.db.execute_sql(self._dialect.sql(
+                f"SELECT seq, kind, phone, first_id, last_id FROM postroom_changes WHERE {where}"
+                " ORDER BY seq LIMIT ?"), (cursor.high, *gaps, limit)).fetchall()
+        fresh = set(cursor.read([row[0] for row in rows], now_mono))
+        return [Change(ChangeKind(kind), phone, first_id, last_id, seq)
+                for seq, kind, phone, first_id, last_id in rows if seq in fresh]
+
+    def trim_changes(self, before: datetime) -> int:
+        """Delete the feed's entries written before `before` (inside write_transaction)."""
+        with self._guard():
+            cursor = self.db.execute_sql(self._dialect.sql("DELETE FROM postroom_changes WHERE at < ?"),
+                                         (to_micros(before),))
+            return int(cursor.rowcount)
+
+    def open_in_range(self, first_id: int, last_id: int, limit: int) -> list[Message]:
+        """Open messages with ids from `first_id` to `last_id`, at most `limit`, in id order:
+        the rows a change of the feed names, as they are now."""
+        return self._fetch(f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE id >= ? AND id <= ?"
+                           f" AND {OPEN_ROWS} ORDER BY id LIMIT ?", (first_id, last_id, limit))
 
     def set_pause(self, pause: AccountPause, now: datetime) -> None:
         """Persist an account-wide pause (replacing an earlier one)."""

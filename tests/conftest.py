@@ -47,6 +47,7 @@ def reset_postgres() -> None:
     db.execute_sql("DROP TABLE IF EXISTS postroom_meta")
     db.execute_sql("DROP TABLE IF EXISTS postroom_owner")
     db.execute_sql("DROP TABLE IF EXISTS message_attempts")
+    db.execute_sql("DROP TABLE IF EXISTS postroom_changes")
     db.execute_sql("DROP SEQUENCE IF EXISTS message_queue_id_seq")
     db.close()
 
