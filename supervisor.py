@@ -245,7 +245,7 @@ class SupervisorSettings:
     """Suspects a boot sends alone, one after the other, at most: a crash that leaves more is
     not blamed on a message (a crash storm with many accounts sending) and is recovered as an
     ordinary one, so a boot is held up at most this many times `suspect_timeout`; 0: never."""
-    feed_poll_interval: float = 0.25
+    feed_poll_interval: float = 0.2
     """Seconds between two reads of the change feed, where other processes (producers, the
     operator's commands) record the rows, cancels, requeues and pauses they write: the longest
     a producer's message waits to be noticed on SQLite, and on PostgreSQL with `feed_listen`

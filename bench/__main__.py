@@ -23,7 +23,8 @@ from bench.scenarios import ALL_SYSTEMS, QUICK, SCENARIOS, Params
 
 _SIZES = ("messages", "accounts", "batch", "enqueue_messages", "enqueue_threads", "bulk_messages", "rate",
           "latency_seconds", "producers", "boot_rows", "boot_accounts", "busy_accounts", "busy_backlog",
-          "work_messages", "cleanup_rows", "sleeping_accounts", "settle", "boot_timeout", "timeout")
+          "work_messages", "cleanup_rows", "sleeping_accounts", "settle", "boot_timeout", "produced",
+          "idle_seconds", "timeout")
 
 
 def parse(argv: list[str] | None = None) -> tuple[Params, list[str], Path | None]:

@@ -33,6 +33,7 @@ from postroom_common import (
     Transition,
 )
 from storage import OwnerLock, Storage
+from storage.feed import FeedCursor
 from supervisor import Supervisor
 
 __all__ = ["MemoryStore", "MemorySupervisor"]
@@ -120,6 +121,18 @@ class MemoryStore:
         return []  # no crash is survived, let alone two
 
     def delete_finished_before(self, cutoff: datetime, limit: int) -> int:
+        return 0
+
+    def feed_cursor(self, now_mono: float) -> FeedCursor:
+        return FeedCursor(0, [], now_mono)  # no other process writes to memory
+
+    def read_changes(self, cursor: FeedCursor, now_mono: float, limit: int = 1000) -> list[Any]:
+        return []
+
+    def listener(self, on_change: Any) -> None:
+        return None
+
+    def trim_changes(self, before: datetime) -> int:
         return 0
 
     def account_view(self, phone: str, now: datetime, limit: int) -> AccountView:

@@ -97,6 +97,10 @@ class Params:
     """(e) seconds after every account has sent before RSS is read."""
     boot_timeout: float = 600.0
     """(d), (e) seconds a boot may take to get every account sending; past it, how far it got."""
+    produced: int = 300
+    """(i) messages a producer process enqueues beside a running supervisor, one at a time."""
+    idle_seconds: float = 10.0
+    """(i) seconds an idle supervisor's queries are counted."""
     timeout: float = 900.0
     """Seconds any one run may take before it counts as failed."""
 
@@ -104,7 +108,7 @@ class Params:
 QUICK = Params(runs=1, messages=2_000, accounts=20, enqueue_messages=1_600, bulk_messages=5_000,
                rate=250.0, latency_seconds=2.0, boot_rows=10_000, boot_accounts=100, busy_accounts=10,
                busy_backlog=50, work_messages=1_000, cleanup_rows=20_000, sleeping_accounts=2_000, settle=0.5,
-               boot_timeout=60.0,
+               boot_timeout=60.0, produced=40, idle_seconds=2.0,
                timeout=120.0)
 
 
@@ -547,7 +551,108 @@ def sleeping_boot(p: Params) -> list[Figure]:
             figure("h", "rss_mb", samples, f"RSS after that boot, {where}", "MiB", higher_is_better=False)]
 
 
+# -- (i) another process enqueues -----------------------------------------------------------------
+
+#: Seconds between two enqueues of the producer process: one message at a time, as a web app's.
+_PRODUCER_INTERVAL = 0.02
+
+
+def other_process(p: Params) -> list[Figure]:
+    """A producer process enqueues beside a running supervisor (default settings): from its
+    commit to the send's start; and the queries an idle supervisor makes. SQLite, and
+    PostgreSQL with LISTEN when a server answers (POSTROOM_TEST_POSTGRES)."""
+    backends = {"sqlite": None, **({"postgresql": url} if (url := postgres_url()) else {})}
+    figures: list[Figure] = []
+    for backend, url in backends.items():
+        samples = collect(p, ("postroom",), lambda _run, url=url: _other_process(p, url))
+        where = f"{backend}, {p.produced} single enqueues {_PRODUCER_INTERVAL * 1000:.0f} ms apart"
+        p99 = figure("i", "p99_ms", samples, f"producer process: commit to send, p99, {where}", "ms",
+                     higher_is_better=False, target="< 50 ms" if url else "< 250 ms")
+        p99.met = _below(p99.values.get("postroom"), 50 if url else 250)
+        figures += [figure("i", "p50_ms", samples, f"producer process: commit to send, p50, {where}", "ms",
+                           higher_is_better=False), p99,
+                    figure("i", "idle_qps", samples, f"idle supervisor: queries per second, {backend}",
+                           "q/s", higher_is_better=False)]
+    return figures
+
+
+def postgres_url() -> str | None:
+    """The benchmark's PostgreSQL (the tests' variable), if a server answers there."""
+    import os
+
+    url = os.environ.get("POSTROOM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        import psycopg
+
+        psycopg.connect(url, connect_timeout=2).close()
+    except Exception:  # noqa: BLE001 - no server, no driver: SQLite only
+        return None
+    return url
+
+
+def _other_process(p: Params, url: str | None) -> dict[str, float | None]:
+    import subprocess
+    import sys
+
+    from bench._child import ROOT
+    from supervisor import Supervisor
+
+    with temp_dir() as directory:
+        if url is None:
+            url = f"sqlite:///{directory}/postroom.db"
+        else:
+            _empty_postgres(url)
+        sent: dict[int, float] = {}
+        ref = Supervisor.start(database=url, sender=lambda m: sent.setdefault(m.id, time.time()))
+        try:
+            idle_qps = _idle_queries(p.idle_seconds)
+            child = subprocess.run([sys.executable, "-m", "bench._producer", url, str(p.produced),
+                                    str(_PRODUCER_INTERVAL)], cwd=ROOT, capture_output=True, text=True,
+                                   timeout=p.timeout, check=True)
+            committed = {int(i): float(at) for i, at in (line.split() for line in child.stdout.split("\n")
+                                                         if line and line != "done")}
+            deadline = time.monotonic() + 30
+            while len(sent) < len(committed) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            ref.stop()
+    delays = sorted((sent[i] - at) * 1000 for i, at in committed.items() if i in sent)
+    if len(delays) < len(committed):
+        raise RuntimeError(f"only {len(delays)} of {len(committed)} produced messages were sent")
+    return {"p50_ms": percentile(delays, 0.5), "p99_ms": percentile(delays, 0.99), "idle_qps": idle_qps}
+
+
+def _idle_queries(seconds: float) -> float:
+    """Statements every connection of this process runs per second while nothing happens."""
+    import peewee
+
+    counted = [0]
+    execute = peewee.Database.execute_sql
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        counted[0] += 1
+        return execute(self, *args, **kwargs)
+
+    time.sleep(1.0)  # boot's own reads are over
+    peewee.Database.execute_sql = counting  # type: ignore[method-assign]
+    try:
+        time.sleep(seconds)
+    finally:
+        peewee.Database.execute_sql = execute  # type: ignore[method-assign]
+    return counted[0] / seconds
+
+
+def _empty_postgres(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in ("message_queue", "account_state", "postroom_meta", "postroom_owner",
+                      "message_attempts", "postroom_changes"):
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute("DROP SEQUENCE IF EXISTS message_queue_id_seq")
+
+
 SCENARIOS: dict[str, Callable[[Params], list[Figure]]] = {
     "a": end_to_end, "b": enqueue, "c": latency, "d": boot, "e": memory, "f": database_work, "g": cleanup,
-    "h": sleeping_boot,
+    "h": sleeping_boot, "i": other_process,
 }

@@ -561,10 +561,14 @@ class Storage:
         """Move open, due messages to PROCESSING and count the attempt; others are left alone.
 
         The database decides, not the caller's copy: a message cancelled, already sent or
-        backing off since the caller loaded it is not claimed.
+        backing off since the caller loaded it is not claimed, nor one of an account paused
+        (by any process: `postroom pause` holds before the owner's next send).
         """
         at = to_micros(now)
         rows = [r for r in self._select_rows(ids) if r["status"] in _OPEN and r["available_at"] <= at]
+        paused = self._paused_among({r["phone"] for r in rows}, at)
+        if paused:
+            rows = [r for r in rows if r["phone"] not in paused]
         for row in rows:
             row.update(status=Status.PROCESSING.value, attempts=row["attempts"] + 1, updated_at=at)
         sql = self._dialect.sql(
@@ -573,6 +577,15 @@ class Storage:
         )
         self._executemany(sql, [(r["status"], r["attempts"], at, r["id"]) for r in rows])
         return {row["id"]: _message(row) for row in rows}
+
+    def _paused_among(self, phones: set[str], at: int) -> set[str]:
+        """Those of `phones` whose account has a pause in force at `at` (micros)."""
+        paused: set[str] = set()
+        for chunk, marks in _chunks(sorted(phones)):
+            with self._guard():
+                paused.update(phone for (phone, *_) in self.db.execute_sql(self._dialect.sql(
+                    f"{_PAUSES_IN_FORCE} AND phone IN ({marks})"), (at, *chunk)).fetchall())
+        return paused
 
     def record(self, transitions: Sequence[Transition]) -> set[int]:
         """Apply outcomes whose attempt still holds its row (PROCESSING, same attempt number).
@@ -732,7 +745,7 @@ class Storage:
         with self._guard():
             (high,) = self.db.execute_sql("SELECT COALESCE(MAX(seq), 0) FROM postroom_changes").fetchone()
             present = [seq for (seq,) in self.db.execute_sql(self._dialect.sql(
-                "SELECT seq FROM postroom_changes WHERE seq > ?"), (int(high) - INITIAL_GAPS,))]
+                "SELECT seq FROM postroom_changes WHERE seq > ?"), (int(high) - INITIAL_GAPS,)).fetchall()]
         return FeedCursor(int(high), present, now_mono)
 
     def read_changes(self, cursor: FeedCursor, now_mono: float, limit: int = 1000) -> list[Change]:

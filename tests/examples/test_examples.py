@@ -436,14 +436,28 @@ def test_http_gateway_outcomes_follow_the_status_codes(
     assert any(d.sender == SENDER_B and window[0] < d.at < window[1] for d in answered), "B waited for A"
 
 
-def test_http_gateway_main_runs_as_a_script(gateway_server: GatewayServer, tmp_path: Path) -> None:
-    """`python examples/http_gateway.py FROM TO TEXT` sends, prints only the status, and exits."""
+def test_http_gateway_enqueues_from_another_process_beside_the_serving_bot(
+        gateway_server: GatewayServer, tmp_path: Path) -> None:
+    """`http_gateway.py serve` sends; `http_gateway.py FROM TO TEXT`, a producer in another
+    process, enqueues beside it (no DatabaseLocked) and prints only the outcome; SIGTERM stops
+    the bot gracefully."""
     env = {**os.environ, "GATEWAY_URL": gateway_server.url, "GATEWAY_TOKEN": GATEWAY_TOKEN,
            "POSTROOM_DATABASE": f"sqlite:///{tmp_path}/gateway.db"}
-    done = subprocess.run([sys.executable, "examples/http_gateway.py", SENDER_A, "+1900", "hello there"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=False)
-    assert (done.returncode, done.stdout) == (0, "completed\n"), done.stderr
-    assert gateway_server.accepted() == {"+1900": ["hello there"]}
+    bot = subprocess.Popen([sys.executable, "examples/http_gateway.py", "serve"], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert bot.stdout is not None and bot.stdout.readline() == "serving\n"
+        done = subprocess.run([sys.executable, "examples/http_gateway.py", SENDER_A, "+1900", "hello there"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=False)
+        assert (done.returncode, done.stdout) == (0, "completed\n"), done.stderr
+        assert gateway_server.accepted() == {"+1900": ["hello there"]}
+        bot.send_signal(signal.SIGTERM)
+        assert bot.wait(timeout=30) == 0
+    finally:
+        bot.kill()
+        bot.wait(timeout=30)
+        if bot.stdout is not None:
+            bot.stdout.close()
 
 
 # The adapters' table, against the libraries' real classes

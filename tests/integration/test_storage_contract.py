@@ -634,3 +634,18 @@ def test_owner_lock_is_one_lock_whichever_way_the_file_was_opened(sqlite_url: st
             OwnerLock(open_database(sqlite_url, create=False)).acquire()
     finally:
         held.release()
+
+
+def test_claim_refuses_the_messages_of_a_paused_account(storage: Storage) -> None:
+    """A pause in force (written by any process) holds at the claim: the account's messages
+    stay open; other accounts' are claimed; once the pause ends, they are claimed."""
+    from postroom_common import AccountPause
+
+    held, free = insert(storage, new(phone="+paused"), new(phone="+free"))
+    with storage.write_transaction():
+        storage.set_pause(AccountPause("+paused", NOW + timedelta(minutes=1), "operator"), NOW)
+    with storage.write_transaction():
+        assert set(storage.claim([held, free], NOW)) == {free}
+    assert storage.get(held).status is Status.PENDING and storage.get(held).attempts == 0
+    with storage.write_transaction():
+        assert set(storage.claim([held], NOW + timedelta(minutes=1))) == {held}
