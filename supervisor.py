@@ -133,7 +133,7 @@ from postroom_common import (
     ValidationError,
 )
 from postroom_common.logs import get_logger
-from storage import OwnerLock, SqliteSettings, Storage, open_database
+from storage import OwnerLock, PostgresSettings, SqliteSettings, Storage, open_database
 
 __all__ = [
     "AccountSettings",
@@ -164,6 +164,7 @@ __all__ = [
     "OwnershipLost",
     "Pacing",
     "PermanentError",
+    "PostgresSettings",
     "PostroomError",
     "Priority",
     "QueueStats",
@@ -210,16 +211,23 @@ class SupervisorSettings:
     """Seconds between automatic cleanups; None: only on `CleanupNow`."""
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
     """synchronous and busy timeout of a SQLite database."""
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    """How long a PostgreSQL database may keep a call waiting (connect, statement, lock, TCP)."""
     send_threads: int = field(default_factory=lambda: min(1024, 64 * (os.cpu_count() or 2)))
     """Threads plain senders run on at most (a send with a timeout runs on one); past it,
     sends wait for a free thread, their timeout counting once begun. An `async def` sender
     needs none."""
     slow_send_after: float = 30.0
     """Seconds after which a send still under way is named in `GetHealth().slow_sends`."""
+    slow_commit_after: float = 5.0
+    """Seconds after which a commit still waiting for the database makes `GetHealth` report
+    degraded (a lock held elsewhere, a server or a network path that hangs)."""
     stop_timeout: float = 75.0
     """Seconds a graceful stop waits for the accounts to finish their sends in flight (each at
-    most `send_timeout`); past it the stop goes on, and what is still in flight stays
-    `processing` until the next start settles it (sent again: at-least-once)."""
+    most `send_timeout`) and record them; past it the stop goes on, and what is still in flight
+    stays `processing` until the next start settles it (sent again: at-least-once). A write the
+    database refuses during the stop, or does not answer while no send is under way, is not
+    waited for: the next start settles it the same way."""
     account_threads: int = 8
     """The runtime's threads: every actor (accounts, the writer, the supervisor) takes its
     turns on them, and reads run on them; at least 2. No sender ever runs on one. Turns
@@ -252,8 +260,15 @@ class SupervisorSettings:
 _REAL_TIME = SystemClock()
 #: Seconds between two counts of the open messages while a `Drain` waits.
 DRAIN_POLL = 0.05
-#: Seconds a stop waits for the runtime's threads to finish the reads they run.
-STOP_JOIN = 30.0
+#: Seconds the database is given, once the accounts are released, to answer what is still
+#: under way (the writer's last commits, reads, the owner lock's release) before a stop cuts it.
+STOP_GRACE = 2.0
+#: Seconds a stop waits for the runtime's threads beyond that, and beyond the time a call
+#: already cut may still take to fail (a connection being opened, a SQLite busy wait).
+STOP_JOIN = 1.0
+#: Seconds between two looks, while a stop waits for the accounts, at whether only an
+#: unanswering database is left to wait for.
+STOP_LOOK = 0.25
 #: The enqueue commands, which `admit` hands straight to the writer.
 _ENQUEUES = (Enqueue, EnqueueBatch, Broadcast)
 
@@ -303,11 +318,12 @@ class Supervisor(TurnActor):
         _RUNNING.add(self.actor_ref)
 
     def _open_storage(self, database: str | Any) -> None:
-        db = open_database(database, self.settings.sqlite)
+        db = open_database(database, self.settings.sqlite, postgres=self.settings.postgres)
         self.lock = OwnerLock(db)
         self.lock.acquire()
         try:
             self.storage = Storage(db, owner=self.lock)  # checks after each commit the file is still ours
+            self.storage.cut_calls_at(None)  # a database adopted again after an earlier stop cut its calls
             self.storage.create_schema()
         except BaseException:
             self.storage.close()
@@ -400,39 +416,56 @@ class Supervisor(TurnActor):
     # -- stopping --------------------------------------------------------------------------
 
     def on_stop(self) -> None:
+        """Stop in order, within `stop_timeout` and `STOP_GRACE` (plus a connection's opening)
+        whatever the database does: release the accounts, let the writer commit what it holds,
+        close the database and release its lock."""
         for name in list(self._timers):
             self._cancel_timer(name)
         for waiting in self._drains.take_all():
             waiting.fail(SupervisorStopped("the supervisor stopped before the queue drained"))
-        self._release_accounts()
+        self._release_accounts(self.deadlines.monotonic() + self.settings.stop_timeout)
         self.send_pool.shutdown()
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.persistence.stop()  # it commits what it holds
+        cut_at = self.deadlines.monotonic() + STOP_GRACE
+        self.storage.cut_calls_at(cut_at)  # what is not answered by then waits for the next start
+        self._stop_writer(cut_at)
         self._pool.shutdown()
         # Connections are closed once no other thread can be using one (reads run on the pool).
-        if self._pool.join(timeout=STOP_JOIN):
+        if self._pool.join(timeout=self._time_left(cut_at)):
             self._close_storage()
         else:
             log.error("supervisor.stop_busy", left="the database is left open: a read is still running")
         log.info("supervisor.stopped")
 
-    def _release_accounts(self) -> None:
-        """Release every account and wait, at most `stop_timeout`, until each has recorded its
-        send in flight; what is still in flight after that stays `processing` for the next start."""
+    def _release_accounts(self, deadline: float) -> None:
+        """Release every account and wait, until `deadline`, for each to record its send in
+        flight; what is still in flight after that stays `processing` for the next start. With
+        no send under way, a database that has stopped answering ends the wait at once: all
+        the accounts wait for is its answer, and the next start settles what it would have said."""
         releasing = {ref.actor_urn: phone for phone in self.directory.phones()
                      if (ref := self.directory.remove(phone)) is not None and _told(ref, Release())}
-        deadline = self.deadlines.monotonic() + self.settings.stop_timeout
         while releasing:
-            left = deadline - self.deadlines.monotonic()
-            report = self.wait_for_mail(left) if left > 0 else None
-            if report is None:
-                hung = self.sends.running_longer_than(0.0, self.deadlines.monotonic())
+            now = self.deadlines.monotonic()
+            hung = self.sends.running_longer_than(0.0, now)
+            waited = self.health.stalled(now, self.settings.slow_commit_after)
+            if now >= deadline or (waited is not None and not hung):
                 log.error("supervisor.stop_incomplete", timeout=self.settings.stop_timeout,
                           accounts=len(releasing), sends_in_flight=[mask_phone(phone) for phone in hung],
+                          database_silent_for=None if waited is None else round(waited, 1),
                           left="in flight: processing until the next start settles it")
                 return
+            report = self.wait_for_mail(min(deadline - now, STOP_LOOK))
             if isinstance(report, AccountReleased | AccountCrashed):
                 releasing.pop(report.actor_urn, None)
+
+    def _stop_writer(self, cut_at: float) -> None:
+        """The writer commits what it holds, if the database answers by `cut_at`."""
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            self.persistence.stop(timeout=self._time_left(cut_at))
+
+    def _time_left(self, cut_at: float) -> float:
+        """Until a call cut at `cut_at` has failed, a connection being opened included."""
+        opening = max(self.settings.postgres.connect_timeout, self.settings.sqlite.busy_timeout)
+        return max(0.0, cut_at - self.deadlines.monotonic()) + opening + STOP_JOIN
 
     def _close_storage(self) -> None:
         """Close every connection, then release the lock (the writer has stopped)."""
@@ -551,7 +584,7 @@ class Supervisor(TurnActor):
         self.run_job(read)
 
     def _health(self) -> Health:
-        degraded, error = self.health.snapshot()
+        degraded, error = self.health.snapshot(self.deadlines.monotonic(), self.settings.slow_commit_after)
         slow = self.sends.running_longer_than(self.settings.slow_send_after, self.deadlines.monotonic())
         return Health(degraded=degraded, last_error=error, accounts_running=len(self.directory),
                       parked_accounts=tuple(sorted(mask_phone(p) for p in self.parked)),
@@ -835,6 +868,7 @@ class AsyncPostroom:
 
     def __init__(self, ref: pykka.ActorRef[Supervisor]) -> None:
         self.ref = ref
+        self._stopping: asyncio.Future[bool] | None = None  # the stop under way, which every call awaits
 
     @classmethod
     async def start(cls, database: str | Any, sender: Sender | AsyncSender,
@@ -882,10 +916,20 @@ class AsyncPostroom:
         """Degraded or not, and parked accounts."""
         return await self.ask(GetHealth())  # type: ignore[no-any-return]
 
-    async def stop(self, timeout: float = 30) -> None:
-        """Stop gracefully: in-flight sends (coroutines on this loop too) finish and are recorded."""
-        if self.ref.is_alive():
-            await asyncio.to_thread(lambda: self.ref.stop(block=True, timeout=timeout))
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully: in-flight sends (coroutines on this loop too) finish and are recorded.
+
+        Returns once the supervisor has stopped (within its `stop_timeout` and a few seconds,
+        whatever the database does), or after `timeout` seconds if given: the stop then goes on
+        in the background (`supervisor.stop_pending` is logged), and a later call waits for it.
+        It raises nothing.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(asyncio.to_thread(self.ref.stop, block=True))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._stopping), timeout)
+        except TimeoutError:
+            log.warning("supervisor.stop_pending", timeout=timeout)
 
 
 _RUNNING: weakref.WeakSet[pykka.ActorRef[Supervisor]] = weakref.WeakSet()
