@@ -226,8 +226,8 @@ class SupervisorSettings:
     """Seconds a graceful stop waits for the accounts to finish their sends in flight (each at
     most `send_timeout`) and record them; past it the stop goes on, and what is still in flight
     stays `processing` until the next start settles it (sent again: at-least-once). A write the
-    database refuses during the stop, or does not answer while no send is under way, is not
-    waited for: the next start settles it the same way."""
+    database refuses during the stop, or leaves unanswered `slow_commit_after` once no send is
+    under way, is not waited for: the next start settles it the same way."""
     account_threads: int = 8
     """The runtime's threads: every actor (accounts, the writer, the supervisor) takes its
     turns on them, and reads run on them; at least 2. No sender ever runs on one. Turns
@@ -266,8 +266,8 @@ STOP_GRACE = 2.0
 #: Seconds a stop waits for the runtime's threads beyond that, and beyond the time a call
 #: already cut may still take to fail (a connection being opened, a SQLite busy wait).
 STOP_JOIN = 1.0
-#: Seconds between two looks, while a stop waits for the accounts, at whether only an
-#: unanswering database is left to wait for.
+#: Seconds between two looks, while a stop waits for the accounts, at whether only the
+#: database is left to wait for.
 STOP_LOOK = 0.25
 #: The enqueue commands, which `admit` hands straight to the writer.
 _ENQUEUES = (Enqueue, EnqueueBatch, Broadcast)
@@ -438,19 +438,21 @@ class Supervisor(TurnActor):
 
     def _release_accounts(self, deadline: float) -> None:
         """Release every account and wait, until `deadline`, for each to record its send in
-        flight; what is still in flight after that stays `processing` for the next start. With
-        no send under way, a database that has stopped answering ends the wait at once: all
-        the accounts wait for is its answer, and the next start settles what it would have said."""
+        flight; what is still in flight after that stays `processing` for the next start. Once
+        no send is under way, the accounts wait only for the database: if it has not answered
+        them within `slow_commit_after`, the next start settles what it would have recorded."""
         releasing = {ref.actor_urn: phone for phone in self.directory.phones()
                      if (ref := self.directory.remove(phone)) is not None and _told(ref, Release())}
+        unsent_since: float | None = None  # since when no send has been under way
         while releasing:
             now = self.deadlines.monotonic()
             hung = self.sends.running_longer_than(0.0, now)
-            waited = self.health.stalled(now, self.settings.slow_commit_after)
-            if now >= deadline or (waited is not None and not hung):
+            unsent_since = None if hung else (now if unsent_since is None else unsent_since)
+            unanswered = None if unsent_since is None else now - unsent_since
+            if now >= deadline or (unanswered is not None and unanswered > self.settings.slow_commit_after):
                 log.error("supervisor.stop_incomplete", timeout=self.settings.stop_timeout,
                           accounts=len(releasing), sends_in_flight=[mask_phone(phone) for phone in hung],
-                          database_silent_for=None if waited is None else round(waited, 1),
+                          database_unanswered_for=None if hung else round(unanswered or 0.0, 1),
                           left="in flight: processing until the next start settles it")
                 return
             report = self.wait_for_mail(min(deadline - now, STOP_LOOK))
