@@ -21,7 +21,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from postroom_common.logs import get_logger
@@ -74,19 +73,19 @@ class _Watch:
         self._calls: set[_Call] = set()
         self._running = False
 
-    @contextlib.contextmanager
-    def call(self, connection: Any, limits: CallLimits, statements: int = 1) -> Iterator[_Call]:
+    def begin(self, connection: Any, limits: CallLimits, statements: int = 1) -> _Call:
+        """Note a statement sent on `connection`; `end` it once answered, however."""
         noted = _Call(connection, limits, statements)
         with self._lock:
             self._calls.add(noted)
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._run, name="postroom-watch", daemon=True).start()
-        try:
-            yield noted
-        finally:
-            with self._lock:
-                self._calls.discard(noted)
+        return noted
+
+    def end(self, call: _Call) -> None:
+        with self._lock:
+            self._calls.discard(call)
 
     def _run(self) -> None:
         idle_since = time.monotonic()
@@ -142,25 +141,33 @@ def watched_cursor(limits: CallLimits) -> type[psycopg.Cursor[Any]] | None:
         call_limits = limits
 
         def execute(self, *args: Any, **kwargs: Any) -> WatchedCursor:
-            with self._watched(1):
+            call = _WATCH.begin(self.connection, self.call_limits)
+            try:
                 return super().execute(*args, **kwargs)
+            except psycopg.OperationalError as error:
+                _raise_if_cut(call, error)
+                raise
+            finally:
+                _WATCH.end(call)
 
         def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
             rows = len(params_seq) if hasattr(params_seq, "__len__") else 1
-            with self._watched(max(1, math.ceil(rows / ROWS_PER_ANSWER))):
+            call = _WATCH.begin(self.connection, self.call_limits, max(1, math.ceil(rows / ROWS_PER_ANSWER)))
+            try:
                 super().executemany(query, params_seq, **kwargs)
-
-        @contextlib.contextmanager
-        def _watched(self, statements: int) -> Iterator[None]:
-            with _WATCH.call(self.connection, self.call_limits, statements) as call:
-                try:
-                    yield
-                except psycopg.OperationalError as error:
-                    if call.cut is not None:
-                        raise psycopg.OperationalError(f"{call.cut}: its connection was closed") from error
-                    raise
+            except psycopg.OperationalError as error:
+                _raise_if_cut(call, error)
+                raise
+            finally:
+                _WATCH.end(call)
 
     return WatchedCursor
+
+
+def _raise_if_cut(call: _Call, error: Exception) -> None:
+    """For a statement this module cut, an error that says why instead of the driver's."""
+    if call.cut is not None:
+        raise type(error)(f"{call.cut}: its connection was closed") from error
 
 
 def cut_calls_at(connect_params: dict[str, Any], monotonic: float | None) -> None:
