@@ -142,10 +142,11 @@ def _open_postgres(url: str, settings: PostgresSettings, *, read_only: bool) -> 
                os.environ.get("PGOPTIONS", ""), given.get("options", "")]
     params["options"] = " ".join(option for option in options if option)
     cursor = watched_cursor(CallLimits(settings.answer_within))
-    if cursor is not None:  # else psycopg is missing, and the first connection says so
-        params["cursor_factory"] = cursor
-    # psycopg 3 even where psycopg2 is installed too: the owner lock and the cursors are psycopg 3's.
-    database: peewee.Database = db_url.connect(url, autoconnect=True, prefer_psycopg3=True, **params)
+    if cursor is not None and hasattr(peewee.PostgresqlDatabase, "psycopg3_adapter"):
+        # psycopg 3 even where psycopg2 is installed too: the cursors are psycopg 3's. (Without
+        # psycopg 3 the first connection says so; a peewee without it gets libpq's limits only.)
+        params.update(cursor_factory=cursor, prefer_psycopg3=True)
+    database: peewee.Database = db_url.connect(url, autoconnect=True, **params)
     return database
 
 
