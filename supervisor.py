@@ -138,7 +138,7 @@ from postroom_common import (
 )
 from postroom_common.checks import check_count, check_seconds, check_timedelta, earlier
 from postroom_common.logs import get_logger
-from storage import OwnerLock, SqliteSettings, Storage, holder_name, open_database
+from storage import OwnerLock, PostgresSettings, SqliteSettings, Storage, holder_name, open_database
 from storage.listen import ChangeListener
 
 __all__ = [
@@ -171,6 +171,7 @@ __all__ = [
     "OwnershipLost",
     "Pacing",
     "PermanentError",
+    "PostgresSettings",
     "PostroomError",
     "Priority",
     "Producer",
@@ -219,16 +220,23 @@ class SupervisorSettings:
     """Seconds between automatic cleanups; None: only on `CleanupNow`."""
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
     """synchronous and busy timeout of a SQLite database."""
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    """How long a PostgreSQL database may keep a call waiting (connect, statement, lock, TCP)."""
     send_threads: int = field(default_factory=lambda: min(1024, 64 * (os.cpu_count() or 2)))
     """Threads plain senders run on at most (a send with a timeout runs on one); past it,
     sends wait for a free thread, their timeout counting once begun. An `async def` sender
     needs none."""
     slow_send_after: float = 30.0
     """Seconds after which a send still under way is named in `GetHealth().slow_sends`."""
+    slow_commit_after: float = 5.0
+    """Seconds after which a commit still waiting for the database makes `GetHealth` report
+    degraded (a lock held elsewhere, a server or a network path that hangs)."""
     stop_timeout: float = 75.0
     """Seconds a graceful stop waits for the accounts to finish their sends in flight (each at
-    most `send_timeout`); past it the stop goes on, and what is still in flight stays
-    `processing` until the next start settles it (sent again: at-least-once)."""
+    most `send_timeout`) and record them; past it the stop goes on, and what is still in flight
+    stays `processing` until the next start settles it (sent again: at-least-once). A write the
+    database refuses during the stop, or leaves unanswered `slow_commit_after` once no send is
+    under way, is not waited for: the next start settles it the same way."""
     account_threads: int = 8
     """The runtime's threads: every actor (accounts, the writer, the supervisor) takes its
     turns on them, and reads run on them; at least 2. No sender ever runs on one. Turns
@@ -291,12 +299,19 @@ class SupervisorSettings:
 _REAL_TIME = SystemClock()
 #: Seconds between two counts of the open messages while a `Drain` waits.
 DRAIN_POLL = 0.05
-#: Seconds a stop waits for the runtime's threads to finish the reads they run.
-STOP_JOIN = 30.0
 #: How long the change feed's entries are kept: read within moments, kept for the operator.
 FEED_KEPT = timedelta(hours=1)
 #: Seconds between two looks at the bot's event loop: closed without `stop()`, the supervisor stops.
 LOOP_CHECK = 1.0
+#: Seconds the database is given, once the accounts are released, to answer what is still
+#: under way (the writer's last commits, reads, the owner lock's release) before a stop cuts it.
+STOP_GRACE = 2.0
+#: Seconds a stop waits for the runtime's threads beyond that, and beyond the time a call
+#: already cut may still take to fail (a connection being opened, a SQLite busy wait).
+STOP_JOIN = 1.0
+#: Seconds between two looks, while a stop waits for the accounts, at whether only the
+#: database is left to wait for.
+STOP_LOOK = 0.25
 #: The enqueue commands, which `admit` hands straight to the writer.
 _ENQUEUES = (Enqueue, EnqueueBatch, Broadcast)
 
@@ -357,11 +372,12 @@ class Supervisor(TurnActor):
                 _ON_LOOPS.add(self)
 
     def _open_storage(self, database: str | Any) -> None:
-        db = open_database(database, self.settings.sqlite)
+        db = open_database(database, self.settings.sqlite, postgres=self.settings.postgres)
         self.lock = OwnerLock(db)
         self.lock.acquire()
         try:
             self.storage = Storage(db, owner=self.lock)  # checks after each commit the file is still ours
+            self.storage.cut_calls_at(None)  # a database adopted again after an earlier stop cut its calls
             if self._demo_check is not None:
                 self._demo_check(self.storage)
             self.storage.create_schema(keep_demo_mark=self._demo_check is not None)
@@ -483,6 +499,9 @@ class Supervisor(TurnActor):
             self.closed.set()
 
     def _stop_in_order(self) -> None:
+        """Stop in order, within `stop_timeout` and `STOP_GRACE` (plus a connection's opening)
+        whatever the database does: release the accounts, let the writer commit what it holds,
+        close the database and release its lock."""
         for name in list(self._timers):
             self._cancel_timer(name)
         if self._listener is not None:
@@ -491,33 +510,39 @@ class Supervisor(TurnActor):
             self._loop_closed()
         for waiting in self._drains.take_all():
             waiting.fail(SupervisorStopped("the supervisor stopped before the queue drained"))
-        self._release_accounts()
+        self._release_accounts(self.deadlines.monotonic() + self.settings.stop_timeout)
         self.send_pool.shutdown()
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.persistence.stop()  # it commits what it holds
+        cut_at = self.deadlines.monotonic() + STOP_GRACE
+        self.storage.cut_calls_at(cut_at)  # what is not answered by then waits for the next start
+        self._stop_writer(cut_at)
         self._pool.shutdown()
         # Connections are closed once no other thread can be using one (reads run on the pool).
-        if self._pool.join(timeout=STOP_JOIN):
+        if self._pool.join(timeout=self._time_left(cut_at)):
             self._close_storage()
         else:
             log.error("supervisor.stop_busy", left="the database is left open: a read is still running")
         log.info("supervisor.stopped")
 
-    def _release_accounts(self) -> None:
-        """Release every account and wait, at most `stop_timeout`, until each has recorded its
-        send in flight; what is still in flight after that stays `processing` for the next start."""
+    def _release_accounts(self, deadline: float) -> None:
+        """Release every account and wait, until `deadline`, for each to record its send in
+        flight; what is still in flight after that stays `processing` for the next start. Once
+        no send is under way, the accounts wait only for the database: if it has not answered
+        them within `slow_commit_after`, the next start settles what it would have recorded."""
         releasing = {ref.actor_urn: phone for phone in self.directory.phones()
                      if (ref := self.directory.remove(phone)) is not None and _told(ref, Release())}
-        deadline = self.deadlines.monotonic() + self.settings.stop_timeout
+        unsent_since: float | None = None  # since when no send has been under way
         while releasing:
-            left = deadline - self.deadlines.monotonic()
-            report = self.wait_for_mail(left) if left > 0 else None
-            if report is None:
-                hung = self.sends.running_longer_than(0.0, self.deadlines.monotonic())
+            now = self.deadlines.monotonic()
+            hung = self.sends.running_longer_than(0.0, now)
+            unsent_since = None if hung else (now if unsent_since is None else unsent_since)
+            unanswered = None if unsent_since is None else now - unsent_since
+            if now >= deadline or (unanswered is not None and unanswered > self.settings.slow_commit_after):
                 log.error("supervisor.stop_incomplete", timeout=self.settings.stop_timeout,
                           accounts=len(releasing), sends_in_flight=[mask_phone(phone) for phone in hung],
+                          database_unanswered_for=None if hung else round(unanswered or 0.0, 1),
                           left="in flight: processing until the next start settles it")
                 return
+            report = self.wait_for_mail(min(deadline - now, STOP_LOOK))
             if isinstance(report, AccountReleased | AccountCrashed):
                 releasing.pop(report.actor_urn, None)
 
@@ -528,6 +553,16 @@ class Supervisor(TurnActor):
         log.error("supervisor.loop_closed", sends_ended=end_sends_of_closed_loop(self.loop),
                   left="the open messages stay in the database for the next start",
                   hint="await room.stop() before the bot's event loop ends")
+
+    def _stop_writer(self, cut_at: float) -> None:
+        """The writer commits what it holds, if the database answers by `cut_at`."""
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            self.persistence.stop(timeout=self._time_left(cut_at))
+
+    def _time_left(self, cut_at: float) -> float:
+        """Until a call cut at `cut_at` has failed, a connection being opened included."""
+        opening = max(self.settings.postgres.connect_timeout, self.settings.sqlite.busy_timeout)
+        return max(0.0, cut_at - self.deadlines.monotonic()) + opening + STOP_JOIN
 
     def _close_storage(self) -> None:
         """Close every connection, then release the lock (the writer has stopped)."""
@@ -651,7 +686,7 @@ class Supervisor(TurnActor):
         self.run_job(read)
 
     def _health(self) -> Health:
-        degraded, error = self.health.snapshot()
+        degraded, error = self.health.snapshot(self.deadlines.monotonic(), self.settings.slow_commit_after)
         slow = self.sends.running_longer_than(self.settings.slow_send_after, self.deadlines.monotonic())
         return Health(degraded=degraded, last_error=error, accounts_running=len(self.directory),
                       parked_accounts=tuple(sorted(mask_phone(p) for p in self.parked)),
@@ -1012,6 +1047,7 @@ class AsyncPostroom:
 
     def __init__(self, ref: pykka.ActorRef[Supervisor]) -> None:
         self.ref = ref
+        self._stopping: asyncio.Future[bool] | None = None  # the stop under way, which every call awaits
 
     @classmethod
     async def start(cls, database: str | Any, sender: Sender | AsyncSender,
@@ -1059,10 +1095,20 @@ class AsyncPostroom:
         """Degraded or not, and parked accounts."""
         return await self.ask(GetHealth())  # type: ignore[no-any-return]
 
-    async def stop(self, timeout: float = 30) -> None:
-        """Stop gracefully: in-flight sends (coroutines on this loop too) finish and are recorded."""
-        if self.ref.is_alive():
-            await asyncio.to_thread(lambda: self.ref.stop(block=True, timeout=timeout))
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully: in-flight sends (coroutines on this loop too) finish and are recorded.
+
+        Returns once the supervisor has stopped (within its `stop_timeout` and a few seconds,
+        whatever the database does), or after `timeout` seconds if given: the stop then goes on
+        in the background (`supervisor.stop_pending` is logged), and a later call waits for it.
+        It raises nothing.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(asyncio.to_thread(self.ref.stop, block=True))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._stopping), timeout)
+        except TimeoutError:
+            log.warning("supervisor.stop_pending", timeout=timeout)
 
 
 _RUNNING: weakref.WeakSet[pykka.ActorRef[Supervisor]] = weakref.WeakSet()

@@ -28,7 +28,8 @@ Invariants (tests/unit/test_account_machine.py checks them after every step):
     - among due messages, claims follow priority then id (pacing aside);
     - nothing is claimed while the account is paused or disabled;
     - an attempt that ended in a rate limit is given back;
-    - each outcome is written until it is recorded, and recorded once.
+    - each outcome is written until it is recorded, and recorded once; once the account is
+      released, a write that fails is not tried again (the next start settles its row).
 """
 
 from __future__ import annotations
@@ -279,8 +280,8 @@ class AccountMachine:
 
     def read_failed(self, error: str, at: At) -> list[Command]:
         self._reading = False
-        return [Log("warning", "account.read_failed", {"error": error}),
-                *self._arm(later(at.now, self.settings.storage_retry))]
+        after = self._next(at) if self._releasing else self._arm(later(at.now, self.settings.storage_retry))
+        return [Log("warning", "account.read_failed", {"error": error}), *after]
 
     def arrived(self, messages: Sequence[Message], at: At) -> list[Command]:
         """New or requeued messages of this account, as committed (one delivery)."""
@@ -314,7 +315,9 @@ class AccountMachine:
         return commands + self._next(at)
 
     def write_failed(self, error: str, at: At) -> list[Command]:
-        """The write in flight failed: it committed nothing, or its answer was lost."""
+        """The write in flight failed: it committed nothing, or its answer was lost. Released
+        meanwhile, the account does not try again: what it could not write is left as the
+        database has it, for the next start to settle."""
         asked, self._asked = self._asked, None
         assert asked is not None, "a failure of no write"
         if asked.claim is not None:
@@ -323,8 +326,18 @@ class AccountMachine:
         if asked.recover:
             self._unrecorded = asked
         self.state = AccountState.IDLE
-        return [Log("warning", "account.write_failed", {"error": error}),
-                *self._arm(later(at.now, self.settings.storage_retry))]
+        failed = Log("warning", "account.write_failed", {"error": error})
+        if self._releasing:
+            return [failed, *self._leave_unwritten(asked), *self._next(at)]
+        return [failed, *self._arm(later(at.now, self.settings.storage_retry))]
+
+    def _leave_unwritten(self, asked: WriteAndClaim) -> list[Command]:
+        """Forget what is still to be written (the next start's recovery settles those rows)."""
+        unwritten = self._unrecorded.record if self._unrecorded is not None else asked.record
+        self._unrecorded, self._reclaim = None, False
+        held = {"message_id": unwritten.id, "attempt": unwritten.attempt} if unwritten else {}
+        return [Log("warning", "account.release_unrecorded",
+                    {**held, "left": "as the database has it, until the next start settles it"})]
 
     def write_not_sent(self, at: At) -> list[Command]:
         """The write asked for never reached the writer (the actor failed first), so nothing of

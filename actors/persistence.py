@@ -21,6 +21,7 @@ the GIL to them) commits at once.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -62,6 +63,7 @@ from postroom_common import (
 )
 from postroom_common.logs import get_logger
 from storage import Storage
+from storage.store import caused_by_the_request
 
 log = get_logger("postroom.persistence")
 
@@ -82,21 +84,43 @@ class HealthState:
     degraded: bool = False
     last_error: str | None = None
     commits: int = 0
+    committing_since: float | None = None
+    """When (monotonic) the commit under way began; None between commits."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def committing(self, monotonic: float) -> None:
+        with self._lock:
+            self.committing_since = monotonic
 
     def ok(self) -> None:
         with self._lock:
             self.degraded, self.last_error = False, None
             self.commits += 1
+            self.committing_since = None
 
     def failed(self, error: StorageError) -> None:
         with self._lock:
             self.degraded, self.last_error = True, str(error)
+            self.committing_since = None
 
-    def snapshot(self) -> tuple[bool, str | None]:
+    def stalled(self, monotonic: float, after: float) -> float | None:
+        """Seconds the commit under way has waited for the database, if more than `after`."""
         with self._lock:
-            return self.degraded, self.last_error
+            since = self.committing_since
+        waited = None if since is None else monotonic - since
+        return waited if waited is not None and waited > after else None
 
+    def snapshot(self, monotonic: float | None = None,
+                 stalled_after: float = math.inf) -> tuple[bool, str | None]:
+        """Degraded or not, and why: the last commit failed, or (given the time) the commit under
+        way has waited for the database more than `stalled_after` seconds."""
+        waited = None if monotonic is None else self.stalled(monotonic, stalled_after)
+        with self._lock:
+            degraded, error = self.degraded, self.last_error
+        if waited is None:
+            return degraded, error
+        stall = f"a commit has waited {waited:.0f} s for the database"
+        return True, stall if error is None else f"{stall}; before it: {error}"
 
 
 class PersistenceActor(TurnActor):
@@ -139,6 +163,7 @@ class PersistenceActor(TurnActor):
                 return
 
     def _commit(self, batch: Sequence[tuple[Any, Reply | None]]) -> None:
+        self.health.committing(time.monotonic())
         try:
             with self.storage.write_transaction():
                 outcomes = self._apply_batch([message for message, _ in batch])
@@ -149,11 +174,12 @@ class PersistenceActor(TurnActor):
                 error.__cause__ = raised
             self.health.failed(error)
             log.error("storage.commit_failed", error=str(error), batch=len(batch))
-            if len(batch) == 1:
-                _fail(batch[0], error)
+            if len(batch) > 1 and (error is not raised or caused_by_the_request(error)):
+                for request in batch:  # one bad write must not fail its neighbours: each alone
+                    self._commit([request])
                 return
-            for request in batch:  # one bad write must not fail its neighbours: each alone
-                self._commit([request])
+            for request in batch:  # the database failed: each alone would fail, and wait, the same
+                _fail(request, error)
             return
         self.health.ok()
         self._after_commit(batch, outcomes)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import peewee
 from playhouse import db_url
@@ -15,9 +17,11 @@ from playhouse import db_url
 from postroom_common.checks import check_seconds
 from postroom_common.errors import DatabaseNotFound, StorageError, ValidationError
 from postroom_common.logs import get_logger
+from storage._watch import CallLimits, watched_cursor
 from storage.owner import OwnerLock
 
-__all__ = ["SQLITE_SYNCHRONOUS", "OwnerLock", "SqliteSettings", "open_database", "sqlite_path"]
+__all__ = ["SQLITE_SYNCHRONOUS", "OwnerLock", "PostgresSettings", "SqliteSettings", "open_database",
+           "sqlite_path"]
 
 log = get_logger("postroom.storage")
 
@@ -44,6 +48,65 @@ class SqliteSettings:
         check_seconds("SqliteSettings.busy_timeout", self.busy_timeout, maximum=(2**31 - 1) / 1000)
 
 
+@dataclass(frozen=True, slots=True)
+class PostgresSettings:
+    """How long a PostgreSQL database may keep postroom waiting, on every connection postroom
+    opens to it (each runtime thread's, and the owner lock's): past these, the call fails
+    with StorageError instead of hanging. Parameters the URL sets itself win
+    (`?connect_timeout=10`, `?options=-c%20lock_timeout%3D0`), and so do `PGCONNECT_TIMEOUT`
+    and `PGOPTIONS`."""
+
+    connect_timeout: float = 5.0
+    """Seconds to open a connection (libpq counts whole seconds, at least 2)."""
+    statement_timeout: float | None = 30.0
+    """Seconds the server gives one statement before cancelling it. A statement still without
+    an answer `connect_timeout` after that (a server or network path that hangs) has its
+    connection closed by postroom. None: no limit, on either side."""
+    lock_timeout: float | None = 5.0
+    """Seconds a statement waits for a lock another session holds (a `LOCK TABLE`, a long
+    transaction) before it fails; None: as long as `statement_timeout` allows."""
+    keepalives_idle: float = 10.0
+    """Seconds of silence on a connection before TCP keepalive probes begin."""
+    keepalives_interval: float = 5.0
+    """Seconds between two probes."""
+    keepalives_count: int = 3
+    """Unanswered probes after which the connection is dead."""
+    tcp_user_timeout: float = 15.0
+    """Seconds data sent may stay unacknowledged before the connection is dropped (Linux)."""
+
+    def __post_init__(self) -> None:
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            if value is None and setting.name in ("statement_timeout", "lock_timeout"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value) or value <= 0:
+                raise ValidationError(f"PostgresSettings.{setting.name} must be a number of "
+                                      f"seconds above 0, not {value!r}")
+
+    @property
+    def answer_within(self) -> float | None:
+        """Seconds after which a statement still unanswered is cut on postroom's side."""
+        return None if self.statement_timeout is None else self.statement_timeout + self.connect_timeout
+
+    def libpq_params(self) -> dict[str, int]:
+        """The libpq connection parameters these settings are."""
+        return {"connect_timeout": max(2, math.ceil(self.connect_timeout)), "keepalives": 1,
+                "keepalives_idle": math.ceil(self.keepalives_idle),
+                "keepalives_interval": math.ceil(self.keepalives_interval),
+                "keepalives_count": self.keepalives_count,
+                "tcp_user_timeout": _millis(self.tcp_user_timeout)}
+
+    def server_options(self) -> list[str]:
+        """The `-c name=value` options that set the server's timeouts for the session."""
+        timeouts = {"statement_timeout": self.statement_timeout, "lock_timeout": self.lock_timeout}
+        return [f"-c {name}={_millis(value)}" for name, value in timeouts.items() if value is not None]
+
+
+def _millis(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
 def _quiet_peewee_sql_logging() -> None:
     # peewee logs every statement with its parameters (phone numbers, texts) at DEBUG;
     # those records must never reach the host's handlers, whatever level it sets.
@@ -54,8 +117,10 @@ _quiet_peewee_sql_logging()
 
 
 def open_database(url_or_db: str | peewee.Database, sqlite: SqliteSettings | None = None, *,
-                  create: bool = True, read_only: bool = False) -> peewee.Database:
-    """Open `sqlite:///path.db` or `postgresql://user@host/db`, or adopt a peewee Database.
+                  create: bool = True, read_only: bool = False,
+                  postgres: PostgresSettings | None = None) -> peewee.Database:
+    """Open `sqlite:///path.db` or `postgresql://user@host/db`, or adopt a peewee Database
+    (as it is: its connections get none of `sqlite`'s or `postgres`'s settings).
 
     `create=False`: a SQLite file must exist (else `DatabaseNotFound`) and is opened as it
     is, neither created nor switched to WAL, so opening it writes nothing (`postroom resume`,
@@ -68,10 +133,26 @@ def open_database(url_or_db: str | peewee.Database, sqlite: SqliteSettings | Non
     if url_or_db.startswith("sqlite:"):
         return _open_sqlite(url_or_db, settings, create=create and not read_only, read_only=read_only)
     if url_or_db.startswith(("postgres://", "postgresql://")):
-        options = {"options": "-c default_transaction_read_only=on"} if read_only else {}
-        database: peewee.Database = db_url.connect(url_or_db, autoconnect=True, **options)
-        return database
+        return _open_postgres(url_or_db, postgres or PostgresSettings(), read_only=read_only)
     raise ValidationError(_not_a_url(url_or_db))
+
+
+def _open_postgres(url: str, settings: PostgresSettings, *, read_only: bool) -> peewee.Database:
+    given = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True))
+    if "PGCONNECT_TIMEOUT" in os.environ:
+        given.setdefault("connect_timeout", os.environ["PGCONNECT_TIMEOUT"])
+    params: dict[str, Any] = {k: v for k, v in settings.libpq_params().items() if k not in given}
+    # Of two -c for one setting the later wins: the URL's and PGOPTIONS come after postroom's.
+    options = [*settings.server_options(), "-c default_transaction_read_only=on" if read_only else "",
+               os.environ.get("PGOPTIONS", ""), given.get("options", "")]
+    params["options"] = " ".join(option for option in options if option)
+    cursor = watched_cursor(CallLimits(settings.answer_within))
+    if cursor is not None and hasattr(peewee.PostgresqlDatabase, "psycopg3_adapter"):
+        # psycopg 3 even where psycopg2 is installed too: the cursors are psycopg 3's. (Without
+        # psycopg 3 the first connection says so; a peewee without it gets libpq's limits only.)
+        params.update(cursor_factory=cursor, prefer_psycopg3=True)
+    database: peewee.Database = db_url.connect(url, autoconnect=True, **params)
+    return database
 
 
 def _not_a_url(text: str) -> str:

@@ -50,6 +50,7 @@ from postroom_common.errors import (
 )
 from postroom_common.logs import get_logger
 from storage import schema
+from storage._watch import cut_calls_at
 from storage.feed import INITIAL_GAPS, FeedCursor
 from storage.listen import ChangeListener
 from storage.models import (
@@ -80,8 +81,10 @@ try:
         sqlite3.Error,
         psycopg.Error,
     )
+    _DRIVER_MODULES: tuple[Any, ...] = (psycopg,)
 except ImportError:  # the [postgres] extra is optional
     _DRIVER_ERRORS = (peewee.PeeweeException, sqlite3.Error)
+    _DRIVER_MODULES = ()
 
 log = get_logger("postroom.storage")
 
@@ -385,6 +388,11 @@ class Storage:
                 connection.close()
         self.db.dispose()  # this thread's, if it had one: already closed above
 
+    def cut_calls_at(self, monotonic: float | None) -> None:
+        """PostgreSQL: from `monotonic` on (a stop's instant; None: never), a statement still
+        waiting for its answer, or begun after it, has its connection closed."""
+        cut_calls_at(self.db.connect_params, monotonic)
+
     @contextmanager
     def write_transaction(self) -> Iterator[None]:
         """One transaction holding the write lock from its first statement; commits on exit.
@@ -479,8 +487,11 @@ class Storage:
 
     def _drop_lost_connection(self) -> bool:
         """After a driver error: close this thread's connection if the server dropped it (a
-        restart), so that the next statement opens a new one. True if it was dropped."""
-        if self._dialect.is_sqlite or self.db.is_closed() or self.db.is_connection_usable():
+        restart), so that the next statement opens a new one. True if it was dropped.
+
+        A connection only in error (a statement cancelled by a timeout, in a transaction
+        that rolls back next) stays: the server did answer."""
+        if self._dialect.is_sqlite or self.db.is_closed() or not _is_broken(self.db.connection()):
             return False
         try:
             self.db.close()
@@ -1017,6 +1028,25 @@ def _attempt_row(message_id: int, claims: int, claimed_at: int, attempt: int, en
                  outcome: Outcome, error: str | None) -> tuple[Any, ...]:
     """A row of `_ATTEMPT_COLUMNS`: the attempt of the message's claim number `claims`."""
     return (message_id, claims % ATTEMPTS_KEPT, claims, attempt, claimed_at, ended_at, outcome.value, error)
+
+
+#: Errors one request can cause (a constraint, a value): the requests written with it may commit without it.
+_REQUEST_ERRORS: tuple[type[BaseException], ...] = tuple(
+    getattr(module, name) for module in (peewee, sqlite3, *_DRIVER_MODULES)
+    for name in ("IntegrityError", "DataError", "ProgrammingError", "NotSupportedError")
+    if hasattr(module, name))
+
+
+def caused_by_the_request(error: StorageError) -> bool:
+    """Whether a write failed for something in it, not because the database failed (locked,
+    unreachable, too slow, full, lost): written again alone, the others may commit, where
+    after a database failure each would fail, and wait, the same."""
+    return isinstance(error.__cause__, _REQUEST_ERRORS)
+
+
+def _is_broken(connection: Any) -> bool:
+    """Whether a driver connection was lost (psycopg 3 says `broken`; psycopg2 closes it)."""
+    return bool(getattr(connection, "broken", False)) or _is_closed(connection)
 
 
 def _first_line(error: BaseException) -> str:

@@ -2,7 +2,9 @@
 
 Every connection through the proxy is a real connection to the real server; `cut()` closes
 them all and refuses new ones (the server's sessions end with them, advisory locks included),
-`restore()` accepts again on the same port.
+`restore()` accepts again on the same port. `blackhole()` stops forwarding without closing
+anything: a server or a network path that hangs, where the client's kernel still sees every
+byte acknowledged (so no TCP timeout ever fires) and no answer ever comes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class TcpProxy:
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._listener: socket.socket | None = None
         self._stopped = threading.Event()
+        self._holed = threading.Event()
+        self._swallowed: list[socket.socket] = []  # accepted while black-holed, never answered
         self.port = self._listen(0)
 
     def cut(self) -> None:
@@ -29,6 +33,8 @@ class TcpProxy:
         with self._lock:
             listener, self._listener = self._listener, None
             pairs, self._pairs = self._pairs, []
+            pairs += [(client, client) for client in self._swallowed]
+            self._swallowed = []
         if listener is not None:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
@@ -38,6 +44,11 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     end.shutdown(socket.SHUT_RDWR)
                 end.close()
+
+    def blackhole(self) -> None:
+        """Forward nothing more, close nothing: open connections hang, new ones are accepted and
+        never answered."""
+        self._holed.set()
 
     def restore(self) -> None:
         """Accept again, on the same port: the server is back."""
@@ -63,6 +74,10 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # cut: the listener is closed
+            if self._holed.is_set():
+                with self._lock:
+                    self._swallowed.append(client)
+                continue
             try:
                 server = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -83,6 +98,9 @@ class TcpProxy:
                 readable, _, _ = select.select(ends, [], [], 1.0)
                 if self._stopped.is_set():
                     return
+                if self._holed.is_set():
+                    self._stopped.wait(0.05)  # nothing is read, so nothing is answered
+                    continue
                 for end in readable:
                     data = end.recv(65536)
                     if not data:

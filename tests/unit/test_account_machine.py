@@ -243,6 +243,39 @@ def test_release_while_idle_is_immediate() -> None:
     assert m.release(at()) == [ReportReleased()]
 
 
+def test_an_outcome_the_database_refuses_during_release_is_left_for_the_next_start() -> None:
+    """Released with an outcome to record, and the write fails: released at once, nothing asked
+    again and no timer armed; the log names the message left as the database has it."""
+    m, _ = started(message(1), message(2))
+    m.written(False, claimed(message(1)), at())
+    m.release(at(1))
+    m.send_ended(None, at(2))
+    commands = m.write_failed("the database is unreachable", at(2))
+    assert commands[-1] == ReportReleased() and not of(commands, WriteAndClaim) and not of(commands, ArmTimer)
+    (left,) = [c for c in of(commands, Log) if c.event == "account.release_unrecorded"]
+    assert (left.fields["message_id"], left.fields["attempt"]) == (1, 1)
+    assert m.state is AccountState.RELEASED and m.held is None
+
+
+def test_a_give_back_pending_at_release_is_tried_once() -> None:
+    """A claim whose write failed before the release leaves a give-back to write: the release
+    tries it once, and a second failure releases instead of retrying every storage_retry."""
+    m, _ = started(message(1))
+    m.write_failed("database is locked", at())  # the claim of 1: may have committed
+    (reclaim,) = of(m.release(at(1)), WriteAndClaim)
+    assert reclaim == WriteAndClaim(reclaim=True)
+    assert m.write_failed("database is locked", at(1))[-1] == ReportReleased()
+
+
+def test_a_read_that_fails_during_release_releases() -> None:
+    """Released while the window is read: a failed read releases at once, no retry timer."""
+    m = machine()
+    m.acquire(at(), recover=False)
+    assert m.release(at()) == []
+    commands = m.read_failed("the database is unreachable", at())
+    assert commands[-1] == ReportReleased() and not of(commands, ArmTimer)
+
+
 def test_a_send_that_could_not_begin_is_given_back() -> None:
     """No thread for the send: the attempt goes back uncounted and the claim is tried again later."""
     m, _ = started(message(1))
