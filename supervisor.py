@@ -108,7 +108,13 @@ from actors import (
     validate_insert,
 )
 from actors._faults import crash_point
-from actors.aio import AsyncSender, end_sends_of_closed_loop, is_coroutine_sender, running_awaitables
+from actors.aio import (
+    AsyncSender,
+    check_sender,
+    end_sends_of_closed_loop,
+    is_coroutine_sender,
+    running_awaitables,
+)
 from actors.directory import AccountDirectory
 from actors.feed import FeedState
 from actors.pacing import Pacing
@@ -329,13 +335,12 @@ class Supervisor(TurnActor):
         # `_demo_check` is `postroom demo`'s alone: its supervisor keeps the database's demo
         # mark, which every other one removes, once the check (run under the owner lock,
         # before anything is written) has not refused the database.
+        check_sender(sender, loop)  # before anything is opened or locked
         _stop_supervisors_of_closed_loops()  # one may still own this database
         self.settings = settings or SupervisorSettings()
         self._demo_check = _demo_check
         super().__init__(TurnPool("postroom-actor", self.settings.account_threads,
                                   call_later=_REAL_TIME.call_later))
-        if is_coroutine_sender(sender) and loop is None:
-            raise ValidationError("an async sender needs loop=, the event loop it belongs to")
         self.clock: Clock = clock or _REAL_TIME
         self.sender = sender if is_coroutine_sender(sender) else running_awaitables(
             sender, loop, self.settings.account.send_timeout)
@@ -686,11 +691,13 @@ class Supervisor(TurnActor):
         self.run_job(read)
 
     def _health(self) -> Health:
-        degraded, error = self.health.snapshot(self.deadlines.monotonic(), self.settings.slow_commit_after)
+        failing, error = self.health.snapshot(self.deadlines.monotonic(), self.settings.slow_commit_after)
         slow = self.sends.running_longer_than(self.settings.slow_send_after, self.deadlines.monotonic())
-        return Health(degraded=degraded, last_error=error, accounts_running=len(self.directory),
+        disabled = tuple(sorted(mask_phone(p) for p in self._pauses.disabled()))
+        return Health(degraded=failing or bool(disabled), last_error=error,
+                      accounts_running=len(self.directory),
                       parked_accounts=tuple(sorted(mask_phone(p) for p in self.parked)),
-                      slow_sends=tuple(mask_phone(p) for p in slow))
+                      slow_sends=tuple(mask_phone(p) for p in slow), disabled_accounts=disabled)
 
     # -- account lifecycle -------------------------------------------------------------------
 
@@ -794,6 +801,7 @@ class Supervisor(TurnActor):
     def _resume(self, phone: str) -> bool:
         lifted: bool = self.persistence.ask(LiftPause(phone), block=True)
         if lifted:
+            self._pauses.lifted_here(phone)
             log.info("account.unpaused", account=mask_phone(phone))
             running = self.directory.get(phone)
             if running is not None:
@@ -1054,6 +1062,7 @@ class AsyncPostroom:
                     **options: Any) -> AsyncPostroom:
         """Start a supervisor whose coroutine sender (if any) runs on the running loop."""
         loop = asyncio.get_running_loop()
+        check_sender(sender, loop)  # at once, without a thread
         # Opening the database and recovering is blocking I/O: once, off the loop.
         ref = await asyncio.to_thread(Supervisor.start, database, sender, loop=loop, **options)
         return cls(ref)
@@ -1092,7 +1101,7 @@ class AsyncPostroom:
         return int(await self.ask(Drain(timeout)))
 
     async def health(self) -> Health:
-        """Degraded or not, and parked accounts."""
+        """Degraded or not: database faults, disabled, parked and slow accounts."""
         return await self.ask(GetHealth())  # type: ignore[no-any-return]
 
     async def stop(self, timeout: float | None = None) -> None:

@@ -23,7 +23,7 @@ from concurrent.futures import Future as ConcurrentFuture
 from typing import Any
 
 from actors.errors import SenderReturnedAwaitable, SendTimeout
-from postroom_common import Message
+from postroom_common import Message, ValidationError
 from postroom_common.logs import get_logger
 
 log = get_logger("postroom.sender")
@@ -44,6 +44,16 @@ def is_coroutine_sender(sender: Any) -> bool:
     return inspect.iscoroutinefunction(sender) or inspect.iscoroutinefunction(
         getattr(sender, "__call__", None)  # noqa: B004 - a callable object's method
     )
+
+
+def check_sender(sender: object, loop: asyncio.AbstractEventLoop | None) -> None:
+    """`ValidationError` for a sender no send could ever call (None, a string, ...) and for
+    an `async def` one with no loop to run on: refused at start, not at every send."""
+    if not callable(sender):
+        got = "None" if sender is None else f"a {type(sender).__name__}"
+        raise ValidationError(f"sender must be a callable taking a Message (your delivery code), not {got}")
+    if is_coroutine_sender(sender) and loop is None:
+        raise ValidationError("an async sender needs loop=, the event loop it belongs to")
 
 
 def running_awaitables(sender: Sender, loop: asyncio.AbstractEventLoop | None,

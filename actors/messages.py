@@ -183,9 +183,11 @@ class Health:
     """The supervisor's view of its own state."""
 
     degraded: bool
-    """True while the last write to the database failed."""
+    """True while the last write to the database failed (`last_error` says how), or while an
+    account is disabled until lifted (`disabled_accounts` names it)."""
     last_error: str | None
-    """The last database error, if degraded."""
+    """The last database error while writes fail; None once one succeeds (so a degraded health
+    without it is the disabled accounts' alone)."""
     accounts_running: int
     """Account actors alive now."""
     parked_accounts: tuple[str, ...]
@@ -193,6 +195,10 @@ class Health:
     slow_sends: tuple[str, ...] = ()
     """Masked phones of accounts whose send has run longer than `slow_send_after` (a sender
     that hangs: with `send_timeout=None` nothing gives up on it)."""
+    disabled_accounts: tuple[str, ...] = ()
+    """Masked phones of accounts disabled until lifted (`AccountSuspended` without a duration:
+    banned, session revoked), as last read or recorded; `ResumeAccount` or `postroom resume`
+    lifts them."""
 
 
 # -- to the writer (asked) ----------------------------------------------------------------

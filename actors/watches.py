@@ -30,6 +30,9 @@ class PauseWatch:
 
     _believed: dict[str, tuple[int, datetime | None]] = field(default_factory=dict)
     """phone -> (when it was last known paused, on the watch's own count; until when)."""
+    _lifted: dict[str, int] = field(default_factory=dict)
+    """phone -> when this process lifted its pause (`lifted_here`), on the watch's own count: a
+    read asked before that may still show the pause."""
     _count: int = 0
     _reported_at: float | None = None
 
@@ -38,6 +41,17 @@ class PauseWatch:
         self._count += 1
         self._believed[phone] = (self._count, until)
 
+    def lifted_here(self, phone: str) -> None:
+        """This process lifted the account's pause (`ResumeAccount`): not paused any more,
+        whatever a read asked before says."""
+        self._count += 1
+        self._believed.pop(phone, None)
+        self._lifted[phone] = self._count
+
+    def disabled(self) -> list[str]:
+        """The phones believed disabled until lifted (for `GetHealth`), sorted."""
+        return sorted(phone for phone, (_, until) in self._believed.items() if until is None)
+
     def asking(self) -> int:
         """A read of every pause in force is asked for now: the token to hand to `read`."""
         self._count += 1
@@ -45,7 +59,8 @@ class PauseWatch:
 
     def read(self, pauses: Sequence[AccountPause], asked: int, now: datetime) -> list[str]:
         """The pauses in force as read after `asking()` answered `asked`: the phones lifted since."""
-        current = {pause.phone: pause for pause in pauses}
+        current = {pause.phone: pause for pause in pauses if self._lifted.get(pause.phone, 0) <= asked}
+        self._lifted = {phone: at for phone, at in self._lifted.items() if at > asked}
         lifted = []
         for phone, (known, until) in list(self._believed.items()):
             if phone in current or known > asked:

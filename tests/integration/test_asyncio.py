@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from actors.account import AccountSettings
+from actors.privacy import mask_phone
 from storage import Storage, open_database
 from supervisor import (
+    AccountSuspended,
     AsyncPostroom,
     BackoffPolicy,
     Enqueue,
@@ -83,6 +85,44 @@ def test_errors_come_back_through_the_loop(sqlite_url: str) -> None:
         room = await AsyncPostroom.start(sqlite_url, lambda m: None, settings=settings())
         with pytest.raises(ValidationError):
             await room.ask(Enqueue(phone="", user_id="u", text="x"))
+        await room.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("sender", [None, "send"], ids=["None", "str"])
+def test_a_sender_that_cannot_be_called_is_refused_at_start(tmp_path: Path, sender: Any) -> None:
+    """`AsyncPostroom.start` refuses a non-callable sender with ValidationError before it opens
+    the database: no file is created, and a start right after owns it."""
+    path = tmp_path / "postroom.db"
+
+    async def main() -> None:
+        with pytest.raises(ValidationError, match="sender must be a callable"):
+            await AsyncPostroom.start(f"sqlite:///{path}", sender, settings=settings())
+        assert not path.exists()
+        room = await AsyncPostroom.start(f"sqlite:///{path}", lambda m: None, settings=settings())
+        await room.stop()
+
+    asyncio.run(main())
+
+
+def test_a_disabled_account_makes_health_degraded(sqlite_url: str) -> None:
+    """`room.health()` is degraded, naming the account masked, once an `async def` sender raised
+    AccountSuspended without a duration; no database error is reported."""
+
+    async def main() -> None:
+        async def send(message: Message) -> None:
+            raise AccountSuspended("banned")
+
+        room = await AsyncPostroom.start(sqlite_url, send, settings=settings())
+        await room.enqueue("+15550001234", "u", "hi")
+        for _ in range(1000):
+            health = await room.health()
+            if health.disabled_accounts:
+                break
+            await asyncio.sleep(0.01)
+        assert health.degraded and health.disabled_accounts == (mask_phone("+15550001234"),)
+        assert health.last_error is None
         await room.stop()
 
     asyncio.run(main())

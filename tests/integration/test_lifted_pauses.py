@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 
 from actors.errors import AccountSuspended
-from supervisor import Enqueue, FakeClock, GetHealth, GetMessage, Message, Status
+from actors.privacy import mask_phone
+from postroom_common import AccountPause
+from storage import Storage, open_database
+from supervisor import Enqueue, FakeClock, GetHealth, GetMessage, Health, Message, ResumeAccount, Status
 from tests.conftest import LogCapture, eventually
 from tests.integration.helpers import RecordingSender, start
 
@@ -17,6 +21,10 @@ from tests.integration.helpers import RecordingSender, start
 def _ban(message: Message, call: int) -> None:
     if message.text == "banned":
         raise AccountSuspended("session revoked")
+
+
+def _always_banned(message: Message, call: int) -> None:
+    raise AccountSuspended("banned")
 
 
 def _lift_elsewhere(url: str, phone: str) -> None:
@@ -53,6 +61,36 @@ def test_a_disabled_account_is_reported_once_a_minute(sqlite_url: str, logs: Log
         ref.ask(GetHealth())
     eventually(lambda: ref.ask(GetHealth()) and len(logs.events("accounts.disabled")) == 1)
     _advance_until(clock, 5, lambda: len(logs.events("accounts.disabled")) == 2)
+
+
+def _disabled_health(ref: object) -> Health:
+    """The supervisor's health once it names a disabled account."""
+    return eventually(lambda: (health := ref.ask(GetHealth())).disabled_accounts and health)  # type: ignore[attr-defined]
+
+
+def test_a_disabled_account_makes_health_degraded_until_lifted(sqlite_url: str) -> None:
+    """An account whose sender raised AccountSuspended without a duration makes GetHealth
+    degraded, naming it masked and with no database error; so does its row (paused_until NULL)
+    after a restart; ResumeAccount clears it at once."""
+    phone = "+15550001234"
+    first = start(sqlite_url, RecordingSender(_always_banned))
+    stuck = first.ask(Enqueue(phone=phone, user_id="u", text="hi"))
+    health = _disabled_health(first)
+    assert health.degraded and health.disabled_accounts == (mask_phone(phone),)
+    assert health.last_error is None  # not a database fault
+    first.stop()
+    store = Storage(open_database(sqlite_url))
+    assert store.pauses(datetime.now(UTC)) == [AccountPause(phone, None, "AccountSuspended")]
+    store.close()
+
+    sender = RecordingSender()
+    second = start(sqlite_url, sender)
+    health = _disabled_health(second)  # read from the database at boot
+    assert health.degraded and health.disabled_accounts == (mask_phone(phone),)
+    assert second.ask(ResumeAccount(phone)) is True
+    health = second.ask(GetHealth())
+    assert not health.degraded and health.disabled_accounts == ()
+    eventually(lambda: second.ask(GetMessage(stuck)).status is Status.COMPLETED)
 
 
 @pytest.mark.parametrize("idle_timeout", [None, 5.0], ids=["running", "stopped-while-idle"])

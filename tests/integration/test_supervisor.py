@@ -36,6 +36,7 @@ from supervisor import (
     ResumeAccount,
     Status,
     StorageError,
+    Supervisor,
     SupervisorSettings,
     ValidationError,
 )
@@ -83,6 +84,18 @@ def test_enqueue_from_eight_threads_is_durable(sqlite_url: str) -> None:
     storage = Storage(open_database(sqlite_url))
     assert storage.stats().by_status[Status.COMPLETED] == 1200
     assert sorted(sender.ids()) == sorted(ids)  # each sent exactly once
+
+
+@pytest.mark.parametrize("sender", [None, "send", 42], ids=["None", "str", "int"])
+def test_a_sender_that_cannot_be_called_is_refused_before_the_database_is_opened(
+        database_url: str, tmp_path: Any, sender: Any) -> None:
+    """`Supervisor.start` refuses a non-callable sender with ValidationError before it opens or
+    locks anything: no SQLite file is created, and a start right after owns the database."""
+    with pytest.raises(ValidationError, match="sender must be a callable"):
+        Supervisor.start(database=database_url, sender=sender)
+    assert not (tmp_path / "postroom.db").exists()
+    ref = Supervisor.start(database=database_url, sender=RecordingSender())
+    ref.stop()
 
 
 def test_priority_and_fifo_per_account(sqlite_url: str) -> None:

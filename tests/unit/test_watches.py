@@ -54,6 +54,34 @@ def test_disabled_accounts_are_reported_once_per_period() -> None:
     assert watch.disabled_to_report(disabled, DISABLED_REPORT_EVERY + 2) == ["+a", "+b"]
 
 
+def test_disabled_accounts_are_those_believed_disabled_until_lifted() -> None:
+    """Noted or read without an end: disabled; a timed pause is not; a later read without it
+    clears it."""
+    watch = PauseWatch()
+    watch.noted("+b", None)
+    watch.noted("+t", LATER)
+    watch.read([pause("+a"), pause("+b"), pause("+t", LATER)], watch.asking(), NOW)
+    assert watch.disabled() == ["+a", "+b"]
+    watch.read([pause("+b")], watch.asking(), NOW)
+    assert watch.disabled() == ["+b"]
+
+
+def test_a_pause_lifted_here_outweighs_a_read_asked_before() -> None:
+    """A pause this process lifted is gone at once, even if a read asked before the lift still
+    shows it; a read asked after it shows a new pause, and so does a note."""
+    watch = PauseWatch()
+    watch.noted("+a", None)
+    asked = watch.asking()
+    watch.lifted_here("+a")
+    assert watch.disabled() == []
+    assert watch.read([pause("+a")], asked, NOW) == [] and watch.disabled() == []
+    watch.read([pause("+a")], watch.asking(), NOW)  # disabled again since
+    assert watch.disabled() == ["+a"]
+    watch.lifted_here("+a")
+    watch.noted("+a", None)  # and again, noted after the lift
+    assert watch.disabled() == ["+a"]
+
+
 def held(name: str) -> Callable[[], str]:
     """A reply its caller still holds."""
     return lambda: name
