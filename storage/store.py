@@ -925,6 +925,26 @@ class Storage:
                 by_account.setdefault(phone, {})[_status(status)] = count
         return QueueStats(by_status=by_status, by_account=by_account)
 
+    # -- operator's reads (the read commands; any thread, nothing written) --------------
+
+    def has_account(self, phone: str) -> bool:
+        """Whether any message or pause of the database has this account."""
+        # Every status spelled out: (status, phone) is the one index over all of an account's rows.
+        marks = ", ".join("?" * len(Status))
+        with self._guard():
+            (found,) = self.db.execute_sql(self._dialect.sql(
+                f"SELECT EXISTS (SELECT 1 FROM message_queue WHERE status IN ({marks}) AND phone = ?)"
+                " OR EXISTS (SELECT 1 FROM account_state WHERE phone = ?)"),
+                (*(s.value for s in Status), phone, phone)).fetchone()
+        return bool(found)
+
+    def accounts(self) -> list[str]:
+        """Every account of the database (of a message or a pause), sorted."""
+        with self._guard():
+            rows = self.db.execute_sql("SELECT phone FROM message_queue GROUP BY phone"
+                                       " UNION SELECT phone FROM account_state").fetchall()
+        return sorted(str(phone) for (phone,) in rows)
+
 
 # Enums by value for `_message`: a dict lookup, where calling the Enum costs every row far more.
 _PRIORITIES = {int(priority): priority for priority in Priority}
