@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import enum
 import json
+import math
 import os
 import re
 import sys
@@ -30,11 +31,14 @@ __all__ = [
     "add_database_argument",
     "database_url",
     "duration_arg",
+    "duration_text",
     "json_text",
     "parse_duration",
     "parse_instant",
     "print_json",
     "resolve_account",
+    "safe_text",
+    "seconds_arg",
     "show_phone",
     "utcnow",
 ]
@@ -45,6 +49,8 @@ DATABASE_ENV = "POSTROOM_DATABASE"
 #: How an account is shown: masked, or in full with --unmasked.
 ShowPhone = Callable[[str], str]
 
+# C0 and C1 controls but newline and tab, and the bidi controls that reorder what follows.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _DURATION = re.compile(r"(\d{1,15})([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
@@ -96,6 +102,13 @@ def resolve_account(store: Storage, account: str) -> str:
                           "(give it whole or masked as postroom status prints it)")
 
 
+def safe_text(text: str) -> str:
+    """Text from the database made safe for a terminal: control characters (an escape
+    sequence would drive the operator's terminal) and bidi controls written as Python
+    escapes (`\\x1b`, `\\u202e`); newlines and tabs kept."""
+    return _CONTROL.sub(lambda found: ascii(found.group())[1:-1], text)
+
+
 # -- JSON -----------------------------------------------------------------------------------
 
 
@@ -145,6 +158,33 @@ def duration_arg(text: str) -> timedelta:
         return parse_duration(text)
     except ValidationError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def seconds_arg(text: str) -> float:
+    """For argparse's `type=`: seconds above 0, as a plain number (`0.5`, `2`) or a duration
+    (`5m`), at most a day: an interval between two looks."""
+    try:
+        is_duration = _DURATION.fullmatch(text.strip()) is not None
+        seconds = parse_duration(text).total_seconds() if is_duration else float(text)
+    except (ValueError, ValidationError):  # ValidationError is a ValueError, named for the reader
+        seconds = math.nan
+    if not 0 < seconds <= _UNIT_SECONDS["d"]:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r} is not an interval: give seconds above 0 "
+                                         "(0.5, 2) or a duration (30s, 5m), at most 1d")
+    return seconds
+
+
+def duration_text(delta: timedelta) -> str:
+    """A span as people read it at a glance: `45s`, `3m 12s`, `2h 05m`, `3d 4h`."""
+    seconds = max(0, int(delta.total_seconds()))
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def parse_instant(text: str, now: datetime) -> datetime:
