@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "run the queue against a simulated messaging platform, on a database only "
                  "the demo created")
     _add_command(commands, "status", status.add_arguments, status.run,
-                 "print counts by status and by account (works beside a running supervisor)")
+                 "print counts by status and account, due and scheduled messages, paused accounts "
+                 "and the owner (read-only, beside a running supervisor)")
     _add_command(commands, "list", listing.add_arguments, listing.run,
                  "list messages by account, status, priority, age or error, a page at a time (read-only)")
     _add_command(commands, "inspect", inspection.add_arguments, inspection.run,
