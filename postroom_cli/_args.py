@@ -126,8 +126,9 @@ def _json_value(value: Any) -> Any:
 
 
 def json_text(value: Any, *, indent: int | None = 2) -> str:
-    """`value` as one JSON document (see `_json_value` for datetimes and enums)."""
-    return json.dumps(value, indent=indent, default=_json_value, ensure_ascii=False)
+    """`value` as one JSON document (see `_json_value` for datetimes and enums), in ASCII:
+    a text's C1 or bidi controls must not reach a terminal the JSON is read on."""
+    return json.dumps(value, indent=indent, default=_json_value)
 
 
 def print_json(value: Any, *, indent: int | None = 2) -> None:

@@ -100,3 +100,10 @@ def test_json_writes_instants_in_utc_and_enums_by_value() -> None:
     moment = datetime(2030, 1, 1, 14, tzinfo=timezone(timedelta(hours=2)))
     assert json.loads(json_text({"at": moment, "status": Status.FAILED})) == {
         "at": "2030-01-01T12:00:00+00:00", "status": "failed"}
+
+
+def test_json_escapes_what_a_terminal_would_obey() -> None:
+    """Escape sequences, C1 and bidi controls in a value are written as JSON escapes, and read back whole."""
+    text = "hi \x1b[2J \x9b \u202e ok é"
+    written = json_text({"text": text})
+    assert all(ord(c) < 0x7f for c in written) and json.loads(written) == {"text": text}
