@@ -43,7 +43,7 @@ from postroom_common import AccountPause, OpenWork, OwnerState, QueueStats, Stat
 from storage import Storage, open_database
 
 __all__ = ["StatusReport", "add_arguments", "oldest_due", "owner_json", "owner_text", "pause_json",
-           "read_pauses", "read_report", "read_stats", "run", "stats_to_json"]
+           "read_pauses", "read_report", "read_stats", "run"]
 
 #: Seconds between two refreshes of `--watch` given without a value.
 WATCH_EVERY = 2.0
@@ -151,16 +151,6 @@ def _report_json(report: StatusReport, show: ShowPhone) -> dict[str, Any]:
                      for phone, counts in _accounts(report.stats)],
         "paused": [pause_json(p, show) for p in sorted(report.pauses, key=lambda p: p.phone)],
         "owner": owner_json(report.owner),
-    }
-
-
-def stats_to_json(stats: QueueStats, *, unmasked: bool = False) -> dict[str, Any]:
-    """The counts as plain JSON values; accounts sorted, phones masked unless `unmasked`."""
-    show = show_phone(unmasked)
-    return {
-        "total": stats.total,
-        "by_status": _by_status(stats.by_status),
-        "accounts": [_account_json(show(phone), counts, None) for phone, counts in _accounts(stats)],
     }
 
 
