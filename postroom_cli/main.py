@@ -1,26 +1,31 @@
-"""The `postroom` command line: `postroom demo`, `status`, `resume` and `migrate`."""
+"""The `postroom` command line: `postroom demo`, `status`, `list`, `inspect`, `health`,
+`resume` and `migrate`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import tomllib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pykka
 from rich.console import Console
 
-from postroom_cli import demo, migrate, resume, status
+from postroom_cli import demo, health, inspection, listing, migrate, resume, status
 from postroom_cli._output import fail
 from postroom_cli.logconfig import FORMATS, LEVELS, configure_logging
 from postroom_common import PostroomError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "version"]
 
 #: A subcommand: parsed arguments and the console for its output in, exit code out.
 Command = Callable[[argparse.Namespace, Console], int]
 
 #: Log level when --log-level is not given: the demo keeps its progress display readable
 #: (its rate limits are counted there; --verbose logs each one as well).
-_DEFAULT_LEVELS = {"demo": "error", "status": "info", "resume": "info", "migrate": "info"}
+_DEFAULT_LEVELS = {"demo": "error", "status": "info", "resume": "info", "migrate": "info",
+                   "list": "info", "inspect": "info", "health": "info"}
 _VERBOSE_LEVEL = "warning"
 _EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
@@ -50,12 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="postroom", description="A durable outbound message queue for bots.")
     _add_logging_options(parser, defaults=True)
+    parser.add_argument("--version", action="version", version=f"postroom {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_command(commands, "demo", demo.add_arguments, demo.run,
                  "run the queue against a simulated messaging platform, on a database only "
                  "the demo created")
     _add_command(commands, "status", status.add_arguments, status.run,
-                 "print counts by status and by account (works beside a running supervisor)")
+                 "print counts by status and account, due and scheduled messages, paused accounts "
+                 "and the owner (read-only, beside a running supervisor)")
+    _add_command(commands, "list", listing.add_arguments, listing.run,
+                 "list messages by account, status, priority, age or error, a page at a time (read-only)")
+    _add_command(commands, "inspect", inspection.add_arguments, inspection.run,
+                 "show one message, every field, and its attempts (read-only)")
+    _add_command(commands, "health", health.add_arguments, health.run,
+                 "check the queue for a health probe: exit 0 healthy, 1 degraded, 2 unreachable")
     _add_command(commands, "resume", resume.add_arguments, resume.run,
                  "lift an account's pause, a suspension until lifted included (works beside "
                  "a running supervisor)")
@@ -63,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
                  "create or upgrade the database's schema to this postroom's version (a newer "
                  "one is refused)")
     return parser
+
+
+def version() -> str:
+    """postroom's version: its installed metadata, else the pyproject.toml beside the package."""
+    try:
+        return importlib.metadata.version("postroom")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as file:
+            return str(tomllib.load(file)["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
 
 
 def _add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str,

@@ -300,3 +300,58 @@ class Transition:
     """Earliest next attempt, for RETRYING and for a given-back attempt."""
     give_back: bool = False
     """True when the attempt is not counted (rate limited): attempts goes back down."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenWork:
+    """An account's open messages (pending, retrying) at an instant: due, or due later."""
+
+    phone: str
+    """The account."""
+    due: int
+    """Open messages due at the instant (they wait for their turn, or for a pause to end)."""
+    scheduled: int
+    """Open messages due later: a schedule, or a retry's backoff."""
+    oldest_due_at: datetime | None
+    """Since when the longest-waiting due message has been due; None when none is due."""
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerState:
+    """Who owns the database, as its owner row and the owner lock tell (nothing taken to ask)."""
+
+    holder: str | None
+    """The last owner's name ("postroom supervisor pid N on HOST"); None if none ever ran."""
+    epoch: int | None
+    """Its ownership's number (each owner's start bumps it)."""
+    taken_at: datetime | None
+    """When it took the database."""
+    lock_held: bool | None
+    """Whether a supervisor holds the owner lock now; None when it cannot be told (no
+    /proc/locks)."""
+    lock_holder: str | None
+    """Who holds the lock, as the OS or the server names it (a pid), when held."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    """Which messages `Storage.find_messages` returns, and in what order."""
+
+    phone: str | None = None
+    """Of this account only."""
+    statuses: tuple[Status, ...] = ()
+    """Of these statuses (none: any)."""
+    priorities: tuple[Priority, ...] = ()
+    """Of these priorities (none: any)."""
+    created_from: datetime | None = None
+    """Created at or after this instant."""
+    created_before: datetime | None = None
+    """Created before this instant."""
+    error_contains: str | None = None
+    """Whose last error contains this text, whatever its case."""
+    after_id: int | None = None
+    """After this id in the listing's order (the cursor of the next page)."""
+    newest_first: bool = False
+    """Newest first (highest id) rather than oldest first."""
+    limit: int = 50
+    """At most this many."""

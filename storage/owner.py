@@ -210,14 +210,30 @@ def _path_identity(path: Path) -> tuple[int, int] | None:
 
 def _flock_holder(identity: tuple[int, int]) -> int | None:
     """The pid that holds an flock on the file, from /proc/locks (Linux); None if unknown."""
+    return flock_holder(identity) or None
+
+
+def flock_holder(identity: tuple[int, int]) -> int | None:
+    """The pid holding an flock on the file of `identity` (st_dev, st_ino), read from
+    /proc/locks without taking any lock: 0 when none does, None when it cannot be told
+    (no /proc/locks: not Linux)."""
     device, inode = identity
     wanted = f"{os.major(device):02x}:{os.minor(device):02x}:{inode}"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/locks").read_text().splitlines():
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    with contextlib.suppress(ValueError, IndexError):
+        for line in lines:
             fields = line.split()
             if "FLOCK" in fields and "->" not in fields and fields[5] == wanted:
                 return int(fields[4])
-    return None
+    return 0
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at `path`; None if it cannot be read."""
+    return _path_identity(path)
 
 
 class _SessionLock:
@@ -306,6 +322,11 @@ _OWN_LOCK_HELD = (f"SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = '
 _LOCK_HOLDER = (f"SELECT l.pid, a.application_name FROM pg_locks l LEFT JOIN pg_stat_activity a"
                 f" ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND {_ADVISORY_KEY}"
                 f" AND {_THIS_DATABASE}")
+
+
+#: Who holds this database's owner lock now (rows of pid, application_name), the key its
+#: parameter: what a read command asks to tell whether a supervisor runs.
+LOCK_HOLDER_QUERY = _LOCK_HOLDER
 
 
 def _one(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sqlite3
 import threading
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import peewee
@@ -31,9 +33,12 @@ from postroom_common.domain import (
     ChangeKind,
     Delivery,
     Message,
+    MessageFilter,
     NewBroadcast,
     NewMessage,
+    OpenWork,
     Outcome,
+    OwnerState,
     Priority,
     QueueStats,
     Status,
@@ -71,7 +76,14 @@ from storage.models import (
     from_micros,
     to_micros,
 )
-from storage.owner import OwnerLock
+from storage.owner import (
+    LOCK_HOLDER_QUERY,
+    OWNER_LOCK_KEY,
+    OwnerLock,
+    file_identity,
+    flock_holder,
+    sqlite_file,
+)
 
 try:
     import psycopg
@@ -185,6 +197,10 @@ class _Dialect:
 
     def lock_rows(self) -> str:
         return "" if self.is_sqlite else " FOR UPDATE"
+
+    def like_any_case(self) -> str:
+        """LIKE whatever the case (SQLite's LIKE already is, for ASCII)."""
+        return "LIKE" if self.is_sqlite else "ILIKE"
 
     def share_row(self) -> str:
         """Lock a row against updates until the commit (SQLite: the write lock does it)."""
@@ -949,6 +965,129 @@ class Storage:
                 by_account.setdefault(phone, {})[_status(status)] = count
         return QueueStats(by_status=by_status, by_account=by_account)
 
+    # -- operator's reads (the read commands; any thread, nothing written) --------------
+
+    def has_account(self, phone: str) -> bool:
+        """Whether any message or pause of the database has this account."""
+        # Every status spelled out: (status, phone) is the one index over all of an account's rows.
+        marks = ", ".join("?" * len(Status))
+        with self._guard():
+            (found,) = self.db.execute_sql(self._dialect.sql(
+                f"SELECT EXISTS (SELECT 1 FROM message_queue WHERE status IN ({marks}) AND phone = ?)"
+                " OR EXISTS (SELECT 1 FROM account_state WHERE phone = ?)"),
+                (*(s.value for s in Status), phone, phone)).fetchone()
+        return bool(found)
+
+    def accounts(self) -> list[str]:
+        """Every account of the database (of a message or a pause), sorted."""
+        with self._guard():
+            rows = self.db.execute_sql("SELECT phone FROM message_queue GROUP BY phone"
+                                       " UNION SELECT phone FROM account_state").fetchall()
+        return sorted(str(phone) for (phone,) in rows)
+
+    def open_by_account(self, now: datetime) -> list[OpenWork]:
+        """Per account with open messages: how many are due at `now`, how many later, and
+        since when the longest-waiting due one has been due; by phone."""
+        at = to_micros(now)
+        with self._guard():
+            rows = self.db.execute_sql(self._dialect.sql(
+                "SELECT phone, SUM(CASE WHEN available_at <= ? THEN 1 ELSE 0 END), COUNT(*),"
+                f" MIN(CASE WHEN available_at <= ? THEN available_at END) FROM message_queue"
+                f" WHERE {OPEN_ROWS} GROUP BY phone ORDER BY phone"), (at, at)).fetchall()
+        return [OpenWork(phone, int(due), int(count) - int(due), _from_micros(oldest))
+                for phone, due, count, oldest in rows]
+
+    def in_flight_before(self, before: datetime) -> tuple[int, datetime | None]:
+        """Messages in `processing` claimed before `before` (their send has lasted since), and
+        the earliest claim among them."""
+        with self._guard():
+            count, oldest = self.db.execute_sql(self._dialect.sql(
+                "SELECT COUNT(*), MIN(updated_at) FROM message_queue WHERE status = ? AND updated_at < ?"),
+                (Status.PROCESSING.value, to_micros(before))).fetchone()
+        return int(count), _from_micros(oldest)
+
+    def owner_state(self) -> OwnerState:
+        """The owner row, and whether a supervisor holds the owner lock now: on PostgreSQL as
+        pg_locks tells, on SQLite as /proc/locks tells (no lock is taken to find out)."""
+        with self._guard():
+            row = self.db.execute_sql(self._dialect.sql(
+                "SELECT holder, epoch, taken_at FROM postroom_owner WHERE scope = ?"),
+                (WHOLE_DATABASE,)).fetchone()
+        held, by = self._lock_state()
+        if row is None:
+            return OwnerState(None, None, None, held, by)
+        return OwnerState(str(row[0]), int(row[1]), from_micros(row[2]), held, by)
+
+    def _lock_state(self) -> tuple[bool | None, str | None]:
+        """(held, by whom) of the owner lock; held None when it cannot be told."""
+        if not self._dialect.is_sqlite:
+            with self._guard():
+                row = self.db.execute_sql(LOCK_HOLDER_QUERY, (OWNER_LOCK_KEY,)).fetchone()
+            if row is None:
+                return False, None
+            return True, f"server process pid {row[0]}" + (f" ({row[1]})" if row[1] else "")
+        path = self._sqlite_file()
+        identity = None if path is None else file_identity(path)
+        pid = None if identity is None else flock_holder(identity)
+        return (None, None) if pid is None else (pid != 0, f"pid {pid}" if pid else None)
+
+    def _sqlite_file(self) -> Path | None:
+        return sqlite_file(cast(peewee.SqliteDatabase, self.db))
+
+    def writable(self) -> str | None:
+        """Why this database would refuse a write, found without writing; None if it would
+        not. SQLite: the file, its -wal and -shm, and their directory, writable by this user.
+        PostgreSQL: not a standby, writes not read-only by default, INSERT and UPDATE granted
+        on the queue (ask it on a connection opened without `read_only`)."""
+        if self._dialect.is_sqlite:
+            return _sqlite_unwritable(self._sqlite_file())
+        with self._guard():
+            standby, read_only, granted = self.db.execute_sql(
+                "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'),"
+                " has_table_privilege(to_regclass('message_queue')::oid, 'INSERT, UPDATE')").fetchone()
+        if standby:
+            return "the server is a standby in recovery: it refuses every write"
+        if read_only == "on":
+            return "default_transaction_read_only is on for this user and database"
+        return "this user may not insert or update message_queue" if granted is False else None
+
+    def find_messages(self, query: MessageFilter) -> list[Message]:
+        """The messages `query` selects, by id (oldest or newest first), at most `query.limit`.
+        An account's rows are found through the (status, phone) index, a page through the
+        primary key."""
+        where, params = self._filter_sql(query)
+        order = "DESC" if query.newest_first else "ASC"
+        return self._fetch(f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE {where}"
+                           f" ORDER BY id {order} LIMIT ?", (*params, query.limit))
+
+    def _filter_sql(self, query: MessageFilter) -> tuple[str, list[Any]]:
+        """The WHERE clause (`?` marks) of `find_messages` and its parameters."""
+        parts: list[str] = []
+        params: list[Any] = []
+
+        def where(sql: str, *values: Any) -> None:
+            parts.append(sql)
+            params.extend(values)
+
+        # Every status spelled out for an account: (status, phone) is its index.
+        statuses = query.statuses or (tuple(Status) if query.phone is not None else ())
+        if statuses:
+            where(f"status IN ({', '.join('?' * len(statuses))})", *(s.value for s in statuses))
+        if query.phone is not None:
+            where("phone = ?", query.phone)
+        if query.priorities:
+            where(f"priority IN ({', '.join('?' * len(query.priorities))})", *map(int, query.priorities))
+        if query.created_from is not None:
+            where("created_at >= ?", to_micros(query.created_from))
+        if query.created_before is not None:
+            where("created_at < ?", to_micros(query.created_before))
+        if query.error_contains is not None:
+            like = self._dialect.like_any_case()
+            where(f"last_error {like} ? ESCAPE '!'", _like_pattern(query.error_contains))
+        if query.after_id is not None:
+            where("id < ?" if query.newest_first else "id > ?", query.after_id)
+        return " AND ".join(parts) or "1 = 1", params
+
 
 # Enums by value for `_message`: a dict lookup, where calling the Enum costs every row far more.
 _PRIORITIES = {int(priority): priority for priority in Priority}
@@ -1051,6 +1190,27 @@ def _is_broken(connection: Any) -> bool:
 
 def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def _like_pattern(text: str) -> str:
+    """A LIKE pattern (escape character `!`) matching `text` anywhere, its own % and _ literal."""
+    escaped = text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return f"%{escaped}%"
+
+
+def _sqlite_unwritable(path: Path | None) -> str | None:
+    """Why this user could not write the SQLite file at `path` (checked with `os.access`,
+    writing nothing); None if it could."""
+    if path is None:
+        return None  # in memory
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    checks = [(path, os.W_OK, "the database file"),
+              (path.parent, os.W_OK | os.X_OK, "its directory (SQLite writes its -wal and -shm there)"),
+              *((extra, os.W_OK, "its WAL file") for extra in (wal, shm) if extra.exists())]
+    for target, mode, what in checks:
+        if not os.access(target, mode):
+            return f"{what} {target} is not writable by this user"
+    return None
 
 
 def _pause_from_row(row: Sequence[Any]) -> AccountPause:

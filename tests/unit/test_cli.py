@@ -195,7 +195,14 @@ def test_log_options_are_accepted_before_and_after_the_subcommand(argv: list[str
     ["demo", "--accounts", "0"],  # nobody to send from
     ["demo", "--timeout", "0"],  # no time to wait
     ["demo", "--log-level", "loud"],  # not a level
-    ["status"],  # --database is required
+    ["status", "--watch", "0"],  # no interval between two refreshes
+    ["status", "--watch", "nan"],  # not a number
+    ["list", "--status", "lost"],  # not a status
+    ["list", "--after-id", "-3"],  # not an id
+    ["inspect", "first"],  # not an id
+    ["inspect", str(2**63)],  # past a BIGINT
+    ["health", "--max-age", "5x"],  # not a duration
+    ["health", "--stuck-after=-75s"],  # negative
     [],  # a subcommand is required
 ])
 def test_invalid_arguments_exit_with_a_usage_error(argv: list[str],
