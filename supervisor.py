@@ -810,11 +810,14 @@ class Supervisor(TurnActor):
                 self._ensure_account(phone)  # a disabled account may have stopped while idle
         if phone not in self.parked:
             return lifted
+        self._unpark(phone)
+        return True
+
+    def _unpark(self, phone: str) -> None:
         self.parked.discard(phone)
         self.restarts.pop(phone, None)
         log.info("account.resumed", account=mask_phone(phone))
-        self._start_account(phone, recover=True)
-        return True
+        self._start_account(phone, recover=True)  # it reads its pause, if one was set meanwhile
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -923,7 +926,9 @@ class Supervisor(TurnActor):
 
     def _feed_read(self, read: FeedRead) -> None:
         """Obey what other processes wrote: new and requeued rows to their accounts (started or
-        put to sleep as the writer's own), cancels out of the windows, pauses read again."""
+        put to sleep as the writer's own), cancels out of the windows, pauses read again; an
+        account's pause set or lifted by an operator (`postroom pause`, `resume`) restarts it
+        if it was parked, as `ResumeAccount` does (paused, it sends nothing)."""
         self._feed.reading = False
         if read.error is not None:
             log.warning("feed.read_failed", error=str(read.error))
@@ -933,7 +938,10 @@ class Supervisor(TurnActor):
             if running is not None:
                 tell_if_alive(running, Cancelled(message_id))
         for phone in read.paused:
-            self._pause_lifted(phone)
+            if phone in self.parked:
+                self._unpark(phone)
+            else:
+                self._pause_lifted(phone)
         if read.more or self._feed.again:
             self._read_feed()
         else:

@@ -15,20 +15,24 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from rich.console import Console
+
 from actors.privacy import mask_phone
 from postroom_common import ValidationError
 from postroom_common.checks import MAX_SECONDS, earlier
-from storage import Storage
+from storage import Storage, open_database
 
 __all__ = [
     "DATABASE_ENV",
     "ShowPhone",
     "add_database_argument",
+    "add_output_options",
     "database_url",
     "duration_arg",
     "duration_text",
@@ -36,11 +40,13 @@ __all__ = [
     "parse_duration",
     "parse_instant",
     "print_json",
+    "report",
     "resolve_account",
     "safe_text",
     "seconds_arg",
     "show_phone",
     "utcnow",
+    "writable_storage",
 ]
 
 #: The environment variable read when `--database` is not given.
@@ -51,7 +57,7 @@ ShowPhone = Callable[[str], str]
 
 # C0 and C1 controls but newline and tab, and the bidi controls that reorder what follows.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_DURATION = re.compile(r"(\d{1,15})([smhd])")
+_DURATION = re.compile(r"([0-9]{1,15})([smhd])")  # ASCII digits: int() reads other scripts' too
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
@@ -78,6 +84,19 @@ def database_url(args: argparse.Namespace) -> str:
     return str(url)
 
 
+@contextmanager
+def writable_storage(args: argparse.Namespace) -> Iterator[Storage]:
+    """The database of `args`, opened to write beside a running owner: never created (a
+    missing SQLite file is `DatabaseNotFound`), its schema this postroom's (`SchemaMismatch`
+    names `postroom migrate`), no owner lock taken."""
+    storage = Storage(open_database(database_url(args), create=False))
+    try:
+        storage.check_schema()
+        yield storage
+    finally:
+        storage.close_all()
+
+
 # -- accounts -------------------------------------------------------------------------------
 
 
@@ -96,9 +115,10 @@ def resolve_account(store: Storage, account: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise ValidationError(f"the masked account {account!r} matches {len(matches)} accounts: "
+        raise ValidationError(f"this masked account matches {len(matches)} accounts: "
                               "give the whole phone number (postroom status --unmasked)")
-    raise ValidationError(f"unknown account {account!r}: no message or pause of this database has it "
+    # The argument is not repeated: an error line may reach a log, and it may be a whole phone.
+    raise ValidationError("unknown account: no message or pause of this database has it "
                           "(give it whole or masked as postroom status prints it)")
 
 
@@ -109,7 +129,22 @@ def safe_text(text: str) -> str:
     return _CONTROL.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
-# -- JSON -----------------------------------------------------------------------------------
+# -- output ---------------------------------------------------------------------------------
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--json for scripts, --unmasked for whole phone numbers."""
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--unmasked", action="store_true",
+                        help="show whole phone numbers (default: masked, e.g. +15*******01~c5af)")
+
+
+def report(args: argparse.Namespace, console: Console, text: str, data: dict[str, Any]) -> None:
+    """`data` as JSON with --json, else `text` (rich markup; values escaped by the caller)."""
+    if getattr(args, "json", False):
+        print_json(data)
+    else:
+        console.print(text, highlight=False, soft_wrap=True)
 
 
 def _json_value(value: Any) -> Any:

@@ -1,5 +1,6 @@
-"""The `postroom` command line: `postroom demo`, `status`, `list`, `inspect`, `health`,
-`resume` and `migrate`."""
+"""The `postroom` command line: `postroom demo`, `migrate`, the operator's reads (`status`,
+`list`, `inspect`, `health`) and writes (`enqueue`, `requeue`, `cancel`, `pause`, `resume`,
+`cleanup`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,20 @@ from pathlib import Path
 import pykka
 from rich.console import Console
 
-from postroom_cli import demo, health, inspection, listing, migrate, resume, status
+from postroom_cli import (
+    cancel,
+    cleanup,
+    demo,
+    enqueue,
+    health,
+    inspection,
+    listing,
+    migrate,
+    pause,
+    requeue,
+    resume,
+    status,
+)
 from postroom_cli._output import fail
 from postroom_cli.logconfig import FORMATS, LEVELS, configure_logging
 from postroom_common import PostroomError
@@ -25,7 +39,8 @@ Command = Callable[[argparse.Namespace, Console], int]
 #: Log level when --log-level is not given: the demo keeps its progress display readable
 #: (its rate limits are counted there; --verbose logs each one as well).
 _DEFAULT_LEVELS = {"demo": "error", "status": "info", "resume": "info", "migrate": "info",
-                   "list": "info", "inspect": "info", "health": "info"}
+                   "list": "info", "inspect": "info", "health": "info",
+                   **dict.fromkeys(("enqueue", "requeue", "cancel", "pause", "cleanup"), "info")}
 _VERBOSE_LEVEL = "warning"
 _EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
@@ -72,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_command(commands, "resume", resume.add_arguments, resume.run,
                  "lift an account's pause, a suspension until lifted included (works beside "
                  "a running supervisor)")
+    _add_write_commands(commands)
     _add_command(commands, "migrate", migrate.add_arguments, migrate.run,
                  "create or upgrade the database's schema to this postroom's version (a newer "
                  "one is refused)")
@@ -89,6 +105,20 @@ def version() -> str:
             return str(tomllib.load(file)["project"]["version"])
     except (OSError, KeyError, tomllib.TOMLDecodeError):
         return "unknown"
+
+
+def _add_write_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The operator's writes: each beside a running supervisor, which obeys without a restart."""
+    _add_command(commands, "enqueue", enqueue.add_arguments, enqueue.run,
+                 "queue one message; prints its id once committed")
+    _add_command(commands, "requeue", requeue.add_arguments, requeue.run,
+                 "failed messages back to pending: one by id, or an account's, or by their error")
+    _add_command(commands, "cancel", cancel.add_arguments, cancel.run,
+                 "cancel a pending or retrying message, or all of an account's")
+    _add_command(commands, "pause", pause.add_arguments, pause.run,
+                 "stop an account sending, for a while (--for) or until `postroom resume`")
+    _add_command(commands, "cleanup", cleanup.add_arguments, cleanup.run,
+                 "delete finished messages older than the retention (or --older-than)")
 
 
 def _add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str,

@@ -202,6 +202,11 @@ class _Dialect:
         """LIKE whatever the case (SQLite's LIKE already is, for ASCII)."""
         return "LIKE" if self.is_sqlite else "ILIKE"
 
+    def position(self, column: str) -> str:
+        """Where a `?` text first occurs in `column` (1 on), 0 if nowhere: exact, case and all,
+        where LIKE would read `%` and `_` and ignore case on SQLite only."""
+        return f"instr({column}, ?)" if self.is_sqlite else f"strpos({column}, ?)"
+
     def share_row(self) -> str:
         """Lock a row against updates until the commit (SQLite: the write lock does it)."""
         return "" if self.is_sqlite else " FOR SHARE"
@@ -833,9 +838,7 @@ class Storage:
 
     def delete_finished_before(self, cutoff: datetime, limit: int) -> int:
         """Delete up to `limit` final rows that finished before `cutoff`; returns how many."""
-        oldest = (self.Row.select(self.Row.id)
-                  .where(self.Row.status.in_(_FINAL) & (self.Row.completed_at < cutoff))
-                  .limit(limit))
+        oldest = self.Row.select(self.Row.id).where(self._finished_before(cutoff)).limit(limit)
         with self._guard():
             ids = [row.id for row in oldest]
             if not ids:
@@ -845,6 +848,30 @@ class Storage:
                 self.Attempts.delete().where(self.Attempts.message_id.in_(chunk)).execute()
                 self.Row.delete().where(self.Row.id.in_(chunk)).execute()
         return len(ids)
+
+    def count_finished_before(self, cutoff: datetime) -> int:
+        """How many rows `delete_finished_before` would delete, however many chunks it takes."""
+        with self._guard():
+            return int(self.Row.select().where(self._finished_before(cutoff)).count())
+
+    def _finished_before(self, cutoff: datetime) -> peewee.Expression:
+        return self.Row.status.in_(_FINAL) & (self.Row.completed_at < cutoff)
+
+    def ids_in_status(self, statuses: Iterable[Status], *, phone: str | None = None,
+                      error_contains: str | None = None, after_id: int = 0, limit: int = 500) -> list[int]:
+        """Ids of the messages in `statuses` (of one account; whose last error contains a text,
+        case and all), after `after_id`, in id order, at most `limit`: what a bulk command
+        changes, a chunk at a time."""
+        values = sorted(status.value for status in statuses)
+        sql = f"SELECT id FROM message_queue WHERE status IN ({', '.join('?' * len(values))}) AND id > ?"
+        params: list[Any] = [*values, after_id]
+        if phone is not None:
+            sql, params = sql + " AND phone = ?", [*params, phone]
+        if error_contains is not None:
+            sql, params = sql + f" AND {self._dialect.position('last_error')} > 0", [*params, error_contains]
+        with self._guard():
+            rows = self.db.execute_sql(self._dialect.sql(sql + " ORDER BY id LIMIT ?"), [*params, limit])
+            return [int(row[0]) for row in rows.fetchall()]
 
     def _executemany(self, sql: str, params: Sequence[tuple[Any, ...]]) -> None:
         if params:

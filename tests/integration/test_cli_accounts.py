@@ -132,7 +132,8 @@ def test_resume_lifts_a_pause_with_no_supervisor_running(
 
 def test_resume_of_an_account_without_a_pause_exits_1(
         database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """`resume` of an account that has no pause changes nothing and exits 1."""
+    """`resume` of an account that has messages but no pause changes nothing and exits 1."""
+    _enqueue_rows(database_url, ALIKE[:1])
     _pause(database_url, ALIKE[1], None)
     code, out = _run(capsys, "resume", ALIKE[0], "--database", database_url)
     assert code == 1 and "no pause" in out
