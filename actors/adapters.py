@@ -72,6 +72,27 @@ class Rule:
 _PTB, _AIOGRAM, _TELETHON, _PYROGRAM = "TelegramError", "TelegramAPIError", "RPCError", "RPCError"
 _MOVED = "the chat moved to a new id (a group upgraded to a supergroup); send there instead"
 
+#: The platforms' own reasons that name no person, kept in `last_error` when an error's text
+#: holds one (Telegram's descriptions, lowercased); any other text is replaced.
+SAFE_REASONS: tuple[str, ...] = (
+    "bot was blocked by the user", "user is deactivated", "bot was kicked from the group chat",
+    "bot was kicked from the supergroup chat", "bot was kicked from the channel chat",
+    "bot can't initiate conversation with a user", "bot can't send messages to bots",
+    "bot is not a member of the channel chat", "bot is not a member of the supergroup chat",
+    "chat not found", "user not found", "message is too long", "message text is empty",
+    "message to reply not found", "wrong file identifier", "can't parse entities",
+    "not enough rights to send text messages to the chat", "have no rights to send a message",
+    "group chat was upgraded to a supergroup chat", "the group chat was deleted", "peer_id_invalid",
+    "need administrator rights in the channel chat", "chat_write_forbidden",
+)
+#: Reasons told by the class itself (Telethon, Pyrogram), in the words of `SAFE_REASONS`.
+_CLASS_REASONS = {
+    "UserIsBlockedError": "bot was blocked by the user", "UserIsBlocked": "bot was blocked by the user",
+    "InputUserDeactivatedError": "user is deactivated", "InputUserDeactivated": "user is deactivated",
+    "PeerIdInvalidError": "peer_id_invalid", "PeerIdInvalid": "peer_id_invalid",
+    "ChatWriteForbiddenError": "chat_write_forbidden", "ChatWriteForbidden": "chat_write_forbidden",
+}
+
 RULES: tuple[Rule, ...] = (
     # python-telegram-bot (telegram.error); BadRequest and TimedOut subclass NetworkError.
     Rule(_PTB, ("RetryAfter",), Outcome.RATE_LIMITED, seconds="retry_after"),
@@ -233,8 +254,21 @@ def _from_rule(error: BaseException, rule: Rule) -> SendError:
     if rule.outcome is Outcome.UNKNOWN:
         return SendTimeout(f"{name}: timed out; the message may have been sent")
     if rule.outcome is Outcome.PERMANENT:
-        return PermanentError(f"{name}: {rule.reason or 'not deliverable'}")
+        return PermanentError(f"{name}: {rule.reason or _platform_reason(error) or 'not deliverable'}")
     return TransientError(f"{name}: temporary failure")
+
+
+def _platform_reason(error: BaseException) -> str | None:
+    """The platform's reason, if it is one of `SAFE_REASONS` (its words, never the error's text,
+    which may quote a name); None otherwise."""
+    known = _CLASS_REASONS.get(type(error).__name__)
+    if known is not None:
+        return known
+    try:
+        text = str(error).lower()
+    except BaseException:  # noqa: BLE001 - an error's text is the sender's code: anything may raise
+        return None
+    return next((reason for reason in SAFE_REASONS if reason in text), None)
 
 
 def _from_http(error: BaseException, now: Callable[[], datetime]) -> SendError | None:

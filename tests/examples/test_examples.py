@@ -185,9 +185,9 @@ def test_ptb_bot_sends_replies_once_in_order_and_honours_retry_after(
     assert botapi.texts(PTB_TOKEN) == expected  # once each, in the order the users wrote
     blocked, unknown = seen["failing"]
     assert (blocked.status, blocked.attempts, blocked.last_error) == (
-        Status.FAILED, 1, "PermanentError: Forbidden: not deliverable")
+        Status.FAILED, 1, "PermanentError: Forbidden: bot was blocked by the user")
     assert (unknown.status, unknown.attempts, unknown.last_error) == (
-        Status.FAILED, 1, "PermanentError: BadRequest: not deliverable")
+        Status.FAILED, 1, "PermanentError: BadRequest: chat not found")
     sent, refused, violations = botapi.snapshot()
     assert violations == []
     assert_paused_for_the_429(refused, sent, PTB_TOKEN)
@@ -368,8 +368,8 @@ def test_telethon_client_floodwait_pauses_the_account(sqlite_url: str) -> None:
         failed = message.user_id in (str(BLOCKED), str(UNKNOWN))
         assert (message.status, message.attempts) == (Status.FAILED if failed else Status.COMPLETED, 1)
     assert {m.last_error for m in messages if m.status is Status.FAILED} == {
-        "PermanentError: UserIsBlockedError: not deliverable",
-        "PermanentError: PeerIdInvalidError: not deliverable",
+        "PermanentError: UserIsBlockedError: bot was blocked by the user",
+        "PermanentError: PeerIdInvalidError: peer_id_invalid",
     }
 
 

@@ -13,6 +13,7 @@ import contextlib
 import select
 import socket
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
@@ -112,3 +113,11 @@ class TcpProxy:
             for end in ends:
                 with contextlib.suppress(OSError):
                     end.close()
+
+
+def through(url: str, proxy: TcpProxy) -> str:
+    """`url` reaching its server through `proxy` (its user kept, its host and port the proxy's)."""
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)
+    netloc = f"{user[0]}@127.0.0.1:{proxy.port}" if len(user) == 2 else f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

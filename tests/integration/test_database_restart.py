@@ -7,9 +7,8 @@ session ends, the owner lock's included, as a server restart ends them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -24,25 +23,10 @@ from supervisor import (
 )
 from tests.conftest import LogCapture, eventually
 from tests.integration.helpers import RecordingSender, start_with
-from tests.integration.tcp_proxy import TcpProxy
+from tests.integration.tcp_proxy import TcpProxy, through
 
 pytestmark = pytest.mark.postgres
 T = TypeVar("T")
-
-
-@pytest.fixture
-def proxy(postgres_url: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(postgres_url)
-    running = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    yield running
-    running.close()
-
-
-def _through(url: str, proxy: TcpProxy) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)
-    netloc = f"{host[0]}@127.0.0.1:{proxy.port}" if len(host) == 2 else f"127.0.0.1:{proxy.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @pytest.mark.timeout(120)
@@ -54,7 +38,7 @@ def test_sending_resumes_by_itself_after_the_database_restarts(
     gate = threading.Event()
     sender = RecordingSender(lambda m, n: gate.wait(30) and None)
     settings = SupervisorSettings(account=AccountSettings(storage_retry=0.05, idle_timeout=None))
-    ref = start_with(_through(postgres_url, proxy), sender, settings)
+    ref = start_with(through(postgres_url, proxy), sender, settings)
     before = [ref.ask(Enqueue(phone=f"+1555000{i % 5}", user_id="u", text=str(i))) for i in range(50)]
     sender.wait_for(5)  # one send in flight per account, 45 waiting in the database
 

@@ -50,7 +50,7 @@ from supervisor import (
 )
 from tests.conftest import LogCapture, eventually
 from tests.integration.helpers import FixedRandom, RecordingSender
-from tests.integration.tcp_proxy import TcpProxy
+from tests.integration.tcp_proxy import TcpProxy, through
 
 #: Seconds of scheduling noise allowed on top of every bound (a shared, loaded machine).
 SLACK = 3.0
@@ -98,21 +98,6 @@ def gated_sender(gate: threading.Event) -> RecordingSender:
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def proxy(postgres_url: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(postgres_url)
-    running = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    yield running
-    running.close()
-
-
-def through(url: str, proxy: TcpProxy) -> str:
-    parts = urlsplit(url)
-    user = parts.netloc.rsplit("@", 1)
-    netloc = f"{user[0]}@127.0.0.1:{proxy.port}" if len(user) == 2 else f"127.0.0.1:{proxy.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def with_query(url: str, query: str) -> str:

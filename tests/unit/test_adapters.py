@@ -491,3 +491,32 @@ def test_sender_with_adapters_lets_cancellation_through() -> None:
             await task
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("error", "text"), [
+    # Telegram's own words, which name no person, are kept.
+    (PTB.Forbidden("Forbidden: bot was blocked by the user"), "Forbidden: bot was blocked by the user"),
+    (PTB.BadRequest("Bad Request: chat not found"), "BadRequest: chat not found"),
+    (Aiogram.TelegramForbiddenError("Telegram server says - Forbidden: user is deactivated"),
+     "TelegramForbiddenError: user is deactivated"),
+    # The class says it (Telethon, Pyrogram): its words, never the error's text.
+    (Telethon.ChatWriteForbiddenError(), "ChatWriteForbiddenError: chat_write_forbidden"),
+    # Anything else is replaced: it may quote a name, a chat id, the text.
+    (PTB.Forbidden(CANARY), "Forbidden: not deliverable"),
+    (PTB.Forbidden("Forbidden: Ann Smith (+15550001) does not want your messages"),
+     "Forbidden: not deliverable"),
+])
+def test_the_platforms_reason_survives_where_it_names_no_person(error: Exception, text: str) -> None:
+    """A permanent failure keeps the platform's reason when it is one of SAFE_REASONS."""
+    outcome = classify(error, now=fixed_now)
+    assert isinstance(outcome, PermanentError) and str(outcome) == text
+
+
+def test_an_error_whose_text_raises_is_not_deliverable() -> None:
+    """Reading the error's text to find the reason must not fail the classification."""
+
+    class Unreadable(PTB.Forbidden):
+        def __str__(self) -> str:
+            raise KeyboardInterrupt
+
+    assert str(classify(Unreadable(), now=fixed_now)) == "Unreadable: not deliverable"
