@@ -67,6 +67,9 @@ class MessageRow(peewee.Model):
     interrupted = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
     # Claims of this message so far, given-back ones included: numbers its attempts' history.
     claims = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
+    # When it was last claimed: the start of its last attempt (a message sent at its first
+    # claim keeps no row in message_attempts: its one attempt is read from here).
+    claimed_at = UtcTimestampField(null=True)
 
     class Meta:
         table_name = "message_queue"

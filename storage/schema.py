@@ -102,6 +102,7 @@ def _v2_owner_epoch(db: peewee.Database, is_sqlite: bool) -> None:
 def _v3_attempt_history(db: peewee.Database, is_sqlite: bool) -> None:
     """Each attempt's start, end, outcome and error: the claim count first, then its table."""
     _add_column(db, "claims INTEGER NOT NULL DEFAULT 0")
+    _add_column(db, "claimed_at BIGINT")
     db.execute_sql("CREATE TABLE IF NOT EXISTS message_attempts (message_id BIGINT NOT NULL,"
                    " slot INTEGER NOT NULL, number INTEGER NOT NULL, attempt INTEGER NOT NULL,"
                    " started_at BIGINT NOT NULL,"

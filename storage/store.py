@@ -604,10 +604,10 @@ class Storage:
         for row in rows:
             row.update(status=Status.PROCESSING.value, attempts=row["attempts"] + 1, updated_at=at)
         sql = self._dialect.sql(
-            "UPDATE message_queue SET status = ?, attempts = ?, updated_at = ?, claims = claims + 1"
-            " WHERE id = ?"
+            "UPDATE message_queue SET status = ?, attempts = ?, updated_at = ?, claims = claims + 1,"
+            " claimed_at = ? WHERE id = ?"
         )
-        self._executemany(sql, [(r["status"], r["attempts"], at, r["id"]) for r in rows])
+        self._executemany(sql, [(r["status"], r["attempts"], at, at, r["id"]) for r in rows])
         return {row["id"]: _message(row) for row in rows}
 
     def _paused_among(self, phones: set[str], at: int) -> set[str]:
@@ -641,7 +641,7 @@ class Storage:
         ])
         self._executemany(self._attempt_sql, [
             _attempt_row(t.id, held[t.id][1], held[t.id][2], t.attempt, to_micros(t.at), outcome, t.error)
-            for t in applied if (outcome := _outcome_of(t)) is not None])
+            for t in applied if (outcome := _outcome_of(t, held[t.id][1])) is not None])
         return {t.id for t in applied}
 
     def _write_states(self, messages: Sequence[Message]) -> None:
@@ -712,7 +712,8 @@ class Storage:
         changed: list[Message] = []
         ended = self._dialect.sql(
             f"INSERT INTO message_attempts ({_ATTEMPT_COLUMNS}) SELECT id,"
-            f" claims - claims / {ATTEMPTS_KEPT} * {ATTEMPTS_KEPT}, claims, attempts, updated_at, ?, ?, ?"
+            f" claims - claims / {ATTEMPTS_KEPT} * {ATTEMPTS_KEPT}, claims, attempts,"
+            " COALESCE(claimed_at, updated_at), ?, ?, ?"
             " FROM message_queue"
             " WHERE id = ? AND status = ? AND attempts = ?") + _ATTEMPT_UPSERT
         with self._guard():
@@ -894,8 +895,9 @@ class Storage:
         locked on PostgreSQL (a row in flight was last updated by its claim)."""
         held: dict[int, tuple[int, int, int]] = {}
         for chunk, marks in _chunks(ids):
-            sql = self._dialect.sql(f"SELECT id, attempts, claims, updated_at FROM message_queue"
-                                    f" WHERE id IN ({marks}) AND status = ?") + self._dialect.lock_rows()
+            sql = self._dialect.sql(
+                f"SELECT id, attempts, claims, COALESCE(claimed_at, updated_at) FROM message_queue"
+                f" WHERE id IN ({marks}) AND status = ?") + self._dialect.lock_rows()
             with self._guard():
                 rows = self.db.execute_sql(sql, [*chunk, Status.PROCESSING.value]).fetchall()
             held.update((row[0], (row[1], row[2], row[3])) for row in rows)
@@ -934,6 +936,11 @@ class Storage:
             rows = self.db.execute_sql(self._dialect.sql(
                 "SELECT number, attempt, started_at, ended_at, outcome, error FROM message_attempts"
                 " WHERE message_id = ? ORDER BY number"), (message_id,)).fetchall()
+            if not rows:  # sent at its first claim, perhaps: its row tells that attempt
+                rows = self.db.execute_sql(self._dialect.sql(
+                    "SELECT claims, attempts, claimed_at, completed_at, status, last_error"
+                    " FROM message_queue WHERE id = ? AND claims = 1 AND status = ?"
+                    " AND claimed_at IS NOT NULL"), (message_id, Status.COMPLETED.value)).fetchall()
         return [Attempt(number, attempt, from_micros(started), from_micros(ended), Outcome(outcome), error)
                 for number, attempt, started, ended, outcome, error in rows]
 
@@ -1182,11 +1189,15 @@ def _is_closed(connection: Any) -> bool:
 _OUTCOMES = {Status.COMPLETED: Outcome.COMPLETED, Status.FAILED: Outcome.FAILED}
 
 
-def _outcome_of(t: Transition) -> Outcome | None:
-    """How a recorded attempt ended; None for a claim called off before its send began
-    (given back with no error: the sender never saw it)."""
+def _outcome_of(t: Transition, claims: int) -> Outcome | None:
+    """How a recorded attempt ended, for its row of history; None for a claim called off
+    before its send began (given back with no error: the sender never saw it), and for a
+    message sent at its first claim, whose one attempt its own row tells (`history`): most
+    messages, spared a write each."""
     if t.give_back:
         return Outcome.PAUSED if t.error is not None else None
+    if t.status is Status.COMPLETED and claims == 1:
+        return None
     return _OUTCOMES.get(t.status, Outcome.RETRYING)
 
 

@@ -110,3 +110,17 @@ def test_get_message_shows_the_three_attempts_of_a_message_that_failed_three_tim
     assert [(a.attempt, a.outcome) for a in failed.history] == [
         (1, Outcome.RETRYING), (2, Outcome.RETRYING), (3, Outcome.FAILED)]
     assert {a.error for a in failed.history} == {"TransientError: gateway down"}
+
+
+def test_a_message_sent_at_its_first_claim_writes_no_history_row_yet_shows_its_attempt(
+        storage: Storage) -> None:
+    """Most messages are sent at their first claim: that attempt is told by the message's own
+    row (claimed_at, completed_at), not written again, so the history costs them no write."""
+    (mid,) = insert(storage, new())
+    attempt = _claim(storage, mid, timedelta(seconds=1))
+    _record(storage, Transition(mid, attempt, Status.COMPLETED, NOW + timedelta(seconds=2)))
+    (count,) = storage.db.execute_sql("SELECT COUNT(*) FROM message_attempts").fetchone()
+    (only,) = storage.get(mid).history
+    assert count == 0
+    assert (only.number, only.attempt, only.outcome, only.error) == (1, 1, Outcome.COMPLETED, None)
+    assert (only.started_at, only.ended_at) == (NOW + timedelta(seconds=1), NOW + timedelta(seconds=2))
