@@ -43,6 +43,7 @@ require_postroom_names("actors", "storage")  # before importing them: a clear er
 import pykka
 
 from actors import (
+    AbandonedSends,
     AccountActor,
     AccountCrashed,
     AccountDeps,
@@ -136,6 +137,7 @@ from postroom_common.logs import get_logger
 from storage import OwnerLock, SqliteSettings, Storage, open_database
 
 __all__ = [
+    "AbandonedSends",
     "AccountSettings",
     "AccountSuspended",
     "AsyncPostroom",
@@ -214,6 +216,10 @@ class SupervisorSettings:
     """Threads plain senders run on at most (a send with a timeout runs on one); past it,
     sends wait for a free thread, their timeout counting once begun. An `async def` sender
     needs none."""
+    abandoned_send_threads: int = 1024
+    """Threads left to plain senders that did not return within `send_timeout` which do not
+    count against `send_threads`, at most; past it they do (`GetHealth().abandoned_sends`,
+    a `pool.abandoned_past_bound` warning at most once a minute)."""
     slow_send_after: float = 30.0
     """Seconds after which a send still under way is named in `GetHealth().slow_sends`."""
     stop_timeout: float = 75.0
@@ -242,6 +248,8 @@ class SupervisorSettings:
     """Per-phone exceptions to `pacing` (a user account paces far slower than a bot)."""
 
     def __post_init__(self) -> None:
+        if self.abandoned_send_threads < 0:
+            raise ValidationError("abandoned_send_threads must not be negative")
         if self.account_threads < 2:
             raise ValidationError("account_threads must be at least 2: the writer and the supervisor "
                                   "take turns on them too")
@@ -290,7 +298,8 @@ class Supervisor(TurnActor):
         self._drains = DrainWaiters()
         self._counting = False  # a count of open messages for the drains is under way
         self._counts = 0  # counts started (they are numbered)
-        self.send_pool = SendPool(self.settings.send_threads, call_later=_REAL_TIME.call_later)
+        self.send_pool = SendPool(self.settings.send_threads, call_later=_REAL_TIME.call_later,
+                                  max_abandoned=self.settings.abandoned_send_threads)
         self.sends = SendWatch()
         # Send timeouts run on real time, whatever `clock` is (a test's FakeClock).
         self.deadlines = self.clock if isinstance(self.clock, SystemClock) else _REAL_TIME
@@ -430,9 +439,17 @@ class Supervisor(TurnActor):
                 log.error("supervisor.stop_incomplete", timeout=self.settings.stop_timeout,
                           accounts=len(releasing), sends_in_flight=[mask_phone(phone) for phone in hung],
                           left="in flight: processing until the next start settles it")
-                return
+                break
             if isinstance(report, AccountReleased | AccountCrashed):
                 releasing.pop(report.actor_urn, None)
+        self._log_called_off()
+
+    def _log_called_off(self) -> None:
+        """One line for every send the stop called off before it began (waiting for a thread)."""
+        count, phones = self.sends.take_called_off()
+        if count:
+            log.warning("supervisor.sends_deferred", sends=count, accounts=[mask_phone(p) for p in phones],
+                        left="given back: sent after the next start")
 
     def _close_storage(self) -> None:
         """Close every connection, then release the lock (the writer has stopped)."""
@@ -555,7 +572,13 @@ class Supervisor(TurnActor):
         slow = self.sends.running_longer_than(self.settings.slow_send_after, self.deadlines.monotonic())
         return Health(degraded=degraded, last_error=error, accounts_running=len(self.directory),
                       parked_accounts=tuple(sorted(mask_phone(p) for p in self.parked)),
-                      slow_sends=tuple(mask_phone(p) for p in slow))
+                      slow_sends=tuple(mask_phone(p) for p in slow), abandoned_sends=self._abandoned())
+
+    def _abandoned(self) -> AbandonedSends:
+        left = self.send_pool.abandoned()
+        oldest = None if left.oldest_since is None else self.deadlines.monotonic() - left.oldest_since
+        return AbandonedSends(count=left.count, oldest=oldest, bound=self.settings.abandoned_send_threads,
+                              past_bound=left.past_bound)
 
     # -- account lifecycle -------------------------------------------------------------------
 

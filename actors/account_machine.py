@@ -344,7 +344,9 @@ class AccountMachine:
         self.state = AccountState.IDLE
         later = self._next(at) if self._releasing else self._arm(
             at.now + timedelta(seconds=self.settings.storage_retry))
-        return [Log("warning", "account.send_deferred", {"message_id": message.id, "error": error}), *later]
+        # Released (a stop): the supervisor logs one line for all of them, not one per account.
+        level = "debug" if self._releasing else "warning"
+        return [Log(level, "account.send_deferred", {"message_id": message.id, "error": error}), *later]
 
     def timer_fired(self, generation: int, at: At) -> list[Command]:
         if generation != self._generation:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -176,6 +176,22 @@ class Drain:
 
 
 @dataclass(frozen=True, slots=True)
+class AbandonedSends:
+    """Plain senders given up on at `send_timeout` (their message retried) that have not
+    returned: each keeps a thread and its stack until it does, if ever."""
+
+    count: int = 0
+    """Threads still in such a sender."""
+    oldest: float | None = None
+    """Seconds since the oldest of those sends began; None when there is none."""
+    bound: int = 0
+    """At most this many of them do not count against `send_threads` (`abandoned_send_threads`)."""
+    past_bound: int = 0
+    """Of them, how many count against `send_threads` (past the bound): that many fewer threads
+    for the other accounts' sends, and none at all once they fill it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
     """The supervisor's view of its own state."""
 
@@ -190,6 +206,8 @@ class Health:
     slow_sends: tuple[str, ...] = ()
     """Masked phones of accounts whose send has run longer than `slow_send_after` (a sender
     that hangs: with `send_timeout=None` nothing gives up on it)."""
+    abandoned_sends: AbandonedSends = field(default_factory=AbandonedSends)
+    """Plain senders still running past their `send_timeout`, each on a thread of its own."""
 
 
 # -- to the writer (asked) ----------------------------------------------------------------
