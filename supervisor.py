@@ -428,6 +428,7 @@ class Supervisor(TurnActor):
     def _release_accounts(self) -> None:
         """Release every account and wait, at most `stop_timeout`, until each has recorded its
         send in flight; what is still in flight after that stays `processing` for the next start."""
+        self.sends.take_called_off()  # counted from here: the summary is this stop's
         releasing = {ref.actor_urn: phone for phone in self.directory.phones()
                      if (ref := self.directory.remove(phone)) is not None and _told(ref, Release())}
         deadline = self.deadlines.monotonic() + self.settings.stop_timeout

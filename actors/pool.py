@@ -16,7 +16,6 @@ is never given back.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,10 +31,9 @@ CallLater = Callable[[float, Job], object]
 
 #: Seconds between two warnings that abandoned threads count against the cap again.
 WARN_PAST_BOUND_EVERY = 60.0
-#: The process's CPU time over a look, in cores, from which its threads may be waiting for the GIL.
-BUSY_CPU = 0.8
-#: Looks every busy thread must stay on its job, while the process is that busy, before one more starts.
-BUSY_LOOKS = 20
+#: Looks in a row a busy thread must be found on the same job to count as stuck: a thread
+#: waiting for the GIL (switched every 5 ms) is seldom stuck that long.
+STUCK_LOOKS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +59,8 @@ class _Worker:
         self.job: Job | None = None  # the job it runs (None: idle, or not started yet)
         self.number = 0  # the job's number (the pool numbers jobs as they are taken)
         self.replaced = False  # a thread was started for the jobs queued behind this job
-        self.seen = 0  # the job it ran at the last look
-        self.looks = 0  # looks it has been on that job for
+        self.seen = 0  # the job it was on at the last look
+        self.looks = 0  # looks in a row it was found on that job
         self.counted = True  # it counts against `max_threads`
         self.abandoned_since: float | None = None  # its job was given up on (when it began)
 
@@ -75,14 +73,11 @@ class DaemonPool:
     """Runs jobs on an idle thread (the one idle last), on a new one while under
     `max_threads`, else in order (urgent jobs ahead of the others).
 
-    With `call_later` (a clock's), jobs that find every thread busy wait `grow_after`, and
-    the pool grows only for threads that are stuck: one thread for each busy one still on
-    the job it had then (doubling when no job finished at all). Threads that keep taking
-    jobs (a sender that returns at once) are enough: another would only cost switches under
-    the GIL and a malloc arena. While the process keeps a core busy, a thread that does not
-    finish may be waiting for the GIL or computing, where another thread would not help:
-    the pool grows by one only once every busy thread has been on its job `BUSY_LOOKS`
-    looks, so that a long job never holds up all the others.
+    With `call_later` (a clock's), the pool looks at its busy threads every `grow_after`
+    while jobs are queued, and grows only for threads that are stuck: one new thread for
+    each busy one found on the same job `STUCK_LOOKS` looks in a row (a sender waiting on
+    the network, a long turn). Threads that keep taking jobs (a sender that returns at
+    once) are enough: another would only cost switches under the GIL and a malloc arena.
 
     A job its caller gives up on (`abandon`: a sender past its timeout) keeps its thread
     until it returns, if ever; up to `max_abandoned` such threads do not count against
@@ -91,7 +86,7 @@ class DaemonPool:
 
     def __init__(self, name: str, max_threads: int | None = None, idle_exit: float = 10.0, *,
                  call_later: CallLater | None = None, grow_after: float = 0.005,
-                 max_abandoned: int = 0, cpu_time: Callable[[], float] = time.process_time) -> None:
+                 max_abandoned: int = 0) -> None:
         if max_threads is not None and max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.name = name
@@ -110,9 +105,7 @@ class DaemonPool:
         self._counted = 0  # threads that count against max_threads
         self._exempt = 0  # threads in an abandoned job that do not
         self._taken = 0  # jobs taken so far: the number of the last one
-        self._finished = 0  # jobs finished so far
-        self._look: tuple[int, float] | None = None  # (jobs finished, CPU time) when it was armed
-        self._cpu_time = cpu_time
+        self._look = False  # a look is armed
         self._warned_at: float | None = None
         self._closed = False
         self._call_later = call_later
@@ -162,44 +155,39 @@ class DaemonPool:
 
     def _look_later(self) -> None:
         """(Under the lock.) Look at the busy threads in `grow_after`, unless a look is armed."""
-        if self._look is None and self._call_later is not None:
-            self._look = (self._finished, self._cpu_time())
-            for worker in self._workers:
-                if worker.seen != worker.number:  # a job taken since the last look
-                    worker.seen, worker.looks = worker.number, 0
+        if not self._look and self._call_later is not None:
+            self._look = True
             self._call_later(self.grow_after, self._grow)
 
     def _grow(self) -> None:
-        """A thread for each stuck thread (see the class) while jobs are queued, up to the cap;
-        looks again while jobs stay queued.
+        """A thread for each stuck thread while jobs are queued, up to the cap; looks again
+        while jobs stay queued.
 
         If a thread cannot be started (a process limit), the jobs wait for a busy thread and
         the next job queued looks again: no retry loop warning every `grow_after`."""
         with self._lock:
-            assert self._look is not None
-            finished, cpu = self._look
-            self._look = None
+            self._look = False
             if self._closed or not self._jobs:
                 return
-            stuck = self._stuck(finished, (self._cpu_time() - cpu) / self.grow_after)
-            for worker in stuck[:len(self._jobs)]:
+            for worker in self._stuck()[:len(self._jobs)]:
                 if not (self._under_cap() and self._start_thread()):
                     return
                 worker.replaced = True
             if self._jobs and self._under_cap():
                 self._look_later()
 
-    def _stuck(self, finished: int, cpu: float) -> list[_Worker]:
-        """(Under the lock.) The busy threads that get a thread each (see the class)."""
-        busy = [w for w in self._workers if w.job is not None]
-        for worker in busy:
-            worker.looks = worker.looks + 1 if worker.seen == worker.number else 0
+    def _stuck(self) -> list[_Worker]:
+        """(Under the lock, at a look.) The busy threads found on the same job `STUCK_LOOKS`
+        looks in a row that have no new thread for it yet."""
+        stuck = []
+        for worker in self._workers:
+            if worker.job is None:
+                continue
+            worker.looks = worker.looks + 1 if worker.seen == worker.number else 1
             worker.seen = worker.number
-        if cpu >= BUSY_CPU:  # those that do not finish may be waiting for the GIL, or computing
-            return busy[:1] if busy and all(w.looks >= BUSY_LOOKS for w in busy) else []
-        if self._finished == finished:
-            return busy
-        return [w for w in busy if w.looks and not w.replaced]
+            if worker.looks >= STUCK_LOOKS and not worker.replaced:
+                stuck.append(worker)
+        return stuck
 
     def _under_cap(self) -> bool:
         return self.max_threads is None or self._counted < self.max_threads
@@ -233,9 +221,7 @@ class DaemonPool:
         thread should exit (the pool shut down with nothing queued, or it is back from an
         abandoned job to a pool at its cap)."""
         with self._lock:
-            if me.job is not None:
-                me.job = None
-                self._finished += 1
+            me.job = None
             stays = me.abandoned_since is None or self._back_from_abandoned(me)
             if stays and self._jobs:
                 return self._assign(me, self._jobs.popleft())

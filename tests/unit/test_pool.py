@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 
 import pytest
 
 from actors.clock import FakeClock
-from actors.pool import BUSY_LOOKS, Abandoned, DaemonPool, JobRef
+from actors.pool import STUCK_LOOKS, Abandoned, DaemonPool, JobRef
 from tests.conftest import LogCapture, eventually
-
-
-def idle_cpu() -> float:
-    """A process CPU clock that never moves: the process is idle."""
-    return 0.0
 
 
 def test_at_the_cap_jobs_wait_in_order_and_the_threads_are_reused() -> None:
@@ -63,28 +57,33 @@ def test_under_the_cap_a_job_never_waits_behind_a_busy_one() -> None:
         pool.shutdown()
 
 
-def test_with_a_clock_jobs_behind_a_stuck_thread_wait_grow_after_then_get_one_thread() -> None:
-    """Jobs queued behind a thread that does not finish wait `grow_after`; then one thread is
-    started for that stuck thread, and it runs the queued jobs in order."""
+def test_with_a_clock_jobs_behind_a_stuck_thread_get_one_thread_once_it_stays_stuck() -> None:
+    """Jobs queued behind a thread wait while looks find it on the same job fewer than
+    `STUCK_LOOKS` times in a row; then one thread is started for it, and it runs the queued
+    jobs in order."""
     clock = FakeClock()
-    pool = DaemonPool("test-pool", max_threads=4, call_later=clock.call_later, grow_after=0.005,
-                      cpu_time=idle_cpu)
-    release = threading.Event()
+    pool = DaemonPool("test-pool", max_threads=4, call_later=clock.call_later, grow_after=0.005)
+    release, began, done = threading.Event(), threading.Event(), threading.Event()
     ran: list[int] = []
+
+    def hang() -> None:
+        began.set()
+        release.wait(5)
+
+    def last() -> None:
+        ran.append(2)
+        done.set()
+
     try:
-        pool.run(lambda: release.wait(5) and None)  # an empty pool starts a thread at once
-        assert pool.threads == 1
-        done = threading.Event()
-
-        def last() -> None:
-            ran.append(2)
-            done.set()
-
+        pool.run(hang)  # an empty pool starts a thread at once
+        assert began.wait(5) and pool.threads == 1
         pool.run(lambda: ran.append(1))
         pool.run(last)
-        assert pool.threads == 1 and not done.wait(0.05)  # no new thread before the delay
         assert clock.pending_timers() == 1  # one look armed for both jobs
-        clock.advance(0.005)
+        for _ in range(STUCK_LOOKS - 1):
+            clock.advance(pool.grow_after)
+        assert pool.threads == 1 and not done.is_set()
+        clock.advance(pool.grow_after)
         assert done.wait(5)
         assert pool.threads == 2 and ran == [1, 2]
     finally:
@@ -93,36 +92,41 @@ def test_with_a_clock_jobs_behind_a_stuck_thread_wait_grow_after_then_get_one_th
 
 
 def test_with_a_clock_a_thread_that_keeps_finishing_jobs_is_not_given_company() -> None:
-    """A look that finds the busy thread on a newer job than when it was armed starts nothing
-    (the queue is moving); the next look, with no job finished meanwhile, starts one."""
+    """A thread found on another job at each look is moving the queue: no thread is started
+    for it; once looks find it on the same job `STUCK_LOOKS` times, one is."""
     clock = FakeClock()
-    pool = DaemonPool("test-pool", max_threads=4, call_later=clock.call_later, cpu_time=idle_cpu)
-    first, second, took_second, done = (threading.Event() for _ in range(4))
+    pool = DaemonPool("test-pool", max_threads=4, call_later=clock.call_later)
+    gates = [threading.Event() for _ in range(STUCK_LOOKS + 1)]
+    began = threading.Semaphore(0)
+    done = threading.Event()
 
-    def the_second() -> None:
-        took_second.set()
-        second.wait(5)
+    def step(gate: threading.Event) -> None:
+        began.release()
+        gate.wait(5)
 
     try:
-        pool.run(lambda: first.wait(5) and None)
-        pool.run(the_second)  # arms the look
+        for gate in gates:
+            pool.run(lambda gate=gate: step(gate))  # type: ignore[misc]
         pool.run(done.set)
-        first.set()
-        assert took_second.wait(5)  # the thread moved on to the next job
-        clock.advance(pool.grow_after)
+        for gate in gates[:-1]:
+            assert began.acquire(timeout=5)
+            clock.advance(pool.grow_after)  # each look finds it on a new job
+            gate.set()
+        assert began.acquire(timeout=5)
         assert pool.threads == 1 and not done.is_set()
-        clock.advance(pool.grow_after)  # nothing finished since: it is stuck
+        for _ in range(STUCK_LOOKS):
+            clock.advance(pool.grow_after)
         assert done.wait(5) and pool.threads == 2
     finally:
-        first.set()
-        second.set()
+        for gate in gates:
+            gate.set()
         pool.shutdown()
 
 
-def test_with_a_clock_threads_that_all_hang_double_at_each_look() -> None:
-    """While no job finishes at all, each look starts a thread per busy one, up to the jobs queued."""
+def test_with_a_clock_each_stuck_thread_gets_one_thread_once() -> None:
+    """Threads that all hang get one new thread each as they are found stuck, never two."""
     clock = FakeClock()
-    pool = DaemonPool("test-pool", max_threads=10, call_later=clock.call_later, cpu_time=idle_cpu)
+    pool = DaemonPool("test-pool", max_threads=10, call_later=clock.call_later)
     release = threading.Event()
     began = threading.Semaphore(0)
 
@@ -131,16 +135,16 @@ def test_with_a_clock_threads_that_all_hang_double_at_each_look() -> None:
         release.wait(5)
 
     try:
-        for _ in range(6):
+        for _ in range(4):
             pool.run(hang)
-        seen = [1]
         assert began.acquire(timeout=5)
-        for _ in range(3):
+        seen = [pool.threads]
+        for _ in range(2 * STUCK_LOOKS):
             clock.advance(pool.grow_after)
             seen.append(pool.threads)
             for _ in range(seen[-1] - seen[-2]):
-                assert began.acquire(timeout=5)  # the new threads took their jobs
-        assert seen == [1, 2, 4, 6]
+                assert began.acquire(timeout=5)  # the new thread took its job
+        assert seen == [1, 1, 2, 2, 3]
     finally:
         release.set()
         pool.shutdown()
@@ -148,7 +152,7 @@ def test_with_a_clock_threads_that_all_hang_double_at_each_look() -> None:
 
 def test_with_a_clock_a_thread_that_finishes_in_time_takes_the_waiting_job() -> None:
     clock = FakeClock()
-    pool = DaemonPool("test-pool", max_threads=4, call_later=clock.call_later, cpu_time=idle_cpu)
+    pool = DaemonPool("test-pool", max_threads=4, call_later=clock.call_later)
     release = threading.Event()
     try:
         pool.run(lambda: release.wait(5) and None)
@@ -200,34 +204,6 @@ def test_idle_threads_exit_and_shutdown_refuses_jobs() -> None:
 def test_the_cap_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         DaemonPool("test-pool", max_threads=0)
-
-
-def test_with_a_busy_process_a_stuck_thread_gets_company_only_after_busy_looks() -> None:
-    """While the process keeps a core busy, jobs behind a thread that does not finish (it may
-    be computing, or waiting for the GIL) wait `BUSY_LOOKS` looks, then get one thread."""
-    clock = FakeClock()
-    ticks = itertools.count()
-    pool = DaemonPool("test-pool", max_threads=4, call_later=clock.call_later,
-                      cpu_time=lambda: next(ticks) * pool.grow_after)  # one core, all the time
-    release, began, done = threading.Event(), threading.Event(), threading.Event()
-
-    def hang() -> None:
-        began.set()
-        release.wait(5)
-
-    try:
-        pool.run(hang)
-        assert began.wait(5)
-        pool.run(done.set)
-        pool.run(lambda: None)
-        for _ in range(BUSY_LOOKS - 1):
-            clock.advance(pool.grow_after)
-        assert pool.threads == 1 and not done.is_set()
-        clock.advance(pool.grow_after)
-        assert done.wait(5) and pool.threads == 2  # one, however many jobs wait
-    finally:
-        release.set()
-        pool.shutdown()
 
 
 def test_abandoned_jobs_leave_the_cap_up_to_the_bound_then_count_with_one_warning(logs: LogCapture) -> None:
