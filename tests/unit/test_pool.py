@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import pytest
 
@@ -245,6 +246,28 @@ def test_abandoned_jobs_leave_the_cap_up_to_the_bound_then_count_with_one_warnin
         assert then_done.wait(5)
         eventually(lambda: pool.abandoned() == Abandoned(count=0, oldest_since=None, past_bound=0))
         eventually(lambda: pool.threads == 2)  # those over the cap exited
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_a_trickle_of_jobs_keeps_one_thread_and_lets_the_others_idle_out() -> None:
+    """After a burst has started three threads, jobs run one at a time go to the thread idle
+    last: the other two wait out `idle_exit` and exit (woken in turn, none ever would)."""
+    pool = DaemonPool("test-pool", max_threads=3, idle_exit=0.2)
+    release = threading.Event()
+    try:
+        for _ in range(3):
+            pool.run(lambda: release.wait(5) and None)
+        assert pool.threads == 3
+        release.set()
+        eventually(lambda: pool.idle == 3)
+        deadline = time.monotonic() + 10
+        while pool.threads > 1 and time.monotonic() < deadline:
+            done = threading.Event()
+            pool.run(done.set)
+            assert done.wait(5)
+        assert pool.threads == 1
     finally:
         release.set()
         pool.shutdown()
