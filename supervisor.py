@@ -43,6 +43,7 @@ require_postroom_names("actors", "storage")  # before importing them: a clear er
 import pykka
 
 from actors import (
+    AbandonedSends,
     AccountActor,
     AccountCrashed,
     AccountDeps,
@@ -148,6 +149,7 @@ from storage import OwnerLock, PostgresSettings, SqliteSettings, Storage, holder
 from storage.listen import ChangeListener
 
 __all__ = [
+    "AbandonedSends",
     "AccountSettings",
     "AccountSuspended",
     "AsyncPostroom",
@@ -232,6 +234,10 @@ class SupervisorSettings:
     """Threads plain senders run on at most (a send with a timeout runs on one); past it,
     sends wait for a free thread, their timeout counting once begun. An `async def` sender
     needs none."""
+    abandoned_send_threads: int = 1024
+    """Threads left to plain senders that did not return within `send_timeout` which do not
+    count against `send_threads`, at most; past it they do (`GetHealth().abandoned_sends`,
+    a `pool.abandoned_past_bound` warning at most once a minute)."""
     slow_send_after: float = 30.0
     """Seconds after which a send still under way is named in `GetHealth().slow_sends`."""
     slow_commit_after: float = 5.0
@@ -298,6 +304,7 @@ class SupervisorSettings:
         check_seconds("SupervisorSettings.commit_delay", self.commit_delay)
         check_seconds("SupervisorSettings.feed_poll_interval", self.feed_poll_interval, positive=True)
         check_seconds("SupervisorSettings.feed_safety_interval", self.feed_safety_interval, positive=True)
+        check_count("SupervisorSettings.abandoned_send_threads", self.abandoned_send_threads, minimum=0)
 
 
 #: The wall clock of every supervisor not given another, and of every send timeout: one timer
@@ -359,7 +366,8 @@ class Supervisor(TurnActor):
         self._drains = DrainWaiters()
         self._counting = False  # a count of open messages for the drains is under way
         self._counts = 0  # counts started (they are numbered)
-        self.send_pool = SendPool(self.settings.send_threads, call_later=_REAL_TIME.call_later)
+        self.send_pool = SendPool(self.settings.send_threads, call_later=_REAL_TIME.call_later,
+                                  max_abandoned=self.settings.abandoned_send_threads)
         self.sends = SendWatch()
         # Send timeouts run on real time, whatever `clock` is (a test's FakeClock).
         self.deadlines = self.clock if isinstance(self.clock, SystemClock) else _REAL_TIME
@@ -533,6 +541,7 @@ class Supervisor(TurnActor):
         flight; what is still in flight after that stays `processing` for the next start. Once
         no send is under way, the accounts wait only for the database: if it has not answered
         them within `slow_commit_after`, the next start settles what it would have recorded."""
+        self.sends.take_called_off()  # counted from here: the summary is this stop's
         releasing = {ref.actor_urn: phone for phone in self.directory.phones()
                      if (ref := self.directory.remove(phone)) is not None and _told(ref, Release())}
         unsent_since: float | None = None  # since when no send has been under way
@@ -546,10 +555,18 @@ class Supervisor(TurnActor):
                           accounts=len(releasing), sends_in_flight=[mask_phone(phone) for phone in hung],
                           database_unanswered_for=None if hung else round(unanswered or 0.0, 1),
                           left="in flight: processing until the next start settles it")
-                return
+                break
             report = self.wait_for_mail(min(deadline - now, STOP_LOOK))
             if isinstance(report, AccountReleased | AccountCrashed):
                 releasing.pop(report.actor_urn, None)
+        self._log_called_off()
+
+    def _log_called_off(self) -> None:
+        """One line for every send the stop called off before it began (waiting for a thread)."""
+        count, phones = self.sends.take_called_off()
+        if count:
+            log.warning("supervisor.sends_deferred", sends=count, accounts=[mask_phone(p) for p in phones],
+                        left="given back: sent after the next start")
 
     def _loop_closed(self) -> None:
         """Said once, when stopping: the sends still on the closed loop end (their messages are
@@ -694,10 +711,18 @@ class Supervisor(TurnActor):
         failing, error = self.health.snapshot(self.deadlines.monotonic(), self.settings.slow_commit_after)
         slow = self.sends.running_longer_than(self.settings.slow_send_after, self.deadlines.monotonic())
         disabled = tuple(sorted(mask_phone(p) for p in self._pauses.disabled()))
-        return Health(degraded=failing or bool(disabled), last_error=error,
+        abandoned = self._abandoned()
+        return Health(degraded=failing or bool(disabled) or abandoned.count > 0, last_error=error,
                       accounts_running=len(self.directory),
                       parked_accounts=tuple(sorted(mask_phone(p) for p in self.parked)),
-                      slow_sends=tuple(mask_phone(p) for p in slow), disabled_accounts=disabled)
+                      slow_sends=tuple(mask_phone(p) for p in slow), disabled_accounts=disabled,
+                      abandoned_sends=abandoned)
+
+    def _abandoned(self) -> AbandonedSends:
+        left = self.send_pool.abandoned()
+        oldest = None if left.oldest_since is None else self.deadlines.monotonic() - left.oldest_since
+        return AbandonedSends(count=left.count, oldest=oldest, bound=self.settings.abandoned_send_threads,
+                              past_bound=left.past_bound)
 
     # -- account lifecycle -------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from actors.errors import (
     TransientError,
 )
 from actors.messages import (
+    AbandonedSends,
     AccountCrashed,
     AccountIdle,
     AccountPaused,
@@ -80,6 +81,7 @@ from actors.runtime import Answer, Reply, TurnActor, TurnPool
 from actors.validation import Limits, validate_broadcast, validate_enqueue, validate_enqueues, validate_insert
 
 __all__ = [
+    "AbandonedSends",
     "AccountActor",
     "AccountCrashed",
     "AccountDeps",

@@ -373,7 +373,9 @@ class AccountMachine:
         self._unrecorded = WriteAndClaim(record=_given_back(message, at.now))
         self.state = AccountState.IDLE
         then = self._next(at) if self._releasing else self._arm(later(at.now, self.settings.storage_retry))
-        return [Log("warning", "account.send_deferred", {"message_id": message.id, "error": error}), *then]
+        # Released (a stop): the supervisor logs one line for all of them, not one per account.
+        level = "debug" if self._releasing else "warning"
+        return [Log(level, "account.send_deferred", {"message_id": message.id, "error": error}), *then]
 
     def timer_fired(self, generation: int, at: At) -> list[Command]:
         if generation != self._generation:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -179,12 +179,29 @@ class Drain:
 
 
 @dataclass(frozen=True, slots=True)
+class AbandonedSends:
+    """Plain senders given up on at `send_timeout` (their message retried) that have not
+    returned: each keeps a thread and its stack until it does, if ever."""
+
+    count: int = 0
+    """Threads still in such a sender."""
+    oldest: float | None = None
+    """Seconds since the oldest of those sends began; None when there is none."""
+    bound: int = 0
+    """At most this many of them do not count against `send_threads` (`abandoned_send_threads`)."""
+    past_bound: int = 0
+    """Of them, how many count against `send_threads` (past the bound): that many fewer threads
+    for the other accounts' sends, and none at all once they fill it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
     """The supervisor's view of its own state."""
 
     degraded: bool
-    """True while the last write to the database failed (`last_error` says how), or while an
-    account is disabled until lifted (`disabled_accounts` names it)."""
+    """True while the last write to the database failed (`last_error` says how), while an
+    account is disabled until lifted (`disabled_accounts` names it), or while a sender runs
+    past its `send_timeout` (`abandoned_sends`)."""
     last_error: str | None
     """The last database error while writes fail; None once one succeeds (so a degraded health
     without it is the disabled accounts' alone)."""
@@ -199,6 +216,8 @@ class Health:
     """Masked phones of accounts disabled until lifted (`AccountSuspended` without a duration:
     banned, session revoked), as last read or recorded; `ResumeAccount` or `postroom resume`
     lifts them."""
+    abandoned_sends: AbandonedSends = field(default_factory=AbandonedSends)
+    """Plain senders still running past their `send_timeout`, each on a thread of its own."""
 
 
 # -- to the writer (asked) ----------------------------------------------------------------

@@ -3,9 +3,11 @@ message's send with, and the watch over the sends under way.
 
 An account must be able to give up on a sender that hangs, and Python cannot interrupt
 a call: the call runs on another thread, and the account stops waiting for it. The pool
-grows with the sends running at once up to its cap (`send_threads`: thousands of accounts
+grows with the sends that are slow up to its cap (`send_threads`: thousands of accounts
 with a slow sender must not cost thousands of threads), reuses idle threads and lets idle
-ones exit. An `async def` sender needs none of it: it runs on the bot's loop.
+ones exit. A thread whose send ran past its timeout is left to the sender, outside the
+cap (up to `abandoned_send_threads`), so that hung senders never stop the other accounts.
+An `async def` sender needs none of it: it runs on the bot's loop.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ import pykka
 from actors.aio import is_coroutine_sender, submit_to_loop
 from actors.clock import Clock, TimerHandle
 from actors.errors import SendTimeout
-from actors.pool import CallLater, DaemonPool
+from actors.pool import CallLater, DaemonPool, JobRef
 from actors.runtime import tell_if_alive
 from postroom_common import Message
+
+#: Why a send called off by its account's release did not begin.
+CALLED_OFF = "released before the send began"
 
 
 class SendPool(DaemonPool):
@@ -32,8 +37,9 @@ class SendPool(DaemonPool):
     order for a thread (a send's timeout counts only once it has begun)."""
 
     def __init__(self, max_threads: int | None = None, idle_exit: float = 10.0, *,
-                 call_later: CallLater | None = None) -> None:
-        super().__init__("postroom-send", max_threads, idle_exit, call_later=call_later)
+                 call_later: CallLater | None = None, max_abandoned: int = 0) -> None:
+        super().__init__("postroom-send", max_threads, idle_exit, call_later=call_later,
+                         max_abandoned=max_abandoned)
 
     def submit(self, call: Callable[[Any], Any], argument: Any,
                on_begin: Callable[[Future[Any]], None] | None = None) -> Future[Any]:
@@ -56,11 +62,17 @@ class SendPool(DaemonPool):
 
 class SendWatch:
     """Which accounts have a send under way, and since when: `GetHealth` names those whose
-    send has run too long (a sender that hangs with no send timeout)."""
+    send has run too long (a sender that hangs with no send timeout). Also counts the sends
+    called off before they began, for one line at a stop instead of one per account."""
+
+    #: Accounts a summary of called-off sends names, at most.
+    SAMPLE = 5
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._since: dict[str, float] = {}
+        self._called_off = 0
+        self._called_off_sample: list[str] = []
 
     def started(self, phone: str, monotonic: float) -> None:
         with self._lock:
@@ -69,6 +81,20 @@ class SendWatch:
     def ended(self, phone: str) -> None:
         with self._lock:
             self._since.pop(phone, None)
+
+    def called_off(self, phone: str) -> None:
+        """A send of `phone`'s was called off before it began (its account was released)."""
+        with self._lock:
+            self._called_off += 1
+            if len(self._called_off_sample) < self.SAMPLE:
+                self._called_off_sample.append(phone)
+
+    def take_called_off(self) -> tuple[int, list[str]]:
+        """How many sends were called off since the last take, and the first few phones."""
+        with self._lock:
+            taken = self._called_off, self._called_off_sample
+            self._called_off, self._called_off_sample = 0, []
+            return taken
 
     def running_longer_than(self, seconds: float, monotonic: float) -> list[str]:
         """The phones whose send began more than `seconds` ago, longest first."""
@@ -97,6 +123,7 @@ class SendTicket:
         self.future: Future[Any] | None = None
         self.timed_out = False
         self._timer: TimerHandle | None = None
+        self._job: JobRef | None = None  # the pool's name for the send while it runs
         self._lock = threading.Lock()
         self._called_off = False
         self._on_loop = False
@@ -107,7 +134,7 @@ class SendTicket:
         answers the account's write, just before it hears how the send ended. A ticket
         called off before this gives the message back instead (`SendNotBegun`)."""
         self._answer_write = answer_write
-        not_begun: str | None = "released before the send began"
+        not_begun: str | None = CALLED_OFF
         with self._lock:
             if not self._called_off:
                 self._watch.started(self._phone, self._deadlines.monotonic())
@@ -124,6 +151,8 @@ class SendTicket:
                     self._watch.ended(self._phone)
                     not_begun = str(error)
         if not_begun is not None:
+            if self._called_off:
+                self._watch.called_off(self._phone)
             self._report(SendNotBegun(self, not_begun))
         else:
             assert self.future is not None
@@ -142,7 +171,8 @@ class SendTicket:
     def _ended(self, future: Future[Any]) -> None:
         if future.cancelled() and self._called_off and not self._on_loop:
             self._watch.ended(self._phone)
-            self._report(SendNotBegun(self, "released before the send began"))
+            self._watch.called_off(self._phone)
+            self._report(SendNotBegun(self, CALLED_OFF))
         else:
             self._report(SendEnded(self))
 
@@ -171,10 +201,15 @@ class SendTicket:
 
     def _began(self) -> None:
         if self.timeout is not None:
+            if not self._on_loop:
+                self._job = self._pool.current()
             self._timer = self._deadlines.call_later(self.timeout, self._time_out)
 
     def _time_out(self) -> None:
         self.timed_out = True
+        if self._job is not None and self.timeout is not None:
+            now = self._deadlines.monotonic()
+            self._pool.abandon(self._job, since=now - self.timeout, now=now)  # the thread is the sender's
         self._report(SendEnded(self))
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from bench._child import ROOT, fsync_counter
 from bench._common import host_logging
 from bench.report import Figure, print_report, write_json
-from bench.scenarios import ALL_SYSTEMS, QUICK, SCENARIOS, Params
+from bench.scenarios import ALL_SYSTEMS, QUICK, ROUND_IDLE, SCENARIOS, Params
 
 _SIZES = ("messages", "accounts", "batch", "enqueue_messages", "enqueue_threads", "bulk_messages", "rate",
           "latency_seconds", "producers", "boot_rows", "boot_accounts", "busy_accounts", "busy_backlog",
-          "work_messages", "cleanup_rows", "sleeping_accounts", "settle", "boot_timeout", "produced",
-          "idle_seconds", "timeout")
+          "work_messages", "cleanup_rows", "sleeping_accounts", "settle", "rounds", "round_accounts",
+          "boot_timeout", "produced", "idle_seconds", "timeout")
 
 
 def parse(argv: list[str] | None = None) -> tuple[Params, list[str], Path | None]:
@@ -118,7 +118,9 @@ def _notes(p: Params, seconds: float, load: str) -> list[str]:
         f"(c) {p.producers} producer threads, each enqueue blocking until durable; latency from the "
         "instant each message was due to be enqueued to the sender's call.",
         "(d)(e) each run in a fresh process on a pre-written file; (e) RSS read "
-        f"{p.settle:g} s after every account has sent once.",
+        f"{p.settle:g} s after every account has sent once. (e)'s rounds: one process, one Broadcast "
+        f"to {p.round_accounts:,} accounts a round, RSS read once every account has sent and idled "
+        f"out (idle_timeout={ROUND_IDLE:g} s, the one setting changed there).",
         "(f) statements counted with sqlite3's trace callback, transactions = COMMITs; fsyncs = "
         + ("fsync+fdatasync calls counted in the process by a preloaded shim (bench/fsync_counter.c, "
            "built with the system C compiler; unlike strace it does not stop the process at each call)."

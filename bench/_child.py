@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
-from bench._common import Deliveries, rss_mb, spread, temp_dir
+from bench._common import Deliveries, phone, rss_mb, spread, temp_dir, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,6 +135,44 @@ def sleeping_boot(args: dict[str, Any]) -> dict[str, Any]:
     sent_s = deliveries.first_at - asked
     ref.stop()
     return {"boot_s": booted, "actors": float(running), "new_message_ms": sent_s * 1000, "rss_mb": rss}
+
+
+def rounds(args: dict[str, Any]) -> dict[str, Any]:
+    """`rounds` rounds of one message to each of `accounts` accounts (one `Broadcast` a round,
+    the same accounts each time), every round waiting until all of them have sent and idled
+    out: RSS after the first round and after the last, and the most send threads alive."""
+    from supervisor import (
+        AccountSettings,
+        Broadcast,
+        GetHealth,
+        Health,
+        Message,
+        Supervisor,
+        SupervisorSettings,
+    )
+
+    accounts, timeout = int(args["accounts"]), float(args["timeout"])
+    sent = threading.Semaphore(0)
+
+    def send(message: Message) -> None:
+        sent.release()
+
+    settings = SupervisorSettings(account=AccountSettings(idle_timeout=float(args["idle_timeout"])))
+    ref = Supervisor.start(database=f"sqlite:///{args['path']}", sender=send, settings=settings)
+    recipients = [(phone(a), "u") for a in range(accounts)]
+    rss: list[float] = []
+    threads = 0
+    for _ in range(int(args["rounds"])):
+        ref.ask(Broadcast(recipients, text="x"), timeout=timeout)
+        for _ in range(accounts):
+            if not sent.acquire(timeout=timeout):
+                raise TimeoutError(f"a round of {accounts:,} sends took over {timeout:g} s")
+        threads = max(threads, sum(1 for t in threading.enumerate() if t.name == "postroom-send"))
+        wait_until(lambda: cast(Health, ref.ask(GetHealth())).accounts_running == 0, timeout,
+                   "every account idled out", interval=0.05)
+        rss.append(rss_mb()[0])
+    ref.stop()
+    return {"rss_first_mb": rss[0], "rss_last_mb": rss[-1], "send_threads": float(threads)}
 
 
 def _observe(deliveries: Deliveries, start: float, before: float, stop: Callable[[], object],

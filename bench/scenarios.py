@@ -95,6 +95,10 @@ class Params:
     """(h) accounts whose only message is due tomorrow."""
     settle: float = 1.0
     """(e) seconds after every account has sent before RSS is read."""
+    rounds: int = 10
+    """(e) rounds of one message to each of `round_accounts` accounts, each idling out after."""
+    round_accounts: int = 20_000
+    """(e) accounts sent one message each round."""
     boot_timeout: float = 600.0
     """(d), (e) seconds a boot may take to get every account sending; past it, how far it got."""
     produced: int = 300
@@ -108,7 +112,7 @@ class Params:
 QUICK = Params(runs=1, messages=2_000, accounts=20, enqueue_messages=1_600, bulk_messages=5_000,
                rate=250.0, latency_seconds=2.0, boot_rows=10_000, boot_accounts=100, busy_accounts=10,
                busy_backlog=50, work_messages=1_000, cleanup_rows=20_000, sleeping_accounts=2_000, settle=0.5,
-               boot_timeout=60.0, produced=40, idle_seconds=2.0,
+               rounds=3, round_accounts=1_000, boot_timeout=60.0, produced=40, idle_seconds=2.0,
                timeout=120.0)
 
 
@@ -363,6 +367,40 @@ def memory(p: Params) -> list[Figure]:
                higher_is_better=False, note=_timeouts(backlog, p.busy_accounts, p.boot_timeout)),
         figure("e", "rss_before_mb", backlog, "RSS of the bare interpreter with the imports, for reference",
                "MiB", higher_is_better=False),
+        *_rounds_figures(p),
+    ]
+
+
+#: (e)'s rounds: seconds an account waits idle before it stops (the default is 30: a round would
+#: take that long).
+ROUND_IDLE = 1.0
+
+
+def _rounds_figures(p: Params) -> list[Figure]:
+    """RSS after the first and the last of `rounds` rounds of one-message accounts (postroom)."""
+    with temp_dir() as directory:
+        template = directory / "template.db"
+        create_postroom_file(template)
+
+        def measure(system: str) -> dict[str, float | None]:
+            run = directory / "run.db"
+            shutil.copyfile(template, run)
+            try:
+                args = {"path": str(run), "accounts": p.round_accounts, "rounds": p.rounds,
+                        "idle_timeout": ROUND_IDLE, "timeout": p.boot_timeout}
+                return run_child("rounds", args, timeout=p.rounds * p.boot_timeout + 120)
+            finally:
+                for suffix in ("", "-wal", "-shm", ".lock"):
+                    Path(f"{run}{suffix}").unlink(missing_ok=True)
+
+        samples = collect(p, ("postroom",), measure)
+    where = f"{p.round_accounts:,} accounts sending one message, then idling out"
+    return [
+        figure("e", "rss_first_mb", samples, f"RSS after 1 round of {where}", "MiB", higher_is_better=False),
+        figure("e", "rss_last_mb", samples, f"RSS after {p.rounds} rounds of {where}", "MiB",
+               higher_is_better=False),
+        figure("e", "send_threads", samples, "  send threads alive at most, those rounds", "threads",
+               higher_is_better=False),
     ]
 
 

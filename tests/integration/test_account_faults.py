@@ -146,3 +146,33 @@ def test_a_stop_with_a_hung_sender_returns_and_health_names_it(sqlite_url: str) 
         again.stop()
     finally:
         hang.set()
+
+
+def test_a_stop_logs_one_line_for_every_send_still_waiting_for_a_thread(
+        sqlite_url: str, logs: LogCapture) -> None:
+    """A stop that calls off sends still waiting for a thread (behind a hung sender) logs one
+    `supervisor.sends_deferred` warning, with their count and a few masked accounts, instead
+    of a warning per account; their messages are given back, attempts uncounted."""
+    hang = threading.Event()
+    sender = RecordingSender(lambda m, n: hang.wait(60) and None if m.phone == PHONE else None)
+    settings = SupervisorSettings(send_threads=1, stop_timeout=0.5,
+                                  account=AccountSettings(send_timeout=None, idle_timeout=None))
+    ref = start_with(sqlite_url, sender, settings)
+    ref.ask(Enqueue(phone=PHONE, user_id="u", text="hi"))
+    sender.wait_for(1)
+    waiting = [ref.ask(Enqueue(phone=f"+1555002{n:02d}", user_id="u", text="hi")) for n in range(12)]
+    eventually(lambda: all(ref.ask(GetMessage(i)).status is Status.PROCESSING for i in waiting))
+    try:
+        ref.stop(timeout=30)
+        [summary] = logs.events("supervisor.sends_deferred")
+        assert summary["log_level"] == "warning" and summary["sends"] == 12
+        masked = summary["accounts"]
+        assert len(masked) == 5 and all(a.startswith("+15") and "~" in a for a in masked)
+        assert not [e for e in logs.events("account.send_deferred") if e["log_level"] == "warning"]
+        store = Storage(open_database(sqlite_url))
+        try:
+            assert {(store.get(i).status, store.get(i).attempts) for i in waiting} == {(Status.PENDING, 0)}
+        finally:
+            store.close()
+    finally:
+        hang.set()

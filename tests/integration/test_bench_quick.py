@@ -29,7 +29,8 @@ def test_quick_benchmark_runs_every_scenario_and_prints_the_table(tmp_path: Path
     names = [f["name"] for f in json.loads((tmp_path / "bench.json").read_text())["figures"]]
     for figure in ("one tell(Enqueue) per message", "EnqueueBatch of", "async def sender",
                    "single enqueues", "latency p99", "boot to first send", "RSS,", "fsyncs per message",
-                   "longest pause between two sends during cleanup", "account actors started at boot"):
+                   "longest pause between two sends during cleanup", "account actors started at boot",
+                   "rounds of"):
         # (a) in each of its three ways, then one of each scenario (b) to (h)
         assert any(figure in name for name in names), figure
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,20 @@ import pytest
 from actors.persistence import PersistenceActor
 from storage import Storage, open_database
 from supervisor import (
+    AccountSettings,
     Enqueue,
     EnqueueBatch,
     FakeClock,
+    GetHealth,
     GetMessage,
     GetStats,
     Message,
     Status,
     Supervisor,
+    SupervisorSettings,
 )
-from tests.conftest import eventually
-from tests.integration.helpers import RecordingSender, account_ref, start, status_of
+from tests.conftest import LogCapture, eventually
+from tests.integration.helpers import RecordingSender, account_ref, start, start_with, status_of
 from tests.integration.poison_child import BYSTANDER_PLAN, MAX_ATTEMPTS, PLAN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,6 +155,64 @@ def test_hung_sender_without_timeout_blocks_only_its_own_account(sqlite_url: str
     gate.set()
     done = row_where(ref, hung, lambda m: m.status is Status.COMPLETED)
     assert done.attempts == 1
+
+
+def hung_pool(sqlite_url: str, bound: int,
+              hung_phones: list[str]) -> tuple[Any, RecordingSender, threading.Event]:
+    """A supervisor with 2 send threads and a 0.2 s send timeout whose sender never returns for
+    `hung_phones` until the event is set; the clock is fake, so their retries never come."""
+    never = threading.Event()
+
+    def script(message: Message, call: int) -> None:
+        if message.phone in hung_phones:
+            never.wait()
+
+    settings = SupervisorSettings(send_threads=2, abandoned_send_threads=bound,
+                                  account=replace(AccountSettings(), send_timeout=0.2, idle_timeout=None))
+    sender = RecordingSender(script)
+    return start_with(sqlite_url, sender, settings, clock=FakeClock()), sender, never
+
+
+def test_senders_hung_past_their_timeout_never_stop_the_other_accounts(sqlite_url: str) -> None:
+    """Senders of 4 accounts that never return keep their threads past `send_timeout`, twice
+    `send_threads`: the other accounts still send every message, and `GetHealth` reports the
+    abandoned sends (how many, the oldest's age, the bound)."""
+    hung_phones = [f"+1555030{n}" for n in range(4)]
+    ref, _, never = hung_pool(sqlite_url, 8, hung_phones)
+    try:
+        hung = [enqueue(ref, phone=phone) for phone in hung_phones]
+        eventually(lambda: all(status_of(ref, i) is Status.RETRYING for i in hung))  # each timed out
+        others = enqueue_others(ref, per_account=4)
+        eventually(lambda: completed(ref, len(others)), timeout=20)
+        left = ref.ask(GetHealth()).abandoned_sends
+        assert (left.count, left.bound, left.past_bound) == (4, 8, 0)
+        assert left.oldest is not None and left.oldest >= 0.2
+    finally:
+        never.set()
+        ref.stop()
+
+
+def test_hung_senders_past_the_bound_count_against_send_threads_and_say_so(
+        sqlite_url: str, logs: LogCapture) -> None:
+    """Past `abandoned_send_threads`, hung senders count against `send_threads` again: once they
+    fill it nothing else is sent, `GetHealth` shows how many are past the bound, and one
+    `pool.abandoned_past_bound` warning says so; when they return, sending resumes."""
+    hung_phones = [f"+1555030{n}" for n in range(3)]
+    ref, sender, never = hung_pool(sqlite_url, 1, hung_phones)
+    try:
+        hung = [enqueue(ref, phone=phone) for phone in hung_phones]
+        eventually(lambda: all(status_of(ref, i) is Status.RETRYING for i in hung))
+        left = ref.ask(GetHealth()).abandoned_sends
+        assert (left.count, left.bound, left.past_bound) == (3, 1, 2)
+        assert len(logs.events("pool.abandoned_past_bound")) == 1
+        other = enqueue(ref, phone=OTHER_ACCOUNTS[0])
+        eventually(lambda: status_of(ref, other) is Status.PROCESSING)  # claimed: waits for a thread
+        assert ref.proxy().send_pool.get().threads == 3 and other not in sender.ids()
+        never.set()
+        row_where(ref, other, lambda m: m.status is Status.COMPLETED)
+    finally:
+        never.set()
+        ref.stop()
 
 
 # -- SystemExit and KeyboardInterrupt ------------------------------------------------------------

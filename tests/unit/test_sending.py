@@ -23,7 +23,7 @@ def test_sequential_sends_reuse_one_thread() -> None:
     try:
         for n in range(20):
             assert pool.submit(lambda x: x * 2, n).result(timeout=5) == n * 2
-            wait_until(lambda: pool._idle == 1)  # the thread is back before the next send
+            wait_until(lambda: pool.idle == 1)  # the thread is back before the next send
         assert pool.threads == 1
     finally:
         pool.shutdown()
@@ -37,7 +37,7 @@ def test_grows_to_concurrent_sends_then_reuses_them() -> None:
         assert pool.threads == 3  # none waited behind another
         release.set()
         assert all(f.result(timeout=5) for f in futures)
-        wait_until(lambda: pool._idle == 3)
+        wait_until(lambda: pool.idle == 3)
         more = [pool.submit(lambda x: x, n) for n in range(3)]
         assert [f.result(timeout=5) for f in more] == [0, 1, 2]
         assert pool.threads == 3
@@ -84,7 +84,7 @@ def test_a_hung_sender_is_a_daemon_thread_and_others_still_run() -> None:
 def test_shutdown_stops_idle_threads_and_refuses_new_sends() -> None:
     pool = SendPool()
     assert pool.submit(lambda x: x, 1).result(timeout=5) == 1
-    wait_until(lambda: pool._idle == 1)
+    wait_until(lambda: pool.idle == 1)
     pool.shutdown()
     wait_until(lambda: pool.threads == 0)
     with pytest.raises(RuntimeError):
