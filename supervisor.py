@@ -118,6 +118,7 @@ from actors.aio import (
 )
 from actors.directory import AccountDirectory
 from actors.feed import FeedState
+from actors.memory import IdleTrim, release_free_memory
 from actors.pacing import Pacing
 from actors.persistence import log_unanswered
 from actors.producer import AsyncProducer, Producer
@@ -312,6 +313,10 @@ class SupervisorSettings:
 _REAL_TIME = SystemClock()
 #: Seconds between two counts of the open messages while a `Drain` waits.
 DRAIN_POLL = 0.05
+#: Accounts idled out, at least, before the memory they left free is given back (and at most
+#: once per TRIM_INTERVAL seconds): a burst of accounts, not the one that comes and goes.
+TRIM_AFTER_IDLE = 500
+TRIM_INTERVAL = 10.0
 #: How long the change feed's entries are kept: read within moments, kept for the operator.
 FEED_KEPT = timedelta(hours=1)
 #: Seconds between two looks at the bot's event loop: closed without `stop()`, the supervisor stops.
@@ -372,6 +377,7 @@ class Supervisor(TurnActor):
         # Send timeouts run on real time, whatever `clock` is (a test's FakeClock).
         self.deadlines = self.clock if isinstance(self.clock, SystemClock) else _REAL_TIME
         self.closed = threading.Event()  # set once `on_stop` is over (the database released)
+        self._trim = IdleTrim(TRIM_AFTER_IDLE, TRIM_INTERVAL)
         self._listener: ChangeListener | None = None  # PostgreSQL: wakes it at others' commits
         self._open_storage(database)
         try:
@@ -798,6 +804,8 @@ class Supervisor(TurnActor):
         if idle is None:
             return  # something reached it since: it is not idle after all
         tell_if_alive(idle, Release())
+        if self._trim.retired(self.deadlines.monotonic()):
+            self.run_job(_trim_memory)  # off this turn: a trim walks every arena
         if wake_at is not None and self._sleep(phone, wake_at):
             self._arm_sleepers()
 
@@ -1054,6 +1062,10 @@ class _BootWork:
     """The accounts with work, read after the suspects were sent alone."""
 
     work: list[tuple[str, datetime]]
+
+
+def _trim_memory() -> None:
+    release_free_memory()
 
 
 def _told(ref: pykka.ActorRef[Any], message: Any) -> bool:

@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 
 import pykka
+import pytest
 
 from actors.account import AccountActor
 from postroom_common import NewMessage, Priority
@@ -90,3 +91,22 @@ def _postroom_threads() -> list[threading.Thread]:
 
 def _pool_threads() -> list[threading.Thread]:
     return [t for t in _postroom_threads() if t.name != "postroom-timers"]
+
+
+def test_a_burst_of_accounts_idling_out_gives_their_memory_back(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once enough accounts have idled out, the supervisor has the allocator give its free pages
+    back to the system (malloc_trim on glibc), off its own turn; once per burst."""
+    import supervisor
+
+    trims = threading.Semaphore(0)
+    monkeypatch.setattr(supervisor, "TRIM_AFTER_IDLE", 10)
+    monkeypatch.setattr(supervisor, "release_free_memory", lambda: bool(trims.release()) or True)
+    ref = start(sqlite_url, RecordingSender(), idle_timeout=0.1)
+    try:
+        ref.ask(EnqueueBatch([Enqueue(phone=f"+1{n:07d}", user_id="u", text="x") for n in range(25)]))
+        eventually(lambda: ref.ask(GetHealth()).accounts_running == 0)
+        assert trims.acquire(timeout=5)
+        assert not trims.acquire(timeout=0.5)  # 15 more idled out within TRIM_INTERVAL: not again
+    finally:
+        ref.stop()
