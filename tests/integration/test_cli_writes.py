@@ -392,6 +392,10 @@ def test_cleanup_deletes_old_finished_rows_in_chunks(
         old = int((datetime.now(UTC) - timedelta(days=8)).timestamp() * 1_000_000)
         _sql(database_url, f"UPDATE message_queue SET completed_at = ? WHERE id IN ({','.join('?' * 5)})",
              (old, *done[:5]))
+        for message_id in done:  # an earlier attempt each (sent at the first claim, they have no row)
+            _sql(database_url, "INSERT INTO message_attempts (message_id, slot, number, attempt, started_at,"
+                 " ended_at, outcome, error) VALUES (?, 19, 0, 0, ?, ?, 'retrying', 'TransientError: x')",
+                 (message_id, old, old))
         code, report = _json(capsys, "cleanup", *db)
         assert (code, report["deleted"], report["older_than_seconds"]) == (0, 5, 7 * 86_400)
         assert _sql(database_url, "SELECT id FROM message_queue ORDER BY id") == [(done[5],), (scheduled,)]
