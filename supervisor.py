@@ -348,6 +348,7 @@ class Supervisor(TurnActor):
         self.rng: RandomSource = rng or random.Random()
         self.health = HealthState()
         self.directory = AccountDirectory()
+        self._releasing: dict[str, tuple[str, str]] = {}  # crashed, giving back: phone -> (urn, error)
         self.restarts: dict[str, deque[float]] = {}
         self.parked: set[str] = set()
         self.sleepers: list[tuple[datetime, str]] = []  # stopped accounts with future work
@@ -532,9 +533,14 @@ class Supervisor(TurnActor):
         """Release every account and wait, until `deadline`, for each to record its send in
         flight; what is still in flight after that stays `processing` for the next start. Once
         no send is under way, the accounts wait only for the database: if it has not answered
-        them within `slow_commit_after`, the next start settles what it would have recorded."""
+        them within `slow_commit_after`, the next start settles what it would have recorded.
+
+        The one wait for mail inside a turn, bounded so: it holds one of the runtime's threads
+        (at least two), and the writer and the accounts whose reports it waits for take theirs
+        on the others."""
         releasing = {ref.actor_urn: phone for phone in self.directory.phones()
                      if (ref := self.directory.remove(phone)) is not None and _told(ref, Release())}
+        releasing.update({urn: phone for phone, (urn, _) in self._releasing.items()})  # crashed, giving back
         unsent_since: float | None = None  # since when no send has been under way
         while releasing:
             now = self.deadlines.monotonic()
@@ -548,7 +554,8 @@ class Supervisor(TurnActor):
                           left="in flight: processing until the next start settles it")
                 return
             report = self.wait_for_mail(min(deadline - now, STOP_LOOK))
-            if isinstance(report, AccountReleased | AccountCrashed):
+            if isinstance(report, AccountReleased) or (isinstance(report, AccountCrashed)
+                                                       and not report.releasing):
                 releasing.pop(report.actor_urn, None)
 
     def _loop_closed(self) -> None:
@@ -632,14 +639,12 @@ class Supervisor(TurnActor):
         match message:
             case StartAccountsFor(messages):
                 self._route(messages)
-            case AccountCrashed(phone, urn, error):
-                self._account_crashed(phone, urn, error)
+            case AccountCrashed(phone, urn, error, releasing):
+                self._account_crashed(phone, urn, error, releasing)
             case AccountIdle(phone, urn, wake_at, seen):
                 self._account_idle(phone, urn, wake_at, seen)
             case AccountReleased(phone, urn):
-                current = self.directory.get(phone)
-                if current is not None and current.actor_urn == urn:
-                    self.directory.remove(phone)
+                self._account_released(phone, urn)
             case SuspectSettled(phone, urn):
                 self._suspect_settled(phone, urn)
             case AccountPaused(phone, until):
@@ -721,8 +726,8 @@ class Supervisor(TurnActor):
             self._arm_sleepers()
 
     def _ensure_account(self, phone: str) -> pykka.ActorRef[AccountActor] | None:
-        if phone in self.parked:
-            return None
+        if phone in self.parked or phone in self._releasing:
+            return None  # a crashed account's restart reads this work with its window
         if self._quarantined is not None and phone != self._quarantined:
             return None  # a suspect is being sent alone; the boot after it reads this work back
         running = self.directory.get(phone)
@@ -740,11 +745,29 @@ class Supervisor(TurnActor):
         self.directory.add(phone, ref)
         return ref
 
-    def _account_crashed(self, phone: str, urn: str, error: str) -> None:
+    def _account_crashed(self, phone: str, urn: str, error: str, releasing: bool) -> None:
         current = self.directory.get(phone)
         if current is None or current.actor_urn != urn:
             return  # a report about an incarnation already replaced
         self.directory.remove(phone)
+        if releasing:  # started again once what it held is given back (`AccountReleased`)
+            self._releasing[phone] = (urn, error)
+        else:
+            self._after_crash(phone, error)
+
+    def _account_released(self, phone: str, urn: str) -> None:
+        crashed = self._releasing.get(phone)
+        if crashed is not None and crashed[0] == urn:
+            del self._releasing[phone]
+            self._after_crash(phone, crashed[1])
+            return
+        current = self.directory.get(phone)
+        if current is not None and current.actor_urn == urn:
+            self.directory.remove(phone)
+
+    def _after_crash(self, phone: str, error: str) -> None:
+        """A crashed account holds nothing any more: restart it, or park it, or go on with the
+        suspects if it was sending one alone."""
         if phone == self._quarantined:
             # Sending its suspect alone crashed the actor: what it held is settled by the
             # boot that follows, which acquires the account again.
