@@ -8,7 +8,7 @@ Start order, in the caller's thread (so that a bad URL, a locked database or one
 cannot be read raises from `start()`): open the database and take its owner lock, start
 the writer, acquire every account (rows an earlier owner left `processing` are settled
 by the delivery policy), list the accounts with work; then, in the supervisor's first
-turn, start those whose work is due (the others sleep in its timer heap). Stop order is
+turn, start those whose work is due (the others sleep until theirs is). Stop order is
 the reverse: every account is released (its send in flight ends and is recorded), then
 the writer stops (it commits what it holds), then the database is closed and its lock
 released.
@@ -25,16 +25,14 @@ import asyncio
 import atexit
 import contextlib
 import functools
-import heapq
 import os
 import random
 import threading
 import weakref
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from postroom_common import require_postroom_names
 
@@ -104,6 +102,7 @@ from actors import (
     TrimChanges,
     WriteBarrier,
     classify,
+    keeper,
     mask_phone,
     sender_with_adapters,
     validate_insert,
@@ -118,6 +117,7 @@ from actors.aio import (
 )
 from actors.directory import AccountDirectory
 from actors.feed import FeedState
+from actors.keeper import AccountKeeper, Place
 from actors.memory import IdleTrim, release_free_memory
 from actors.pacing import Pacing
 from actors.persistence import log_unanswered
@@ -335,7 +335,8 @@ _ENQUEUES = (Enqueue, EnqueueBatch, Broadcast)
 
 
 class Supervisor(TurnActor):
-    """Routes commands, owns account actors, restarts them, parks crash storms."""
+    """The door: routes commands, and carries out what its `AccountKeeper` decides about the
+    account actors (start, restart, park, release, wake the sleepers)."""
 
     urgent = True
 
@@ -359,14 +360,11 @@ class Supervisor(TurnActor):
         self.loop = loop
         self.rng: RandomSource = rng or random.Random()
         self.health = HealthState()
-        self.directory = AccountDirectory()
-        self.restarts: dict[str, deque[float]] = {}
-        self.parked: set[str] = set()
-        self.sleepers: list[tuple[datetime, str]] = []  # stopped accounts with future work
-        self._sleeping_until: dict[str, datetime] = {}  # the earliest entry of each in `sleepers`
+        self.directory = AccountDirectory()  # the running accounts, as the writer routes to them
+        self.keeper = AccountKeeper(self.settings.max_restarts, self.settings.restart_period,
+                                    self.settings.suspect_timeout)
         self._timers: dict[str, Any] = {}  # name -> the armed handle (cleanup, sleepers, ...)
-        self._suspects: deque[tuple[int, str]] = deque()  # (id, phone), each sent alone at boot
-        self._quarantined: str | None = None  # the one account running while that happens
+        self._suspects: list[tuple[int, str]] = []  # (id, phone), each sent alone at boot
         self._pauses = PauseWatch()
         self._drains = DrainWaiters()
         self._counting = False  # a count of open messages for the drains is under way
@@ -429,7 +427,7 @@ class Supervisor(TurnActor):
         self.storage.close()  # this was the caller's thread; the actors' threads open their own
         log.info("supervisor.recovered", interrupted=len(settled), accounts=len(work),
                  suspects=len(suspects), delivery=self.settings.delivery.value)
-        self._suspects = deque(self._to_send_alone(suspects))
+        self._suspects = self._to_send_alone(suspects)
         return work
 
     def _to_send_alone(self, suspects: list[tuple[int, str]]) -> list[tuple[int, str]]:
@@ -442,57 +440,23 @@ class Supervisor(TurnActor):
         return []
 
     def on_start(self) -> None:
-        if self._suspects:
-            log.warning("quarantine.started", suspects=len(self._suspects))
-            self._next_suspect()
-        else:
-            self._start_boot_accounts()
+        self._keep(self.keeper.boot(self._boot_work, self._suspects, self.clock.now()))
+        self._boot_work, self._suspects = [], []
         self._arm_cleanup()
         self._arm_loop_check()
         self._check_pauses()  # at once: a disabled account is reported from the start
         self._listen_for_changes()
         self._arm_feed()
 
-    def _start_boot_accounts(self) -> None:
-        """Start the accounts with work due; the others sleep in the timer heap until theirs is
-        (50,000 accounts with tomorrow's messages cost no actor today)."""
-        now, slept = self.clock.now(), False
-        for phone, first_due in self._boot_work:
-            if first_due <= now:
-                self._ensure_account(phone)
-            else:
-                slept = self._sleep(phone, first_due) or slept
-        self._boot_work = []
-        if slept:
-            self._arm_sleepers()
-
     # -- suspects --------------------------------------------------------------------------
     # A crash charges an attempt to every message in flight. A poison message (its send kills
     # the process) is in flight at every crash, and so is, by bad luck or design, a slow
     # bystander: charged alike, both would end failed. So a message in flight at two crashes
     # in a row is sent alone at the next boot: its account is the only one running until its
-    # outcome is recorded. A poison then kills the process with nothing else in flight, and a
-    # bystander is sent and done with. Many suspects at once say the crash was not a message's
-    # (every account was sending): sending each alone would only be a long outage.
-
-    def _next_suspect(self) -> None:
-        """Stop the account that sent the last suspect; start the next one's, or every account."""
-        self._cancel_timer("suspect")
-        if self._quarantined is not None:
-            done = self.directory.remove(self._quarantined)
-            if done is not None:
-                tell_if_alive(done, Release())  # it sends nothing more; the boot starts it again
-            self._quarantined = None
-        if self._suspects:  # nothing is parked at boot: every suspect gets its turn
-            message_id, phone = self._suspects.popleft()
-            log.warning("quarantine.sending_alone", message_id=message_id, account=mask_phone(phone))
-            self._quarantined = phone
-            ref = self._start_account(phone, watch=message_id)
-            give_up = functools.partial(tell_if_alive, self.actor_ref, SuspectSettled(phone, ref.actor_urn))
-            self._timers["suspect"] = self.clock.call_later(self.settings.suspect_timeout, give_up)
-            return
-        log.info("quarantine.finished")
-        self.run_job(self._read_boot_work)  # enqueued meanwhile: in the database, read who has work now
+    # outcome is recorded (`AccountKeeper`). A poison then kills the process with nothing else
+    # in flight, and a bystander is sent and done with. Many suspects at once say the crash
+    # was not a message's (every account was sending): sending each alone would only be a
+    # long outage.
 
     def _read_boot_work(self) -> None:
         try:
@@ -501,11 +465,6 @@ class Supervisor(TurnActor):
             log.error("quarantine.read_failed", error=str(error))
             work = []
         tell_if_alive(self.actor_ref, _BootWork(work))
-
-    def _suspect_settled(self, phone: str, urn: str) -> None:
-        current = self.directory.get(phone)
-        if phone == self._quarantined and current is not None and current.actor_urn == urn:
-            self._next_suspect()
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -546,10 +505,15 @@ class Supervisor(TurnActor):
         """Release every account and wait, until `deadline`, for each to record its send in
         flight; what is still in flight after that stays `processing` for the next start. Once
         no send is under way, the accounts wait only for the database: if it has not answered
-        them within `slow_commit_after`, the next start settles what it would have recorded."""
+        them within `slow_commit_after`, the next start settles what it would have recorded.
+
+        The one wait for mail inside a turn, bounded so: it holds one of the runtime's threads
+        (at least two), and the writer and the accounts whose reports it waits for take theirs
+        on the others."""
         self.sends.take_called_off()  # counted from here: the summary is this stop's
-        releasing = {ref.actor_urn: phone for phone in self.directory.phones()
-                     if (ref := self.directory.remove(phone)) is not None and _told(ref, Release())}
+        releasing = {command.incarnation.actor_urn for command in self.keeper.stop()
+                     if isinstance(command, keeper.Release) and self._release(command)}
+        releasing.update(self.keeper.giving_back())  # crashed, giving back what they held
         unsent_since: float | None = None  # since when no send has been under way
         while releasing:
             now = self.deadlines.monotonic()
@@ -563,8 +527,9 @@ class Supervisor(TurnActor):
                           left="in flight: processing until the next start settles it")
                 break
             report = self.wait_for_mail(min(deadline - now, STOP_LOOK))
-            if isinstance(report, AccountReleased | AccountCrashed):
-                releasing.pop(report.actor_urn, None)
+            if isinstance(report, AccountReleased) or (isinstance(report, AccountCrashed)
+                                                       and not report.releasing):
+                releasing.discard(report.actor_urn)
         self._log_called_off()
 
     def _log_called_off(self) -> None:
@@ -655,27 +620,28 @@ class Supervisor(TurnActor):
         match message:
             case StartAccountsFor(messages):
                 self._route(messages)
-            case AccountCrashed(phone, urn, error):
-                self._account_crashed(phone, urn, error)
+            case AccountCrashed(phone, urn, error, releasing):
+                self._keep(self.keeper.crashed(phone, urn, error, releasing, self.clock.monotonic()))
             case AccountIdle(phone, urn, wake_at, seen):
-                self._account_idle(phone, urn, wake_at, seen)
+                # Retired only if nothing was routed to it since: the writer routes under this lock.
+                if self.directory.retire_if_idle(phone, urn, seen) is not None:
+                    self._keep(self.keeper.idle(phone, urn, wake_at))
+                    if self._trim.retired(self.deadlines.monotonic()):
+                        self.run_job(_trim_memory)  # off this turn: a trim walks every arena
             case AccountReleased(phone, urn):
-                current = self.directory.get(phone)
-                if current is not None and current.actor_urn == urn:
-                    self.directory.remove(phone)
+                self._keep(self.keeper.released(phone, urn, self.clock.monotonic()))
             case SuspectSettled(phone, urn):
-                self._suspect_settled(phone, urn)
+                self._keep(self.keeper.suspect_settled(phone, urn))
             case AccountPaused(phone, until):
                 self._pauses.noted(phone, until)
             case _BootWork(work):
-                self._boot_work = work
-                self._start_boot_accounts()
+                self._keep(self.keeper.work_read(work, self.clock.now()))
             case CleanupDue():
                 self.persistence.tell(DeleteFinished(earlier(self.clock.now(), self.settings.retention)))
                 self.persistence.tell(TrimChanges(earlier(self.clock.now(), FEED_KEPT)))
                 self._arm_cleanup()
             case SleepersDue():
-                self._wake_sleepers()
+                self._keep(self.keeper.wake(self.clock.now()))
             case PauseCheckDue():
                 self._check_pauses()
             case PausesRead(pauses, asked):
@@ -720,7 +686,7 @@ class Supervisor(TurnActor):
         abandoned = self._abandoned()
         return Health(degraded=failing or bool(disabled) or abandoned.count > 0, last_error=error,
                       accounts_running=len(self.directory),
-                      parked_accounts=tuple(sorted(mask_phone(p) for p in self.parked)),
+                      parked_accounts=tuple(sorted(mask_phone(p) for p in self.keeper.parked)),
                       slow_sends=tuple(mask_phone(p) for p in slow), disabled_accounts=disabled,
                       abandoned_sends=abandoned)
 
@@ -733,31 +699,51 @@ class Supervisor(TurnActor):
     # -- account lifecycle -------------------------------------------------------------------
 
     def _route(self, messages: Sequence[Message]) -> None:
-        """Committed rows whose account was not running when the writer looked: start it (it
-        reads them with its window), or let it sleep until they are due."""
-        now, slept = self.clock.now(), False
+        """Committed rows whose account was not running when the writer looked: to it if it has
+        started since, else to the keeper (which starts it, or lets it sleep until they are due)."""
         by_account: dict[str, list[Message]] = {}
         for message in messages:
             by_account.setdefault(message.phone, []).append(message)
+        found: list[tuple[str, datetime]] = []
         for phone, mine in by_account.items():
             running = self.directory.deliver_to(phone)
-            if running is not None:  # started since the writer looked: hand them over
+            if running is not None:
                 tell_if_alive(running, Arrived(mine))
-            elif all(m.available_at > now for m in mine):
-                # Scheduled work for a stopped account costs no thread until it falls due.
-                slept = self._sleep(phone, min(m.available_at for m in mine)) or slept
             else:
-                self._ensure_account(phone)
-        if slept:
-            self._arm_sleepers()
+                found.append((phone, min(m.available_at for m in mine)))
+        self._keep(self.keeper.work_found(found, self.clock.now()))
 
-    def _ensure_account(self, phone: str) -> pykka.ActorRef[AccountActor] | None:
-        if phone in self.parked:
-            return None
-        if self._quarantined is not None and phone != self._quarantined:
-            return None  # a suspect is being sent alone; the boot after it reads this work back
-        running = self.directory.get(phone)
-        return running if running is not None else self._start_account(phone)
+    def _keep(self, commands: list[keeper.KeeperCommand]) -> None:
+        """Carry out what the keeper decided."""
+        for command in commands:
+            match command:
+                case keeper.Start(phone, recover, watch):
+                    ref = self._start_account(phone, recover=recover, watch=watch)
+                    self._keep(self.keeper.started(phone, ref))
+                case keeper.Release():
+                    self._release(command)
+                case keeper.Unroute(phone, urn):
+                    self.directory.remove_if(phone, urn)
+                case keeper.Settle(phone):
+                    self.persistence.tell(SettleInFlight(self.settings.delivery, phone))
+                case keeper.WakeAt(at):  # an instant of the wall clock: a step of it moves the wake-up too
+                    self._arm("sleepers", at, SleepersDue())
+                case keeper.SuspectDeadline(phone, urn, seconds):
+                    self._arm("suspect", seconds, SuspectSettled(phone, urn))
+                case keeper.ReadWork():  # enqueued meanwhile: in the database, read who has work now
+                    self.run_job(self._read_boot_work)
+                case keeper.Log(level, event, fields):
+                    getattr(log, level)(event, **fields)
+
+    def _release(self, command: keeper.Release) -> bool:
+        """No more rows to that incarnation; told to release. False if it had stopped already."""
+        ref = cast(pykka.ActorRef[AccountActor], command.incarnation)
+        self.directory.remove_if(command.phone, ref.actor_urn)
+        return _told(ref, Release())
+
+    def _ensure_account(self, phone: str) -> None:
+        """Its pause was lifted: start it, unless it runs (or may not run now)."""
+        self._keep(self.keeper.wanted(phone))
 
     def _start_account(self, phone: str, *, recover: bool = False,
                        watch: int | None = None) -> pykka.ActorRef[AccountActor]:
@@ -771,66 +757,6 @@ class Supervisor(TurnActor):
         self.directory.add(phone, ref)
         return ref
 
-    def _account_crashed(self, phone: str, urn: str, error: str) -> None:
-        current = self.directory.get(phone)
-        if current is None or current.actor_urn != urn:
-            return  # a report about an incarnation already replaced
-        self.directory.remove(phone)
-        if phone == self._quarantined:
-            # Sending its suspect alone crashed the actor: what it held is settled by the
-            # boot that follows, which acquires the account again.
-            log.warning("account.crashed_alone", account=mask_phone(phone), error=error)
-            self.persistence.tell(SettleInFlight(self.settings.delivery, phone))
-            self._quarantined = None
-            self._next_suspect()
-            return
-        now = self.clock.monotonic()
-        history = self.restarts.setdefault(phone, deque())
-        history.append(now)
-        while history and now - history[0] > self.settings.restart_period:
-            history.popleft()
-        if len(history) > self.settings.max_restarts:
-            self.parked.add(phone)
-            # The dead actor gave back what it held; anything it could not is settled now.
-            self.persistence.tell(SettleInFlight(self.settings.delivery, phone))
-            log.error("account.parked", account=mask_phone(phone), error=error,
-                      restarts=len(history), period=self.settings.restart_period)
-            return
-        log.warning("account.restarted", account=mask_phone(phone), error=error)
-        self._start_account(phone, recover=True)  # acquiring settles what the dead one could not
-
-    def _account_idle(self, phone: str, urn: str, wake_at: datetime | None, seen: int) -> None:
-        idle = self.directory.retire_if_idle(phone, urn, seen)
-        if idle is None:
-            return  # something reached it since: it is not idle after all
-        tell_if_alive(idle, Release())
-        if self._trim.retired(self.deadlines.monotonic()):
-            self.run_job(_trim_memory)  # off this turn: a trim walks every arena
-        if wake_at is not None and self._sleep(phone, wake_at):
-            self._arm_sleepers()
-
-    def _sleep(self, phone: str, until: datetime) -> bool:
-        """Wake `phone` at `until` unless it is already due to wake earlier; True if that is new."""
-        known = self._sleeping_until.get(phone)
-        if known is not None and known <= until:
-            return False  # one entry per account, however many messages a broadcast scheduled
-        self._sleeping_until[phone] = until
-        heapq.heappush(self.sleepers, (until, phone))
-        return True
-
-    def _arm_sleepers(self) -> None:
-        if self.sleepers:  # an instant of the wall clock: a step of it moves the wake-up too
-            self._arm("sleepers", self.sleepers[0][0], SleepersDue())
-
-    def _wake_sleepers(self) -> None:
-        now = self.clock.now()
-        while self.sleepers and self.sleepers[0][0] <= now:
-            at, phone = heapq.heappop(self.sleepers)
-            if self._sleeping_until.get(phone) == at:
-                del self._sleeping_until[phone]
-            self._ensure_account(phone)
-        self._arm_sleepers()
-
     def _resume(self, phone: str) -> bool:
         lifted: bool = self.persistence.ask(LiftPause(phone), block=True)
         if lifted:
@@ -841,16 +767,13 @@ class Supervisor(TurnActor):
                 tell_if_alive(running, PauseLifted())
             else:
                 self._ensure_account(phone)  # a disabled account may have stopped while idle
-        if phone not in self.parked:
+        if self.keeper.place(phone) is not Place.PARKED:
             return lifted
         self._unpark(phone)
         return True
 
     def _unpark(self, phone: str) -> None:
-        self.parked.discard(phone)
-        self.restarts.pop(phone, None)
-        log.info("account.resumed", account=mask_phone(phone))
-        self._start_account(phone, recover=True)  # it reads its pause, if one was set meanwhile
+        self._keep(self.keeper.resume(phone))  # it reads its pause, if one was set meanwhile
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -971,7 +894,7 @@ class Supervisor(TurnActor):
             if running is not None:
                 tell_if_alive(running, Cancelled(message_id))
         for phone in read.paused:
-            if phone in self.parked:
+            if self.keeper.place(phone) is Place.PARKED:
                 self._unpark(phone)
             else:
                 self._pause_lifted(phone)

@@ -7,9 +7,16 @@ window runs on the runtime's threads, off this actor's turn; a write is asked of
 writer, whose answer comes back as mail; the send of a claimed message is started
 by the writer after the commit (`SendTicket`); a timer is armed on the clock.
 
-Stopping gives back what the account holds: a graceful stop (`Release`, from the
-supervisor) lets the send in flight end and records it; a stop or a crash mid-way
-does the same inline, waiting for the writer's answers (at most `STOP_WAIT`).
+Releasing gives back what the account holds, by mail, never by waiting inside a turn
+(the writer and the other accounts need the runtime's threads): a graceful stop
+(`Release`, from the supervisor) lets the send in flight end and records it, then the
+account stops and reports `AccountReleased`. A crash does the same: the account
+outlives the failure of its turn (`outlive`), reports `AccountCrashed` at once, takes
+in only the mail that ends what it held (the writer's answers, the end of its send),
+and reports `AccountReleased` once released, or after `RELEASE_WAIT` (what it still
+holds is then settled by acquiring); the supervisor starts it again only after that.
+A stop by pykka alone (every actor stopped at once) waits for nothing: what is still
+out is left for acquiring to settle.
 """
 
 from __future__ import annotations
@@ -107,11 +114,20 @@ class _TimerFired:
     generation: int
 
 
+@dataclass(frozen=True, slots=True)
+class _GiveUp:
+    """A crashed account has waited `RELEASE_WAIT` for what ends what it held."""
+
+
+#: The mail that tells how what the account holds ends: a crashed account takes in only these.
+_NEWS = (Answer, _WindowRead, SendEnded, SendNotBegun)
+
+
 class AccountActor(TurnActor):
     """Owns one phone's queue (see the module's docstring)."""
 
-    STOP_WAIT = 30.0
-    """Seconds a stop or a crash waits inline for the writer's answers."""
+    RELEASE_WAIT = 30.0
+    """Seconds a crashed account waits for the mail that ends what it held before it gives up."""
     # Reads run ahead of the turns (at a boot, thousands are queued): the turn that takes a
     # window in goes ahead too, so the first claims do not wait for every account's read.
     urgent_mail = frozenset({_WindowRead})
@@ -129,6 +145,8 @@ class AccountActor(TurnActor):
         self._handling: Any = None  # the mail this turn is feeding to the machine
         self._ticket: SendTicket | None = None
         self._timer: TimerHandle | None = None
+        self._crash: str | None = None  # the failure it outlives, giving back what it held
+        self._give_up: TimerHandle | None = None
 
     # -- pykka's hooks ------------------------------------------------------------------------
 
@@ -137,24 +155,49 @@ class AccountActor(TurnActor):
         self._carry_out(self.machine.acquire(self._at(), recover=self._recover))
 
     def on_stop(self) -> None:
-        self._release_inline(interrupted=None)
+        self._cancel_timers()
+        if not self.machine.released and self._crash is None:
+            self._give_back_now()  # stopped by pykka alone: no mail will come to finish it
+        self._tell_supervisor(AccountReleased(self.phone, self.actor_urn))
         self.log.info("account.stopped")
+
+    def outlive(self, error: Exception) -> bool:
+        """A turn failed: release, by mail if what it held is still out (the end of its send,
+        the writer's answers), then stop. Failing again meanwhile, it stops at once."""
+        if self._crash is not None:
+            self.log.error("account.release_failed", error=type(error).__name__)
+            return False
+        self._crash = type(error).__name__
+        self.log.error("account.crashed", error=self._crash)
+        interrupted, self._handling = self._handling, None
+        try:
+            self._begin_release(interrupted)
+        except Exception as failure:  # noqa: BLE001 - stopped below; acquiring settles the rest
+            self.log.error("account.release_failed", error=type(failure).__name__)
+            return False
+        if self.machine.released:
+            return False  # nothing held: gone at once, `on_failure` reports it
+        self._tell_supervisor(AccountCrashed(self.phone, self.actor_urn, self._crash, releasing=True))
+        ref = self.actor_ref
+        self._give_up = self.deps.deadlines.call_later(self.RELEASE_WAIT,
+                                                       lambda: tell_if_alive(ref, _GiveUp()))
+        return True
 
     def on_failure(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                    tb: TracebackType | None) -> None:
-        name = exc_type.__name__ if exc_type else "unknown"
-        self.log.error("account.crashed", error=name)
-        interrupted, self._handling = self._handling, None
-        try:
-            self._release_inline(interrupted)  # postroom's own code failed: what the account held goes back
-        except Exception as error:  # noqa: BLE001 - the report below must go out; acquiring settles the rest
-            self.log.error("account.release_failed", error=type(error).__name__)
-        finally:
-            tell_if_alive(self.deps.supervisor, AccountCrashed(self.phone, self.actor_urn, name))
+        self._cancel_timers()
+        if self._give_up is not None:  # its crash was reported as releasing: it failed again since
+            self._tell_supervisor(AccountReleased(self.phone, self.actor_urn))
+            return
+        name = self._crash or (exc_type.__name__ if exc_type else "unknown")
+        self._tell_supervisor(AccountCrashed(self.phone, self.actor_urn, name))
 
     # -- events -------------------------------------------------------------------------------
 
     def receive(self, message: Any, reply: Reply | None) -> None:
+        if self._crash is not None:
+            self._carry_out(self._while_crashed(message))
+            return
         self._handling = message
         fault_point(_step(message))
         commands = self._event(message)
@@ -232,9 +275,7 @@ class AccountActor(TurnActor):
                 case ReportSuspectSettled():
                     self._tell_supervisor(SuspectSettled(self.phone, self.actor_urn))
                 case ReportReleased():
-                    self._cancel_timer()
-                    self._tell_supervisor(AccountReleased(self.phone, self.actor_urn))
-                    self.stop()
+                    self._stop_released()
 
     def _write(self, write: WriteAndClaim) -> None:
         fault_point("account.claiming" if write.claim is not None else "account.recording")
@@ -288,11 +329,10 @@ class AccountActor(TurnActor):
     def _at(self) -> At:
         return At(self.deps.clock.now(), self.deps.clock.monotonic())
 
-    # -- releasing inline (a stop, a crash) --------------------------------------------------------
+    # -- releasing after a crash, or a stop by pykka alone --------------------------------------
 
-    def _release_inline(self, interrupted: Any) -> None:
-        """Release now, in this turn: feed the machine the mail that ends what it holds (the
-        writer's answers, the end of the send) until it is released, at most `STOP_WAIT`.
+    def _begin_release(self, interrupted: Any) -> None:
+        """Release now, as far as this turn can: what comes after is mail (`_while_crashed`).
 
         After a crash, `interrupted` is the mail the failed turn had not yet fed to the machine
         (the answer to its claim, the end of its send): it is fed now, once, so that what it
@@ -304,25 +344,15 @@ class AccountActor(TurnActor):
             return
         at = self._at()
         commands = self.machine.release(at)  # first: what is fed below claims nothing more
-        if interrupted is not None:
+        if isinstance(interrupted, _NEWS):
             commands += self._replay(interrupted)
         if self.machine.awaits_write and not self._write_out:
             commands += self.machine.write_not_sent(at)
         if self._ticket is not None:
             self._ticket.call_off()
-        self._carry_out_inline(commands)
-        deadline = self.deps.deadlines.monotonic() + self.STOP_WAIT
-        while not self.machine.released and self.deps.persistence.is_alive():
-            left = deadline - self.deps.deadlines.monotonic()
-            mail = self.wait_for_mail(left) if left > 0 else None
-            if mail is None:
-                self.log.warning("account.release_incomplete", held=self.machine.held)
-                return  # left PROCESSING: acquiring (a restart, the next boot) settles it
-            self._carry_out_inline(self._event_during_release(mail))
+        self._carry_out(commands)
 
     def _replay(self, interrupted: Any) -> list[Command]:
-        if isinstance(interrupted, Release | Arrived | PauseLifted | ReadPauseAgain | _TimerFired):
-            return []  # no news about what the account holds
         try:
             return self._event(interrupted)
         except Exception as error:  # noqa: BLE001 - the machine itself failed on it: acquiring settles it
@@ -330,15 +360,35 @@ class AccountActor(TurnActor):
                            error=type(error).__name__)
             return []
 
-    def _event_during_release(self, message: Any) -> list[Command]:
-        if isinstance(message, Release | Arrived | PauseLifted | ReadPauseAgain | _TimerFired):
-            return []  # released: no new work, no timers
-        return self._event(message)
+    def _while_crashed(self, message: Any) -> list[Command]:
+        """Crashed: only what ends what it held is taken in; no new work, no timers."""
+        if isinstance(message, _GiveUp):
+            self.log.warning("account.release_incomplete", held=self.machine.held)
+            self.stop()  # left PROCESSING: acquiring (the restart, the next boot) settles it
+            return []
+        return self._event(message) if isinstance(message, _NEWS) else []
 
-    def _carry_out_inline(self, commands: list[Command]) -> None:
-        """Carry out what releasing needs; no reports to the supervisor, which stops us anyway."""
-        self._carry_out([c for c in commands if not isinstance(c, ReportReleased | ArmTimer | ReportIdle)])
+    def _give_back_now(self) -> None:
+        """Stopped by pykka without `Release`: hand out what can be (a send not begun is called
+        off, an outcome still to write goes to the writer); the rest waits for acquiring."""
+        try:
+            self._begin_release(None)
+        except Exception as error:  # noqa: BLE001 - stopping all the same; acquiring settles the rest
+            self.log.error("account.release_failed", error=type(error).__name__)
+        if not self.machine.released:
+            self.log.warning("account.release_incomplete", held=self.machine.held)
 
+    def _stop_released(self) -> None:
+        """Released: stop once this message is handled; `on_stop` reports it."""
+        self._cancel_timers()
+        if not self.actor_stopped.is_set():
+            self.stop()
+
+    def _cancel_timers(self) -> None:
+        """The machine's timer, and a crashed account's wait to give up."""
+        self._cancel_timer()
+        if self._give_up is not None:
+            self._give_up.cancel()
 
 
 def _step(mail: Any) -> str:

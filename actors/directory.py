@@ -59,6 +59,13 @@ class AccountDirectory:
             entry = self._entries.pop(phone, None)
             return None if entry is None else entry.ref
 
+    def remove_if(self, phone: str, urn: str) -> None:
+        """Remove the account of `phone` if it is incarnation `urn` (released, or crashed)."""
+        with self._lock:
+            entry = self._entries.get(phone)
+            if entry is not None and entry.ref.actor_urn == urn:
+                del self._entries[phone]
+
     def deliver_to(self, phone: str) -> pykka.ActorRef[Any] | None:
         """The account to hand new rows of `phone` to, the delivery counted; None if none runs."""
         with self._lock:

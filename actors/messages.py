@@ -8,7 +8,9 @@ Internal messages follow, grouped by who sends them to whom. Every one is a `tel
 except the writer's requests, which are asked: by an account with `ask_actor` (the
 answer comes back as `Answer` mail; nobody blocks), by the supervisor with the user's
 reply, which the writer answers itself once the commit is done. An exception in a
-handler of a told message stops that actor; the supervisor hears of it (`AccountCrashed`).
+handler of a told message is a failure of that actor; the supervisor hears of it
+(`AccountCrashed`). Releasing an account is an exchange of messages that ends with
+`AccountReleased`, whoever began it (`Release`, a crash): nobody waits inside a turn.
 """
 
 from __future__ import annotations
@@ -406,7 +408,7 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class AccountCrashed:
-    """An account actor failed (sent from its `on_failure`, after giving back what it held)."""
+    """An account actor failed: it takes no more work (sent as it fails)."""
 
     phone: str
     """The account."""
@@ -414,6 +416,10 @@ class AccountCrashed:
     """Which incarnation (a report about an older one is ignored)."""
     error: str
     """The exception's type name."""
+    releasing: bool = False
+    """It still holds what it gives back by mail (the end of its send, the writer's answer):
+    `AccountReleased` follows, and the account must not start again before. False: it held
+    nothing and is gone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,7 +458,8 @@ class SuspectSettled:
 
 @dataclass(frozen=True, slots=True)
 class AccountReleased:
-    """An account released what it held after `Release` (and stops)."""
+    """An account released what it held after `Release` or a crash, and stopped (what it could
+    not give back within its wait is left for acquiring to settle)."""
 
     phone: str
     """The account."""

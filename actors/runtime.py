@@ -35,8 +35,10 @@ Replies
 Failure
     An exception raised by `receive` goes back to an asking caller (the actor goes
     on); after a `tell` it is a failure of the actor: pykka logs it, the actor stops
-    and `on_failure` runs. A `BaseException` (SystemExit, KeyboardInterrupt) stops
-    every actor, as pykka's own loop does.
+    and `on_failure` runs, unless the actor outlives it (`outlive`: an account gives
+    back what it held by mail before it stops, and a turn never waits for mail). A
+    `BaseException` (SystemExit, KeyboardInterrupt) stops every actor, as pykka's own
+    loop does.
 
 Stop
     `ref.stop()` queues pykka's stop message behind the mail already there; when it
@@ -58,6 +60,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import contextlib
+import logging
 import queue
 import sys
 import threading
@@ -273,8 +276,7 @@ def tell_if_alive(ref: pykka.ActorRef[Any], message: Any) -> None:
     during a stop, and the database holds the work for the next start.
 
     A `TurnActor` that is stopping still gets the mail until its stop is over: its `on_stop`
-    (or `on_failure`) may be waiting for it (`wait_for_mail`), where pykka's `tell` would
-    already refuse it.
+    may be waiting for it (`wait_for_mail`), where pykka's `tell` would already refuse it.
     """
     inbox = ref.actor_inbox
     if isinstance(inbox, _TurnInbox):
@@ -320,6 +322,9 @@ def _reply_of(envelope: Envelope[Any]) -> Reply | None:
     """Every future this runtime puts on an envelope answers as a `Reply` does."""
     return cast(Reply | None, envelope.reply_to)
 
+
+#: pykka's logger: a failure an actor outlives is logged as pykka logs the others.
+_PYKKA_LOG = logging.getLogger("pykka")
 
 _PYKKAS_OWN = frozenset({pykka_messages._ActorStop, pykka_messages.ProxyCall,
                          pykka_messages.ProxyGetAttr, pykka_messages.ProxySetAttr})
@@ -452,6 +457,14 @@ class TurnActor(pykka.Actor):
         """In the sender's thread, before `message` is queued: True if it was dealt with here."""
         return False
 
+    def outlive(self, error: Exception) -> bool:
+        """A told message's handler raised `error`: True if the actor goes on taking its mail
+        (pykka's log of the failure is written all the same), False for pykka's failure (the
+        actor stops and `on_failure` runs). An actor outlives a failure to finish by mail what
+        it had under way, since waiting for that mail in `on_failure` would hold a thread of the
+        pool that the mail may need."""
+        return False
+
     def end_turn(self) -> None:
         """Give the thread to the next actor once the current message is handled."""
         self._turn_over = True
@@ -469,9 +482,10 @@ class TurnActor(pykka.Actor):
         self._pool.run(job, urgent=urgent)
 
     def wait_for_mail(self, timeout: float) -> Any | None:
-        """The next message, waiting at most `timeout` seconds: for an actor that must finish
-        inline (in `on_stop` or `on_failure`) what its later mail would have finished. Its
-        reply, if any, is refused: nobody is answered from here."""
+        """The next message, waiting at most `timeout` seconds, in `on_stop` (the supervisor's,
+        for the accounts' last reports), holding a thread of the pool meanwhile: never for mail
+        that needs that thread, and bounded. Its reply, if any, is refused: nobody is answered
+        from here."""
         envelope = self.actor_inbox.wait_pop(timeout)
         if envelope is None:
             return None
@@ -539,10 +553,10 @@ class TurnActor(pykka.Actor):
                     reply.set(value)
             else:
                 self.receive(envelope.message, _reply_of(envelope))
-        except Exception:  # noqa: BLE001 - to the asker, or a failure of the actor
+        except Exception as error:  # noqa: BLE001 - to the asker, or a failure of the actor
             if reply is not None:
                 reply.set_exception()
-            else:
+            elif not self._outlives(error):
                 self._handle_failure(*sys.exc_info())
                 try:
                     self.on_failure(*sys.exc_info())
@@ -552,3 +566,14 @@ class TurnActor(pykka.Actor):
             self._stop()
             # Not block=True: the other actors need this pool's threads to stop.
             ActorRegistry.stop_all(block=False)
+
+    def _outlives(self, error: Exception) -> bool:
+        """Whether the actor outlives `error` (`outlive`); if it does, pykka's log of it."""
+        try:
+            outlived = self.outlive(error)
+        except Exception:  # noqa: BLE001 - a failure deciding it is a failure: pykka's, below
+            _PYKKA_LOG.exception("%s could not outlive a failure:", self)
+            return False
+        if outlived:
+            _PYKKA_LOG.error("Unhandled exception in %s:", self, exc_info=error)
+        return outlived

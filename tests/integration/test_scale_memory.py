@@ -58,8 +58,7 @@ def test_accounts_that_idle_out_leave_nothing_behind(sqlite_url: str) -> None:
             break
     assert ref.ask(GetHealth()).accounts_running == 0
     proxy = ref.proxy()
-    eventually(lambda: len(proxy.directory.get()) == 0 and not proxy.sleepers.get()
-               and not proxy.restarts.get())
+    eventually(lambda: len(proxy.directory.get()) == 0 and proxy.keeper.get().kept == 0)
     eventually(lambda: not pykka.ActorRegistry.get_by_class(AccountActor))  # stops are asynchronous
     gc.collect()
     assert not [o for o in gc.get_objects()

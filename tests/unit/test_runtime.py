@@ -188,6 +188,46 @@ def test_on_failure_failing_stops_the_actor(pool: TurnPool, events: Events) -> N
     eventually(lambda: not failing.is_alive())
 
 
+class Outliving(AnActor):
+    """Outlives its first failure, not a second one."""
+
+    def __init__(self, pool: TurnPool, events: Events) -> None:
+        super().__init__(pool, events)
+        self.outlived: list[Exception] = []
+
+    def outlive(self, error: Exception) -> bool:
+        self.outlived.append(error)
+        return len(self.outlived) == 1
+
+
+def test_an_actor_that_outlives_a_failure_goes_on(pool: TurnPool, events: Events,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """An actor that outlives a failure after a tell keeps its mail and its registration, and
+    pykka's log of the failure is written all the same; a failure it does not outlive is
+    pykka's (on_failure, stopped)."""
+    ref = Outliving.start(pool, events)
+    ref.tell({"command": "raise exception"})
+    assert ref.ask("still here", timeout=5) == ("echo", "still here")
+    assert not events.on_failure.is_set() and ActorRegistry.get_by_urn(ref.actor_urn) is not None
+    assert any(r.name == "pykka" and r.levelname == "ERROR" and r.exc_info for r in caplog.records)
+    ref.tell({"command": "raise exception"})
+    assert events.on_failure.wait(5)
+    eventually(lambda: not ref.is_alive())
+
+
+def test_a_failure_deciding_to_outlive_is_the_actors_failure(pool: TurnPool, events: Events) -> None:
+    """If `outlive` itself raises, the actor fails as pykka's actors do."""
+
+    class Broken(AnActor):
+        def outlive(self, error: Exception) -> bool:
+            raise RuntimeError("outlive fails")
+
+    broken = Broken.start(pool, events)
+    broken.tell({"command": "raise exception"})
+    assert events.on_failure.wait(5)
+    eventually(lambda: not broken.is_alive())
+
+
 def test_a_base_exception_stops_every_actor(ref: pykka.ActorRef[AnActor], pool: TurnPool) -> None:
     """SystemExit or KeyboardInterrupt in a handler stops every actor, as in pykka."""
     other = AnActor.start(pool, Events())
