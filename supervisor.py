@@ -612,7 +612,8 @@ class Supervisor(TurnActor):
             case GetHealth():
                 _answer(reply, self._health())
             case ResumeAccount(phone):
-                _answer(reply, self._resume(phone))
+                # The writer lifts the pause; its answer comes back as mail (no wait in this turn).
+                self.ask_actor(self.persistence, LiftPause(phone), _Resuming(phone, reply))
             case _:
                 self._internal(message)
 
@@ -656,6 +657,8 @@ class Supervisor(TurnActor):
                 self._check_loop()
             case OpenCounted(count, number):
                 self._open_counted(count, number)
+            case Answer(token=_Resuming()):
+                self._pause_lifted_here(message)
             case Answer(token=_DrainBarrier()):
                 self._barrier_passed(message)
             case _:
@@ -757,8 +760,16 @@ class Supervisor(TurnActor):
         self.directory.add(phone, ref)
         return ref
 
-    def _resume(self, phone: str) -> bool:
-        lifted: bool = self.persistence.ask(LiftPause(phone), block=True)
+    def _pause_lifted_here(self, answer: Answer) -> None:
+        """`ResumeAccount`'s pause is lifted (or the writer failed): the rest, then the answer."""
+        resuming: _Resuming = answer.token
+        if answer.error is not None:
+            if resuming.reply is not None:
+                resuming.reply.fail(answer.error)
+            return
+        _answer(resuming.reply, self._resume(resuming.phone, bool(answer.value)))
+
+    def _resume(self, phone: str, lifted: bool) -> bool:
         if lifted:
             self._pauses.lifted_here(phone)
             log.info("account.unpaused", account=mask_phone(phone))
@@ -966,6 +977,14 @@ class Supervisor(TurnActor):
             delay = DRAIN_POLL if deadline is None else min(
                 DRAIN_POLL, max(0.0, deadline - self.deadlines.monotonic()))
             self._arm("drain", delay, DrainCheckDue(), clock=self.deadlines)
+
+
+@dataclass(frozen=True, slots=True)
+class _Resuming:
+    """The token of `ResumeAccount`'s pause lift: whose, and whom to answer."""
+
+    phone: str
+    reply: Reply | None
 
 
 @dataclass(frozen=True, slots=True)

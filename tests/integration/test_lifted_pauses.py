@@ -109,3 +109,23 @@ def test_a_pause_lifted_by_another_process_is_noticed(sqlite_url: str, idle_time
     _lift_elsewhere(sqlite_url, "+15550001")
     _advance_until(clock, 5, lambda: ref.ask(GetMessage(stuck)).status is Status.COMPLETED)
     assert sender.ids() == [stuck, stuck]
+
+
+def test_resume_account_waits_in_no_turn_of_the_supervisor(sqlite_url: str) -> None:
+    """While the writer cannot lift a pause (another process holds the SQLite write lock), the
+    supervisor goes on answering other commands; ResumeAccount answers once the lock is gone."""
+    import sqlite3
+
+    from storage.database import sqlite_path
+
+    ref = start(sqlite_url, RecordingSender())
+    holder = sqlite3.connect(sqlite_path(sqlite_url).absolute(), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        resumed = ref.ask(ResumeAccount("+15550001"), block=False)
+        assert isinstance(ref.ask(GetHealth(), timeout=2), Health)  # not stuck behind the resume
+        holder.execute("ROLLBACK")
+        assert resumed.get(timeout=10) is False  # there was no pause to lift
+    finally:
+        holder.close()
+        ref.stop()
