@@ -512,11 +512,16 @@ class Storage:
 
         A connection only in error (a statement cancelled by a timeout, in a transaction
         that rolls back next) stays: the server did answer."""
-        if self._dialect.is_sqlite or self.db.is_closed() or not _is_broken(self.db.connection()):
+        if self._dialect.is_sqlite or self.db.is_closed():
+            return False
+        connection = self.db.connection()
+        if not _is_broken(connection):
             return False
         try:
             self.db.close()
         except _DRIVER_ERRORS:
+            with contextlib.suppress(Exception):  # closed for the driver too: none is left to the GC
+                connection.close()
             self.db.dispose()  # forget it: the socket is gone already
         return True
 

@@ -60,9 +60,13 @@ def test_accounts_that_idle_out_leave_nothing_behind(sqlite_url: str) -> None:
     proxy = ref.proxy()
     eventually(lambda: len(proxy.directory.get()) == 0 and proxy.keeper.get().kept == 0)
     eventually(lambda: not pykka.ActorRegistry.get_by_class(AccountActor))  # stops are asynchronous
-    gc.collect()
-    assert not [o for o in gc.get_objects()
+
+    def left_in_memory() -> list[AccountActor]:
+        gc.collect()  # a turn queued for a stopped actor may hold it a moment longer (a loaded machine)
+        return [o for o in gc.get_objects()
                 if isinstance(o, AccountActor) and o.deps.supervisor.actor_urn == ref.actor_urn]
+
+    eventually(lambda: not left_in_memory(), timeout=10, interval=0.2)
 
 
 def test_supervisors_started_and_stopped_leave_no_thread_behind(sqlite_url: str) -> None:
