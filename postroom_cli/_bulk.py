@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
+from postroom_cli._args import utcnow
 from postroom_common import Change, InvalidTransition, Message
 from storage import Storage
 
@@ -42,7 +43,7 @@ def change_all(storage: Storage, select: Select, change: Callable[[int, datetime
     while True:
         with storage.write_transaction():
             ids = select(after, CHUNK)
-            now = datetime.now(UTC)
+            now = utcnow()
             changed = _each(ids, now, change, bulk.refused)
             storage.announce(announce(changed), now)
         bulk.changed += len(changed)

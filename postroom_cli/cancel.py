@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.markup import escape
@@ -23,6 +22,7 @@ from postroom_cli._args import (
     report,
     resolve_account,
     show_phone,
+    utcnow,
     writable_storage,
 )
 from postroom_cli._bulk import change_all, count_all
@@ -86,7 +86,7 @@ def _one(storage: Storage, args: argparse.Namespace, console: Console) -> int:
 
 def _cancel(storage: Storage, message_id: int) -> tuple[Message, bool]:
     """The message as it is once the transaction ends, and whether it was cancelled by it."""
-    now = datetime.now(UTC)
+    now = utcnow()
     with storage.write_transaction():
         try:
             message = storage.cancel(message_id, now)

@@ -10,7 +10,7 @@ is taken and no database created. `--dry-run` counts and writes nothing.
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from rich.console import Console
 
@@ -20,6 +20,7 @@ from postroom_cli._args import (
     add_output_options,
     parse_duration,
     report,
+    utcnow,
     writable_storage,
 )
 from postroom_common.checks import earlier
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     """Delete (or count); 0 when done."""
     older_than = (SupervisorSettings().retention if args.older_than is None
                   else parse_duration(args.older_than))
-    cutoff = earlier(datetime.now(UTC), older_than)
+    cutoff = earlier(utcnow(), older_than)
     with writable_storage(args) as storage:
         count = storage.count_finished_before(cutoff) if args.dry_run else delete_finished(storage, cutoff)
     verb = "Would delete" if args.dry_run else "Deleted"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 
 from rich.console import Console
 from rich.markup import escape
@@ -24,6 +24,7 @@ from postroom_cli._args import (
     report,
     resolve_account,
     show_phone,
+    utcnow,
 )
 from postroom_common import Priority, ValidationError
 from postroom_common.checks import later
@@ -57,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     """Enqueue; 0 once the message is committed, its id printed."""
-    now = datetime.now(UTC)
+    now = utcnow()
     scheduled_at = None if args.at is None else _instant(args.at, now)
     with Producer(database_url(args)) as producer:
         phone = _sending_account(producer.storage, args.account)

@@ -10,7 +10,7 @@ database created.
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from rich.console import Console
 from rich.markup import escape
@@ -22,6 +22,7 @@ from postroom_cli._args import (
     report,
     resolve_account,
     show_phone,
+    utcnow,
     writable_storage,
 )
 from postroom_common import AccountPause, Change, ChangeKind, ValidationError, pause_end_text
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     duration = None if args.duration is None else _positive(parse_duration(args.duration))
     with writable_storage(args) as storage:
         phone = resolve_account(storage, args.account)
-        pause, replaced = pause_account(storage, phone, duration, datetime.now(UTC))
+        pause, replaced = pause_account(storage, phone, duration, utcnow())
     account = show_phone(args.unmasked)(phone)
     until = pause_end_text(pause.until)
     text = f"Paused {escape(account)} " + ("until lifted (postroom resume)" if pause.until is None

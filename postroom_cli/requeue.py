@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.markup import escape
@@ -22,6 +21,7 @@ from postroom_cli._args import (
     report,
     resolve_account,
     show_phone,
+    utcnow,
     writable_storage,
 )
 from postroom_cli._bulk import Select, change_all, count_all
@@ -84,7 +84,7 @@ def _one(storage: Storage, args: argparse.Namespace, console: Console) -> int:
 
 
 def _requeue(storage: Storage, message_id: int) -> Message:
-    now = datetime.now(UTC)
+    now = utcnow()
     with storage.write_transaction():
         message = storage.requeue(message_id, now)
         storage.announce(_announced([message]), now)

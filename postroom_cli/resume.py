@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 
 from rich.console import Console
 from rich.markup import escape
@@ -24,6 +24,7 @@ from postroom_cli._args import (
     report,
     resolve_account,
     show_phone,
+    utcnow,
     writable_storage,
 )
 from postroom_common import AccountPause, Change, ChangeKind, ValidationError, pause_end_text
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     phone = _checked_phone(args.account)
     with writable_storage(args) as storage:
         phone = resolve_account(storage, phone)
-        lifted = lift_pause(storage, phone, datetime.now(UTC))
+        lifted = lift_pause(storage, phone, utcnow())
     account = escape(show_phone(args.unmasked)(phone))
     data = {"account": show_phone(args.unmasked)(phone), "lifted": lifted is not None,
             "was_until": None if lifted is None else pause_end_text(lifted.until),
