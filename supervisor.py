@@ -53,6 +53,7 @@ from actors import (
     Arrived,
     BackoffPolicy,
     Broadcast,
+    BucketsTaken,
     Cancelled,
     CancelMessage,
     CancelRow,
@@ -86,6 +87,7 @@ from actors import (
     RateLimited,
     ReadPauseAgain,
     Release,
+    ReleaseBuckets,
     RequeueMessage,
     RequeueRow,
     ResumeAccount,
@@ -98,6 +100,7 @@ from actors import (
     StartAccountsFor,
     SuspectSettled,
     SystemClock,
+    TakeBuckets,
     TransientError,
     TrimChanges,
     WriteBarrier,
@@ -117,7 +120,9 @@ from actors.aio import (
 )
 from actors.directory import AccountDirectory
 from actors.feed import FeedState
+from actors.holdings import Holdings
 from actors.keeper import AccountKeeper, Place
+from actors.lease import ClockSkew, LeaseKeeper, NodeSettings
 from actors.memory import IdleTrim, release_free_memory
 from actors.pacing import Pacing
 from actors.persistence import log_unanswered
@@ -144,9 +149,18 @@ from postroom_common import (
     SupervisorStopped,
     ValidationError,
 )
+from postroom_common.buckets import BUCKETS, bucket_of
 from postroom_common.checks import check_count, check_seconds, check_timedelta, earlier
 from postroom_common.logs import get_logger
-from storage import OwnerLock, PostgresSettings, SqliteSettings, Storage, holder_name, open_database
+from storage import (
+    OwnerLock,
+    PostgresSettings,
+    SqliteSettings,
+    Storage,
+    holder_name,
+    is_postgres,
+    open_database,
+)
 from storage.listen import ChangeListener
 
 __all__ = [
@@ -160,6 +174,7 @@ __all__ = [
     "Broadcast",
     "CancelMessage",
     "CleanupNow",
+    "ClockSkew",
     "DatabaseLocked",
     "DatabaseNotFound",
     "Delivery",
@@ -177,6 +192,7 @@ __all__ = [
     "ListMessages",
     "Message",
     "MessageNotFound",
+    "NodeSettings",
     "OwnershipLost",
     "Pacing",
     "PermanentError",
@@ -282,6 +298,10 @@ class SupervisorSettings:
     """At most this many seconds the writer gathers more writes before a commit when they
     arrive back to back, while they keep arriving (group commit under load: fewer fsyncs per
     message); 0: commit at once, always."""
+    nodes: NodeSettings | None = None
+    """PostgreSQL: run as one node of several on the database, sending for the accounts of the
+    buckets it holds by lease (README, "Several nodes"); None: the one owner of its database,
+    which a second supervisor cannot start beside (SQLite: always one per file)."""
     pacing: Pacing = field(default_factory=Pacing)
     """Rate and per-recipient interval of every account (a guard; retry_after always wins)."""
     pacing_by_account: Mapping[str, Pacing] = field(default_factory=dict)
@@ -362,7 +382,7 @@ class Supervisor(TurnActor):
         self.health = HealthState()
         self.directory = AccountDirectory()  # the running accounts, as the writer routes to them
         self.keeper = AccountKeeper(self.settings.max_restarts, self.settings.restart_period,
-                                    self.settings.suspect_timeout)
+                                    self.settings.suspect_timeout, every_bucket=self.settings.nodes is None)
         self._timers: dict[str, Any] = {}  # name -> the armed handle (cleanup, sleepers, ...)
         self._suspects: list[tuple[int, str]] = []  # (id, phone), each sent alone at boot
         self._pauses = PauseWatch()
@@ -377,10 +397,15 @@ class Supervisor(TurnActor):
         self.closed = threading.Event()  # set once `on_stop` is over (the database released)
         self._trim = IdleTrim(TRIM_AFTER_IDLE, TRIM_INTERVAL)
         self._listener: ChangeListener | None = None  # PostgreSQL: wakes it at others' commits
+        self.holdings = Holdings()  # the buckets of accounts this node sends for
+        self.lease: LeaseKeeper | None = None  # a node of several: its lease on the database
+        self._taking = False  # a TakeBuckets is under way
         self._open_storage(database)
         try:
             self._boot_work = self._acquire_every_account()
         except BaseException:
+            if self.lease is not None:
+                self.lease.stop(leave=True)  # joined: its row would hold buckets placed on it
             self._close_storage()
             raise
         _RUNNING.add(self.actor_ref)
@@ -390,7 +415,11 @@ class Supervisor(TurnActor):
 
     def _open_storage(self, database: str | Any) -> None:
         db = open_database(database, self.settings.sqlite, postgres=self.settings.postgres)
-        self.lock = OwnerLock(db)
+        nodes = self.settings.nodes
+        if nodes is not None and not is_postgres(db):
+            raise ValidationError("SupervisorSettings.nodes needs PostgreSQL: a SQLite file has one "
+                                  "node, its owner (leave nodes unset)")
+        self.lock = OwnerLock(db, shared=nodes is not None)
         self.lock.acquire()
         try:
             self.storage = Storage(db, owner=self.lock)  # checks after each commit the file is still ours
@@ -398,16 +427,26 @@ class Supervisor(TurnActor):
             if self._demo_check is not None:
                 self._demo_check(self.storage)
             self.storage.create_schema(keep_demo_mark=self._demo_check is not None)
-            # Fences every write from here on: a former owner that lost its lock without
-            # noticing (a killed lock connection) writes nothing once this has committed.
-            self.storage.take_ownership(holder_name(), self.clock.now())
+            # The one node of the database: it takes every bucket at a new epoch (at boot,
+            # `_acquire_every_account`), which fences a former owner that lost its lock without
+            # noticing (a killed lock connection): none of its claims commits after that.
+            if nodes is None:
+                self.storage.take_ownership(holder_name(), self.clock.now())
+                self.holdings.node = self.storage.join(holder_name(), lease=None)
+            else:
+                ref = self.actor_ref
+                self.lease = LeaseKeeper(
+                    self.storage, self.holdings, nodes, holder_name(),
+                    on_moves=lambda take, give: tell_if_alive(ref, _BucketsToMove(take, give)),
+                    on_lost=lambda buckets: tell_if_alive(ref, _LeaseLost(buckets)))
+                self.lease.join()
         except BaseException:
             self.storage.close()
             self.lock.release()
             raise
         self.persistence = PersistenceActor.start(
             self._pool, self.storage, self.clock, self.health, self.directory, self.actor_ref,
-            commit_delay=self.settings.commit_delay)
+            commit_delay=self.settings.commit_delay, holdings=self.holdings)
 
     def _acquire_every_account(self) -> list[tuple[str, datetime]]:
         """Boot is acquiring every account: settle what an earlier owner left in flight (by the
@@ -416,8 +455,17 @@ class Supervisor(TurnActor):
         Runs in the caller of `start()`, so a database that cannot be read or written raises
         there instead of leaving a dead supervisor behind.
         """
+        if self.lease is not None:  # a node of several: its buckets come with its lease
+            self._feed = FeedState(self.storage.feed_cursor(self.deadlines.monotonic()))
+            self.storage.close()
+            log.info("supervisor.recovered", node=self.holdings.node, accounts=0,
+                     left="the buckets this node wins bring their accounts")
+            return []
         again = self.storage.interrupted_again()  # before the settlement counts this crash
-        settled: list[Message] = self.persistence.ask(SettleInFlight(self.settings.delivery), block=True)
+        assert self.holdings.node is not None
+        taken: BucketsTaken = self.persistence.ask(
+            TakeBuckets(self.holdings.node, range(BUCKETS), self.settings.delivery, force=True), block=True)
+        settled = taken.settled
         crash_point("boot.recovered")
         retried = {m.id for m in settled if m.status is Status.RETRYING}
         suspects = [(i, phone) for i, phone in again if i in retried]
@@ -447,6 +495,9 @@ class Supervisor(TurnActor):
         self._check_pauses()  # at once: a disabled account is reported from the start
         self._listen_for_changes()
         self._arm_feed()
+        if self.lease is not None:
+            self.lease.start()
+            self.lease.poke()  # place at once: the free buckets are taken now, not in a lease's fifth
 
     # -- suspects --------------------------------------------------------------------------
     # A crash charges an attempt to every message in flight. A poison message (its send kills
@@ -493,6 +544,8 @@ class Supervisor(TurnActor):
         cut_at = self.deadlines.monotonic() + STOP_GRACE
         self.storage.cut_calls_at(cut_at)  # what is not answered by then waits for the next start
         self._stop_writer(cut_at)
+        if self.lease is not None:  # its accounts released and recorded: its buckets go at once
+            self.lease.stop(leave=True)
         self._pool.shutdown()
         # Connections are closed once no other thread can be using one (reads run on the pool).
         if self._pool.join(timeout=self._time_left(cut_at)):
@@ -651,6 +704,8 @@ class Supervisor(TurnActor):
                 self._count_open()
             case ChangesDue():
                 self._read_feed()
+                if self.lease is not None:
+                    self.lease.poke()  # a bucket let go elsewhere is taken at once
             case FeedRead():
                 self._feed_read(message)
             case _LoopCheckDue():
@@ -661,6 +716,16 @@ class Supervisor(TurnActor):
                 self._pause_lifted_here(message)
             case Answer(token=_DrainBarrier()):
                 self._barrier_passed(message)
+            case _BucketsToMove(take, give):
+                self._move_buckets(take, give)
+            case Answer(token=_Taking()):
+                self._buckets_taken(message)
+            case _BucketWork(work):
+                self._keep(self.keeper.work_found(work, self.clock.now()))
+            case Answer(token=_HandingBack(buckets)):
+                self._handed_back(buckets, message)
+            case _LeaseLost(buckets):
+                self._keep(self.keeper.buckets_lost(buckets))
             case _:
                 raise ValidationError(f"unknown command {type(message).__name__}")
 
@@ -691,7 +756,8 @@ class Supervisor(TurnActor):
                       accounts_running=len(self.directory),
                       parked_accounts=tuple(sorted(mask_phone(p) for p in self.keeper.parked)),
                       slow_sends=tuple(mask_phone(p) for p in slow), disabled_accounts=disabled,
-                      abandoned_sends=abandoned)
+                      abandoned_sends=abandoned, node=self.holdings.node,
+                      buckets_held=None if self.lease is None else len(self.holdings.held()))
 
     def _abandoned(self) -> AbandonedSends:
         left = self.send_pool.abandoned()
@@ -735,6 +801,10 @@ class Supervisor(TurnActor):
                     self._arm("suspect", seconds, SuspectSettled(phone, urn))
                 case keeper.ReadWork():  # enqueued meanwhile: in the database, read who has work now
                     self.run_job(self._read_boot_work)
+                case keeper.HandBack(buckets):
+                    assert self.holdings.node is not None
+                    self.ask_actor(self.persistence, ReleaseBuckets(self.holdings.node, sorted(buckets)),
+                                   _HandingBack(buckets))
                 case keeper.Log(level, event, fields):
                     getattr(log, level)(event, **fields)
 
@@ -785,6 +855,53 @@ class Supervisor(TurnActor):
 
     def _unpark(self, phone: str) -> None:
         self._keep(self.keeper.resume(phone))  # it reads its pause, if one was set meanwhile
+
+    # -- buckets (a node of several) ------------------------------------------------------
+
+    def _move_buckets(self, take: list[int], give: list[int]) -> None:
+        """What the lease keeper placed: hand over `give` (their accounts release first), take
+        `take` (one take at a time: the next renewal asks again for what is left)."""
+        if self.keeper.phase is keeper.Phase.STOPPING:
+            return
+        if give:
+            self._keep(self.keeper.hand_over(give))
+        if take and not self._taking and self.holdings.node is not None:
+            self._taking = True
+            self.ask_actor(self.persistence, TakeBuckets(self.holdings.node, take, self.settings.delivery),
+                           _Taking())
+
+    def _buckets_taken(self, answer: Answer) -> None:
+        """Taken (the writer holds them from its commit): the keeper first, so that a row routed
+        from here on starts its account, then the accounts with work, read after the take."""
+        self._taking = False
+        if answer.error is not None:
+            log.warning("buckets.take_failed", error=str(answer.error))
+            return
+        taken: BucketsTaken = answer.value
+        if not taken.epochs:
+            return
+        buckets = set(taken.epochs)
+        log.info("buckets.taken", buckets=sorted(buckets), settled=len(taken.settled))
+        self._keep(self.keeper.buckets_won(buckets, [], self.clock.now()))
+        ref, storage = self.actor_ref, self.storage
+
+        def read() -> None:
+            try:
+                work = [(phone, due) for phone, due in storage.open_work() if bucket_of(phone) in buckets]
+            except StorageError as error:
+                log.error("buckets.read_failed", error=str(error),
+                          left="their accounts start as their rows are routed or their pauses read")
+                return
+            tell_if_alive(ref, _BucketWork(work))
+
+        self.run_job(read)
+
+    def _handed_back(self, buckets: frozenset[int], answer: Answer) -> None:
+        if answer.error is not None:
+            log.warning("buckets.hand_back_failed", buckets=sorted(buckets), error=str(answer.error),
+                        left="they go when this node's lease expires or it stops")
+        else:
+            log.info("buckets.handed_over", buckets=sorted(buckets))
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -992,6 +1109,40 @@ class _DrainBarrier:
     """The token of a drain's write barrier: which drain (its key in `DrainWaiters`)."""
 
     key: int
+
+
+@dataclass(frozen=True, slots=True)
+class _BucketsToMove:
+    """The lease keeper placed the buckets: take these, hand those over."""
+
+    take: list[int]
+    give: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class _LeaseLost:
+    """The node's lease was lost: these buckets are no longer held."""
+
+    buckets: set[int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Taking:
+    """The token of a `TakeBuckets`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _BucketWork:
+    """The accounts with work of buckets just taken, read after the take."""
+
+    work: list[tuple[str, datetime]]
+
+
+@dataclass(frozen=True, slots=True)
+class _HandingBack:
+    """The token of a `ReleaseBuckets`: which buckets."""
+
+    buckets: frozenset[int]
 
 
 @dataclass(frozen=True, slots=True)

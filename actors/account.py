@@ -248,6 +248,8 @@ class AccountActor(TurnActor):
         recorded: Recorded = answer.value
         if recorded.claimed is None:
             self._ticket = None  # nothing was claimed: no send was started
+        if recorded.fenced:
+            return self.machine.fenced(recorded.applied, at)
         return self.machine.written(recorded.applied, recorded.claimed, at)
 
     def _release(self, at: At) -> list[Command]:
@@ -287,7 +289,7 @@ class AccountActor(TurnActor):
         self._ticket = ticket
         self._writes += 1
         request = RecordAndClaim(
-            record=write.record, pause=write.pause, send=ticket,
+            self.phone, record=write.record, pause=write.pause, send=ticket,
             claim=None if write.claim is None else write.claim.id,
             reclaim=self.phone if write.reclaim else None,
             settle=(deps.delivery, self.phone) if write.recover else None)

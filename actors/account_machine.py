@@ -339,6 +339,20 @@ class AccountMachine:
         return [Log("warning", "account.release_unrecorded",
                     {**held, "left": "as the database has it, until the next start settles it"})]
 
+    def fenced(self, applied: bool, at: At) -> list[Command]:
+        """The write in flight was fenced: this node no longer holds the account's bucket. Its
+        record was written if its attempt held (`applied`); nothing else was, and nothing more
+        is asked: the account's new owner settles what is left. Released."""
+        asked, self._asked = self._asked, None
+        assert asked is not None, "an answer to no write"
+        commands: list[Command] = [Log("warning", "account.fenced", {
+            "left": "another node owns this account's bucket now: it sends the rest"})]
+        if asked.record is not None:
+            commands += self._after_record(asked.record, None, applied)
+        self._unrecorded, self._reclaim, self._releasing = None, False, True
+        self.state = AccountState.IDLE
+        return commands + self._next(at)
+
     def write_not_sent(self, at: At) -> list[Command]:
         """The write asked for never reached the writer (the actor failed first), so nothing of
         it committed: its claim goes back to the window and what it had to record is asked again."""

@@ -26,6 +26,13 @@ Places of an account (`Place`); an account in none is stopped (perhaps asleep):
     RUNNING   an incarnation runs: rows are routed to it
     CRASHED   its incarnation crashed and gives back what it held, by mail
     PARKED    it crashed too often: nothing starts it until it is resumed
+    HANDING   released because its bucket goes to another node: it finishes its send in flight
+
+Buckets (`postroom_common.buckets`): an account runs here only while its bucket is held. The
+one node of a database (SQLite, an exclusive owner) holds every bucket from the start; a node
+of several begins with none and is told which it won, which it must hand over (its accounts
+release, and once the last has, `HandBack` lets the bucket go) and which it lost (its lease
+expired: its accounts are released, their writes fenced already).
 
 An event the phase or the place does not allow raises `UnexpectedEvent`; a report about
 an incarnation that is no longer the account's (stale) is ignored.
@@ -36,15 +43,17 @@ from __future__ import annotations
 import enum
 import heapq
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from actors.privacy import mask_phone
+from postroom_common.buckets import bucket_of
 
 __all__ = [
     "AccountKeeper",
+    "HandBack",
     "Incarnation",
     "KeeperCommand",
     "Log",
@@ -89,6 +98,7 @@ class Place(enum.Enum):
     RUNNING = "running"
     CRASHED = "crashed"
     PARKED = "parked"
+    HANDING = "handing"
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -145,6 +155,13 @@ class SuspectDeadline:
 
 
 @dataclass(frozen=True, slots=True)
+class HandBack:
+    """Every account of these buckets has released: let them go to the node they are placed on."""
+
+    buckets: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
 class ReadWork:
     """Read which accounts have work, and when each is due; answer with `work_read`."""
 
@@ -158,7 +175,7 @@ class Log:
     fields: dict[str, Any]
 
 
-KeeperCommand = Start | Release | Unroute | Settle | WakeAt | SuspectDeadline | ReadWork | Log
+KeeperCommand = Start | Release | Unroute | Settle | WakeAt | SuspectDeadline | ReadWork | HandBack | Log
 
 
 # -- the keeper ------------------------------------------------------------------------------------
@@ -204,15 +221,24 @@ class _Sleepers:
     def next(self) -> list[KeeperCommand]:
         return [WakeAt(self.heap[0][0])] if self.heap else []
 
+    def forget(self, which: Callable[[str], bool]) -> None:
+        """Drop the sleepers `which` selects."""
+        self.until = {phone: at for phone, at in self.until.items() if not which(phone)}
+        self.heap = [(at, phone) for at, phone in self.heap if self.until.get(phone) == at]
+        heapq.heapify(self.heap)
+
 
 class AccountKeeper:
     """Which accounts run here (see the module's docstring)."""
 
-    def __init__(self, max_restarts: int, restart_period: float, suspect_timeout: float) -> None:
+    def __init__(self, max_restarts: int, restart_period: float, suspect_timeout: float, *,
+                 every_bucket: bool = True) -> None:
         self.max_restarts = max_restarts
         self.restart_period = restart_period
         self.suspect_timeout = suspect_timeout
         self.phase = Phase.BOOTING
+        self._held: set[int] | None = None if every_bucket else set()  # None: every bucket
+        self._leaving: set[int] = set()  # held, being handed over: nothing of theirs starts
         self._accounts: dict[str, _Account] = {}
         self._restarts: dict[str, deque[float]] = {}
         self._sleepers = _Sleepers()
@@ -240,6 +266,16 @@ class AccountKeeper:
         """Accounts it keeps an entry for (running, crashed, parked), sleepers and crash histories:
         none once every account has stopped."""
         return len(self._accounts) + len(self._sleepers.heap) + len(self._restarts)
+
+    def holds(self, phone: str) -> bool:
+        """Whether the account's bucket is held here and not being handed over."""
+        bucket = bucket_of(phone)
+        return (self._held is None or bucket in self._held) and bucket not in self._leaving
+
+    @property
+    def buckets(self) -> set[int] | None:
+        """The buckets held (None: every one)."""
+        return None if self._held is None else set(self._held)
 
     def giving_back(self) -> list[str]:
         """The urns of the crashed incarnations still giving back what they held."""
@@ -276,6 +312,8 @@ class AccountKeeper:
         commands: list[KeeperCommand] = []
         slept = False
         for phone, first_due in work:
+            if not self.holds(phone):
+                continue  # another node's: its owner learns of it from the database
             if first_due > now:  # scheduled work for a stopped account costs no actor until it is due
                 slept = self._sleepers.add(phone, first_due) or slept
             else:
@@ -286,7 +324,7 @@ class AccountKeeper:
         """The account should run (work is due, its pause was lifted): start it unless it runs,
         is parked, is giving back after a crash, or another account runs alone."""
         self._expect_started()
-        if phone in self._accounts or self.phase is Phase.STOPPING:
+        if phone in self._accounts or self.phase is Phase.STOPPING or not self.holds(phone):
             return []  # a crashed one's restart reads this work with its window
         if self.phase is Phase.SUSPECTS and phone != self._quarantined:
             return []  # a suspect is being sent alone; the boot after it reads this work back
@@ -296,6 +334,9 @@ class AccountKeeper:
         """An incarnation crashed; `releasing`: it still gives back what it held."""
         self._expect_started()
         account = self._accounts.get(phone)
+        if account is not None and account.place is Place.HANDING and account.runs(urn) and not releasing:
+            del self._accounts[phone]  # crashed while handed over, holding nothing: settled here
+            return [Settle(phone), *self._hand_back_empty()]
         if account is None or account.place is not Place.RUNNING or not account.runs(urn):
             return []  # a report about an incarnation already replaced
         unroute: list[KeeperCommand] = [Unroute(phone, urn)]
@@ -315,6 +356,8 @@ class AccountKeeper:
         if account.place is Place.CRASHED:
             assert account.error is not None
             return self._after_crash(phone, account.error, mono)
+        if account.place is Place.HANDING:
+            return self._hand_back_empty()
         return [Unroute(phone, urn)]  # stopped without being told (every actor stopped at once)
 
     def idle(self, phone: str, urn: str, wake_at: datetime | None) -> list[KeeperCommand]:
@@ -361,8 +404,77 @@ class AccountKeeper:
             return []
         del self._accounts[phone]
         self._restarts.pop(phone, None)
+        if not self.holds(phone):
+            return []
         return [Log("info", "account.resumed", {"account": mask_phone(phone)}),
                 *self._start(phone, recover=True)]
+
+    def buckets_won(self, buckets: Iterable[int], work: Iterable[tuple[str, datetime]],
+                    now: datetime) -> list[KeeperCommand]:
+        """This node took buckets (their former owners' rows in flight are settled); `work`:
+        their accounts with work, read after the take."""
+        self._expect_started()
+        won = set(buckets)
+        if self._held is not None:
+            self._held |= won
+        self._leaving -= won
+        return self.work_found(work, now)
+
+    def hand_over(self, buckets: Iterable[int]) -> list[KeeperCommand]:
+        """Buckets placed on another node: their accounts release (each finishes its send in
+        flight) and nothing of theirs starts; `HandBack` once none is left."""
+        self._expect_started()
+        leaving = {b for b in buckets if self._held is None or b in self._held} - self._leaving
+        if not leaving:
+            return []
+        self._leaving |= leaving
+        commands: list[KeeperCommand] = [Log("info", "buckets.handing_over", {"buckets": sorted(leaving)})]
+        commands += self._release_buckets(leaving, Place.HANDING)
+        return commands + self._hand_back_empty()
+
+    def buckets_lost(self, buckets: Iterable[int]) -> list[KeeperCommand]:
+        """Buckets no longer held (the lease expired, or another node took them): their accounts
+        are released (their writes are fenced already) and forgotten, parked ones included."""
+        lost = set(buckets)
+        if self._held is not None:
+            self._held -= lost
+        self._leaving -= lost
+        commands = self._release_buckets(lost, None)
+        for phone, account in list(self._accounts.items()):
+            if bucket_of(phone) in lost and account.place is Place.PARKED:
+                del self._accounts[phone]
+        return commands
+
+    def _release_buckets(self, buckets: set[int], place: Place | None) -> list[KeeperCommand]:
+        """Release the running accounts of `buckets`, kept in `place` until released (None:
+        forgotten at once); forget their sleepers and their restart histories."""
+        commands: list[KeeperCommand] = []
+        for phone, account in list(self._accounts.items()):
+            if bucket_of(phone) not in buckets:
+                continue
+            if account.place is Place.RUNNING and account.incarnation is not None:
+                commands.append(Release(phone, account.incarnation))
+                if place is None:
+                    del self._accounts[phone]
+                else:
+                    account.place = place
+        self._sleepers.forget(lambda phone: bucket_of(phone) in buckets)
+        for phone in [p for p in self._restarts if bucket_of(p) in buckets]:
+            del self._restarts[phone]
+        return commands
+
+    def _hand_back_empty(self) -> list[KeeperCommand]:
+        """The buckets being handed over whose accounts have all released."""
+        busy = {bucket_of(p) for p, a in self._accounts.items() if a.place is not Place.PARKED}
+        done = frozenset(self._leaving - busy)
+        if not done:
+            return []
+        self._leaving -= done
+        if self._held is not None:
+            self._held -= done
+        for phone in [p for p, a in self._accounts.items() if bucket_of(p) in done]:
+            del self._accounts[phone]  # parked: the next owner starts it afresh
+        return [HandBack(done)]
 
     def stop(self) -> list[KeeperCommand]:
         """Stopping: release every running account; nothing starts from here on."""
@@ -399,6 +511,8 @@ class AccountKeeper:
                     Settle(phone), *self._next_suspect()]
         if self.phase is Phase.STOPPING:
             return []
+        if not self.holds(phone):  # handed over or lost meanwhile: not started again here
+            return [Settle(phone), *self._hand_back_empty()]
         history = self._restarts.setdefault(phone, deque())
         history.append(mono)
         while history and mono - history[0] > self.restart_period:

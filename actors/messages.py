@@ -220,6 +220,11 @@ class Health:
     lifts them."""
     abandoned_sends: AbandonedSends = field(default_factory=AbandonedSends)
     """Plain senders still running past their `send_timeout`, each on a thread of its own."""
+    node: int | None = None
+    """This supervisor's node id in `postroom_nodes` (each start is a new one)."""
+    buckets_held: int | None = None
+    """A node of several: how many of the buckets it holds now (0 while it has none, after a
+    lost lease until it takes some again); None: the database's one owner, holding them all."""
 
 
 # -- to the writer (asked) ----------------------------------------------------------------
@@ -269,8 +274,14 @@ class Insert:
 @dataclass(frozen=True, slots=True)
 class RecordAndClaim:
     """An account's transaction: record an outcome, persist a pause, claim its next message;
-    once committed, start the send of what was claimed (`send`). Answer: `Recorded`."""
+    once committed, start the send of what was claimed (`send`). Answer: `Recorded`.
 
+    Everything but the record is fenced: written only while this node holds the account's
+    bucket at its epoch (`Recorded.fenced` otherwise). The record is guarded by its attempt
+    alone: a send that did happen is recorded even by a node that lost the bucket since."""
+
+    phone: str
+    """The account."""
     record: Transition | None = None
     """An outcome; applied only if its attempt still holds the row."""
     pause: AccountPause | None = None
@@ -294,6 +305,9 @@ class Recorded:
     """The outcome was written (False: a stale outcome, its attempt no longer holds the row)."""
     claimed: Message | None
     """The claimed message, as committed (PROCESSING), whose send the writer started."""
+    fenced: bool = False
+    """This node no longer holds the account's bucket: nothing but the record was written, and
+    the account must stop (another node sends for it now, or will)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,14 +336,57 @@ class LiftPause:
 
 @dataclass(frozen=True, slots=True)
 class SettleInFlight:
-    """Settle the rows left `processing` by an earlier owner (a crashed process, a crashed
-    account actor) per the delivery policy: every account at boot, or one. Answer: the rows
-    as written."""
+    """Settle the rows a crashed account actor left `processing`, per the delivery policy
+    (fenced like a claim). Answer: the rows as written, or `Fenced`."""
 
     delivery: Delivery
     """At-least-once (sent again) or at-most-once (failed as interrupted)."""
-    phone: str | None = None
-    """One account, or all."""
+    phone: str
+    """The account."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fenced:
+    """The answer to a fenced write: this node does not hold the account's bucket (any more)."""
+
+    phone: str
+    """The account."""
+
+
+@dataclass(frozen=True, slots=True)
+class TakeBuckets:
+    """Take buckets (those nobody holds, or whose owner's lease has expired; `force`: all) at
+    new epochs, and settle what their former owners left in flight. Answer: `BucketsTaken`."""
+
+    node: int
+    """This node's id."""
+    buckets: Sequence[int]
+    """The buckets wanted."""
+    delivery: Delivery
+    """How the rows left in flight are settled."""
+    force: bool = False
+    """Take them whoever holds them: the exclusive owner of the database, at boot."""
+
+
+@dataclass(frozen=True, slots=True)
+class BucketsTaken:
+    """The answer to `TakeBuckets`."""
+
+    epochs: dict[int, int]
+    """{bucket: its new epoch} of the buckets taken (those still held elsewhere are not)."""
+    settled: list[Message]
+    """The rows their former owners left in flight, as settled."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseBuckets:
+    """Let go of buckets this node holds, once their accounts are released (a handoff).
+    Answer: None."""
+
+    node: int
+    """This node's id."""
+    buckets: Sequence[int]
+    """The buckets."""
 
 
 @dataclass(frozen=True, slots=True)

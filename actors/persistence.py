@@ -34,24 +34,32 @@ import pykka
 from actors._faults import crash_point
 from actors.clock import Clock
 from actors.directory import AccountDirectory
+from actors.holdings import Holdings
 from actors.messages import (
     Arrived,
+    BucketsTaken,
     Cancelled,
     CancelRow,
     DeleteFinished,
+    Fenced,
     Insert,
     LiftPause,
     RecordAndClaim,
     Recorded,
+    ReleaseBuckets,
     RequeueRow,
     SettleInFlight,
     StartAccountsFor,
+    TakeBuckets,
     TrimChanges,
     WriteBarrier,
 )
 from actors.privacy import mask_phone
 from actors.runtime import Reply, TurnActor, TurnPool, forward, tell_if_alive
 from postroom_common import (
+    Change,
+    ChangeKind,
+    Delivery,
     IdempotencyConflict,
     Message,
     NewBroadcast,
@@ -61,6 +69,7 @@ from postroom_common import (
     StorageError,
     ValidationError,
 )
+from postroom_common.buckets import BUCKETS, bucket_of
 from postroom_common.logs import get_logger
 from storage import Storage
 from storage.store import caused_by_the_request
@@ -130,7 +139,8 @@ class PersistenceActor(TurnActor):
 
     def __init__(self, pool: TurnPool, storage: Storage, clock: Clock, health: HealthState,
                  directory: AccountDirectory, supervisor: pykka.ActorRef[Any], *, max_batch: int = 2000,
-                 cleanup_chunk: int = CLEANUP_CHUNK, commit_delay: float = 0.0) -> None:
+                 cleanup_chunk: int = CLEANUP_CHUNK, commit_delay: float = 0.0,
+                 holdings: Holdings | None = None) -> None:
         super().__init__(pool)
         self.storage = storage
         self.clock = clock
@@ -140,6 +150,7 @@ class PersistenceActor(TurnActor):
         self.max_batch = max_batch
         self.cleanup_chunk = cleanup_chunk
         self.commit_delay = commit_delay
+        self.holdings = holdings  # the buckets whose accounts' writes it lets through (None: all)
         self._last_commit = 0.0  # time.monotonic() when the last batch was answered
         self._last_batch = 0  # requests it served
 
@@ -188,40 +199,114 @@ class PersistenceActor(TurnActor):
         """Run a batch inside the open transaction, one statement per kind of write.
 
         Records, reclaims, settlements and claims of the whole batch go to storage together
-        (one SELECT and one executemany each), in that order; inserts keep their order.
+        (one SELECT and one executemany each), in that order; inserts keep their order. The
+        accounts' writes but their records are fenced first, once for the batch (`_fence`).
         """
         now = self.clock.now()
         accounts = [m for m in messages if isinstance(m, RecordAndClaim)]
+        # The bucket rows first, then the messages': the order a takeover locks them in too.
+        epochs, fenced = self._fence([a.phone for a in accounts if _fenced_writes(a)]
+                                     + [m.phone for m in messages if isinstance(m, SettleInFlight)])
         records = [a.record for a in accounts if a.record is not None]
         recorded = self.storage.record(records) if records else set()
         if any(t.status is Status.RETRYING for t in records):
             crash_point("record.retry.mid")
         for account in accounts:
-            self._prepare_claim(account, now)
-        claim_ids = [a.claim for a in accounts if a.claim is not None]
-        claimed = self.storage.claim(claim_ids, now) if claim_ids else {}
-        inserted = iter(self._insert_in_order([m for m in messages if isinstance(m, Insert)]))
+            if account.phone not in fenced:
+                self._prepare_claim(account, now, epochs)
+        claim_ids = [a.claim for a in accounts if a.claim is not None and a.phone not in fenced]
+        claimed = self.storage.claim(claim_ids, now, epochs) if claim_ids else {}
+        inserts = [m for m in messages if isinstance(m, Insert)]
+        answers = self._insert_in_order(inserts)
+        self._announce_foreign_rows(inserts, answers, now)
+        inserted = iter(answers)
         outcomes: list[Any] = []
         for message in messages:
             match message:
-                case RecordAndClaim(record=record, claim=claim):
+                case RecordAndClaim(phone=phone, record=record, claim=claim):
                     outcomes.append(Recorded(record is not None and record.id in recorded,
-                                             None if claim is None else claimed.get(claim)))
+                                             None if claim is None else claimed.get(claim),
+                                             fenced=phone in fenced))
                 case Insert():
                     outcomes.append(next(inserted))
+                case SettleInFlight(delivery, phone):
+                    outcomes.append(Fenced(phone) if phone in fenced else self._settle(
+                        delivery, phone, now, epochs.get(bucket_of(phone))))
                 case _:
                     outcomes.append(self._apply_one(message, now))
         return outcomes
 
-    def _prepare_claim(self, account: RecordAndClaim, now: datetime) -> None:
+    def _foreign(self) -> set[int] | None:
+        """The buckets this node does not hold (whose owners must hear of its writes through the
+        change feed); None when it holds them all, as the one node of its database does."""
+        if self.holdings is None:
+            return None
+        held = self.holdings.held()
+        return None if len(held) == BUCKETS else set(range(BUCKETS)) - held
+
+    def _announce_foreign_rows(self, inserts: Sequence[Insert],
+                               answers: Sequence[list[Any] | IdempotencyConflict], now: datetime) -> None:
+        """New rows of accounts another node sends for go into the change feed, in this
+        transaction: their owner reads them from there (a producer's rows go the same way)."""
+        foreign = self._foreign()
+        if foreign is None:
+            return
+        changes: list[Change] = []
+        for insert, answer in zip(inserts, answers, strict=True):
+            if isinstance(answer, IdempotencyConflict):
+                continue
+            news = insert.news
+            phones = ([phone for phone, _ in news.recipients] if isinstance(news, NewBroadcast)
+                      else [new.phone for new in news])
+            ids = [a for a, phone in zip(answer, phones, strict=True)
+                   if type(a) is int and bucket_of(phone) in foreign]
+            if ids:
+                changes.append(Change(ChangeKind.INSERTED, first_id=min(ids), last_id=max(ids)))
+        if changes:
+            self.storage.announce(changes, now)
+
+    def _announce_if_foreign(self, kind: ChangeKind, message: Message | None, phone: str,
+                             now: datetime) -> None:
+        """A cancel, requeue or lifted pause of an account another node sends for, to its owner."""
+        foreign = self._foreign()
+        if foreign is not None and bucket_of(phone) in foreign:
+            ids = None if message is None else message.id
+            self.storage.announce([Change(kind, phone, ids, ids)], now)
+
+    def _fence(self, phones: Sequence[str]) -> tuple[dict[int, int], set[str]]:
+        """The epochs this node claims under, and which of `phones` it may not write for: those
+        whose bucket it does not hold, or not before its claim deadline, or (asked of the
+        database, the bucket rows kept `FOR SHARE` until the commit) no longer at its epoch."""
+        if not phones:
+            return {}, set()
+        if self.holdings is None:  # a writer without nodes (a test's): nothing is fenced
+            return {}, set()
+        epochs = self.holdings.epochs(time.monotonic())
+        wanted = {b: epochs[b] for b in {bucket_of(p) for p in phones} if b in epochs}
+        node = self.holdings.node
+        held = self.storage.holding(node, wanted) if wanted and node is not None else set()
+        fenced = {p for p in phones if bucket_of(p) not in held}
+        if fenced:
+            log.warning("writes.fenced", accounts=len(fenced),
+                        buckets=sorted({bucket_of(p) for p in fenced}))
+        return {b: e for b, e in epochs.items() if b in held}, fenced
+
+    def _prepare_claim(self, account: RecordAndClaim, now: datetime, epochs: dict[int, int]) -> None:
         """What an account's transaction does besides its record and its claim."""
+        epoch = epochs.get(bucket_of(account.phone))
         if account.pause is not None:
             self.storage.set_pause(account.pause, now)
         if account.reclaim is not None:
-            self.storage.give_back_orphans(account.reclaim, now)
+            self.storage.give_back_orphans(account.reclaim, now, epoch)
         if account.settle is not None:
             delivery, phone = account.settle
-            self.storage.recover_interrupted(delivery, now, phone)
+            self.storage.recover_interrupted(delivery, now, phone, epoch)
+
+    def _settle(self, delivery: Delivery, phone: str, now: datetime, epoch: int | None) -> list[Message]:
+        settled = self.storage.recover_interrupted(delivery, now, phone, epoch)
+        if settled:
+            crash_point("recover.mid")
+        return settled
 
     def _insert_in_order(self, inserts: Sequence[Insert]) -> list[list[Any] | IdempotencyConflict]:
         """Each `Insert`'s answers, its rows written after those of the ones before it: ids
@@ -269,18 +354,28 @@ class PersistenceActor(TurnActor):
         try:
             match message:
                 case CancelRow(message_id):
-                    return self.storage.cancel(message_id, now)
+                    cancelled = self.storage.cancel(message_id, now)
+                    self._announce_if_foreign(ChangeKind.CANCELLED, cancelled, cancelled.phone, now)
+                    return cancelled
                 case RequeueRow(message_id):
-                    return self.storage.requeue(message_id, now)
-                case SettleInFlight(delivery, phone):
-                    settled = self.storage.recover_interrupted(delivery, now, phone)
+                    requeued = self.storage.requeue(message_id, now)
+                    self._announce_if_foreign(ChangeKind.REQUEUED, requeued, requeued.phone, now)
+                    return requeued
+                case TakeBuckets(node, buckets, delivery, force):
+                    epochs, settled = self.storage.take_buckets(node, buckets, delivery, now, force=force)
                     if settled:
                         crash_point("recover.mid")
-                    return settled
+                    return BucketsTaken(epochs, settled)
+                case ReleaseBuckets(node, buckets):
+                    self.storage.release_buckets(node, buckets)
+                    return None
                 case DeleteFinished(cutoff):
                     return self.storage.delete_finished_before(cutoff, self.cleanup_chunk)
                 case LiftPause(phone):
-                    return self.storage.clear_pause(phone)
+                    lifted = self.storage.clear_pause(phone)
+                    if lifted:
+                        self._announce_if_foreign(ChangeKind.PAUSED, None, phone, now)
+                    return lifted
                 case TrimChanges(before):
                     return self.storage.trim_changes(before)
                 case WriteBarrier():
@@ -323,6 +418,12 @@ class PersistenceActor(TurnActor):
                         new_rows.append(outcome)
                 case DeleteFinished():
                     self._continue_cleanup(message, reply, outcome)
+                case TakeBuckets() if self.holdings is not None:
+                    self.holdings.won(outcome.epochs)  # before the answer: the taker's accounts claim at once
+                    _answer(reply, outcome)
+                case ReleaseBuckets(buckets=buckets) if self.holdings is not None:
+                    self.holdings.given_up(buckets)
+                    _answer(reply, outcome)
                 case _:
                     _answer(reply, outcome)
         self._route(new_rows)
@@ -432,3 +533,9 @@ def log_unanswered(command: str, error: Exception) -> None:
     event = "command.refused" if isinstance(error, PostroomError) else "command.failed"
     log.error(event, command=command, error=type(error).__name__,
               reason=str(error) if isinstance(error, ValidationError) else None)
+
+
+def _fenced_writes(request: RecordAndClaim) -> bool:
+    """Whether an account's request writes more than its record (what fencing refuses)."""
+    return (request.claim is not None or request.pause is not None or request.reclaim is not None
+            or request.settle is not None)

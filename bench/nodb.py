@@ -13,7 +13,7 @@ changes it, the benchmark's quick run (which CI executes) fails and says so.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -69,7 +69,8 @@ class MemoryStore:
                 self._put(new.as_pending(first + n))
         return list(range(first, first + len(news)))
 
-    def claim(self, ids: Sequence[int], now: datetime) -> dict[int, Message]:
+    def claim(self, ids: Sequence[int], now: datetime,
+              epochs: Mapping[int, int] | None = None) -> dict[int, Message]:
         claimed: dict[int, Message] = {}
         with self._lock:
             for message_id in ids:
@@ -110,12 +111,19 @@ class MemoryStore:
         with self._lock:
             return sum(1 for m in self._rows.values() if m.status not in FINAL_STATUSES)
 
-    def give_back_orphans(self, phone: str, now: datetime) -> list[int]:
+    def give_back_orphans(self, phone: str, now: datetime, epoch: int | None = None) -> list[int]:
         return []  # claims never get lost in memory
 
-    def recover_interrupted(self, delivery: Delivery, now: datetime,
-                            phone: str | None = None) -> list[Message]:
+    def recover_interrupted(self, delivery: Delivery, now: datetime, phone: str | None = None,
+                            up_to_epoch: int | None = None) -> list[Message]:
         return []  # nothing survives a restart of memory
+
+    def take_buckets(self, node: int, buckets: Sequence[int], delivery: Delivery, now: datetime,
+                     *, force: bool = False) -> tuple[dict[int, int], list[Message]]:
+        return dict.fromkeys(buckets, 1), []  # one node, no former owner
+
+    def holding(self, node: int, epochs: Mapping[int, int]) -> set[int]:
+        return set(epochs)
 
     def interrupted_again(self) -> list[tuple[int, str]]:
         return []  # no crash is survived, let alone two
@@ -183,8 +191,9 @@ class MemorySupervisor(Supervisor):
     def _open_storage(self, database: Any) -> None:
         self.lock = OwnerLock(cast(Any, None))  # no file, nothing to lock
         self.storage = cast(Storage, MemoryStore())
+        self.holdings.node = 1
         self.persistence = PersistenceActor.start(
             self._pool, self.storage, self.clock, self.health, self.directory, self.actor_ref,
-            commit_delay=self.settings.commit_delay)
+            commit_delay=self.settings.commit_delay, holdings=self.holdings)
 
 

@@ -37,6 +37,7 @@ from bench._common import (
 from bench.huey_baseline import HueyQueue
 from bench.report import Figure
 from bench.systems import WAYS, PostroomQueue, open_system
+from storage.models import TABLES
 
 __all__ = ["ALL_SYSTEMS", "QUICK", "SCENARIOS", "Params", "Samples"]
 
@@ -684,8 +685,7 @@ def _empty_postgres(url: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        for table in ("message_queue", "account_state", "postroom_meta", "postroom_owner",
-                      "message_attempts", "postroom_changes"):
+        for table in TABLES:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute("DROP SEQUENCE IF EXISTS message_queue_id_seq")
 

@@ -184,7 +184,9 @@ def pause_json(pause: AccountPause, show: ShowPhone) -> dict[str, Any]:
 def owner_json(owner: OwnerState) -> dict[str, Any]:
     """The owner as JSON: `running` true, false, or null when it cannot be told."""
     return {"running": owner.lock_held, "lock_holder": owner.lock_holder, "holder": owner.holder,
-            "epoch": owner.epoch, "taken_at": owner.taken_at}
+            "epoch": owner.epoch, "taken_at": owner.taken_at,
+            "nodes": [{"node": n.node, "holder": n.holder, "lease_left_seconds": n.lease_left,
+                       "buckets": n.buckets} for n in owner.nodes]}
 
 
 # -- what the report says ------------------------------------------------------------------
@@ -205,6 +207,13 @@ def _pause_state(pause: AccountPause) -> str:
 
 def owner_text(owner: OwnerState) -> str:
     """Whether a supervisor owns the database now, in a sentence."""
+    leased = [n for n in owner.nodes if n.lease_left is not None]
+    if leased:
+        live = [n for n in leased if n.lease_left is not None and n.lease_left > 0]
+        listed = "; ".join(f"node {n.node}, {n.holder}, {n.buckets} buckets, lease "
+                           + (f"{n.lease_left:.0f} s left" if n.lease_left is not None and n.lease_left > 0
+                              else "expired") for n in leased)
+        return f"{len(live)} node{'s' if len(live) != 1 else ''} running: {listed}"
     last = (f"{owner.holder} (epoch {owner.epoch}, since {owner.taken_at.isoformat()})"
             if owner.holder is not None and owner.taken_at is not None else None)
     if owner.lock_held:

@@ -331,6 +331,22 @@ class OwnerState:
     /proc/locks)."""
     lock_holder: str | None
     """Who holds the lock, as the OS or the server names it (a pid), when held."""
+    nodes: tuple[NodeState, ...] = ()
+    """The nodes recorded in the database (a live one, or one whose lease expired), by id."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """A node of the database, as `postroom_nodes` and `postroom_buckets` tell."""
+
+    node: int
+    holder: str
+    """"postroom supervisor pid N on HOST"."""
+    lease_left: float | None
+    """Seconds until its lease expires by the database's clock (negative: expired); None for
+    the one owner of a database, whose lease does not expire."""
+    buckets: int
+    """Buckets it holds."""
 
 
 @dataclass(frozen=True, slots=True)

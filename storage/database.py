@@ -20,8 +20,15 @@ from postroom_common.logs import get_logger
 from storage._watch import CallLimits, watched_cursor
 from storage.owner import OwnerLock
 
-__all__ = ["SQLITE_SYNCHRONOUS", "OwnerLock", "PostgresSettings", "SqliteSettings", "open_database",
-           "sqlite_path"]
+__all__ = [
+    "SQLITE_SYNCHRONOUS",
+    "OwnerLock",
+    "PostgresSettings",
+    "SqliteSettings",
+    "is_postgres",
+    "open_database",
+    "sqlite_path",
+]
 
 log = get_logger("postroom.storage")
 
@@ -65,6 +72,11 @@ class PostgresSettings:
     lock_timeout: float | None = 5.0
     """Seconds a statement waits for a lock another session holds (a `LOCK TABLE`, a long
     transaction) before it fails; None: as long as `statement_timeout` allows."""
+    idle_in_transaction_timeout: float | None = 10.0
+    """Seconds the server lets a session sit idle inside a transaction before it ends the
+    session, its transaction and its locks: a process paused mid-transaction (SIGSTOP, a swap
+    storm, a debugger) never holds the rows other nodes and producers wait for longer. postroom
+    runs a transaction's statements back to back; None: no limit."""
     keepalives_idle: float = 10.0
     """Seconds of silence on a connection before TCP keepalive probes begin."""
     keepalives_interval: float = 5.0
@@ -77,7 +89,8 @@ class PostgresSettings:
     def __post_init__(self) -> None:
         for setting in fields(self):
             value = getattr(self, setting.name)
-            if value is None and setting.name in ("statement_timeout", "lock_timeout"):
+            if value is None and setting.name in ("statement_timeout", "lock_timeout",
+                                                  "idle_in_transaction_timeout"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not math.isfinite(value) or value <= 0:
@@ -99,8 +112,14 @@ class PostgresSettings:
 
     def server_options(self) -> list[str]:
         """The `-c name=value` options that set the server's timeouts for the session."""
-        timeouts = {"statement_timeout": self.statement_timeout, "lock_timeout": self.lock_timeout}
+        timeouts = {"statement_timeout": self.statement_timeout, "lock_timeout": self.lock_timeout,
+                    "idle_in_transaction_session_timeout": self.idle_in_transaction_timeout}
         return [f"-c {name}={_millis(value)}" for name, value in timeouts.items() if value is not None]
+
+
+def is_postgres(db: peewee.Database) -> bool:
+    """Whether `open_database` opened a PostgreSQL database."""
+    return isinstance(db, peewee.PostgresqlDatabase)
 
 
 def _millis(seconds: float) -> int:

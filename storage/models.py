@@ -70,6 +70,9 @@ class MessageRow(peewee.Model):
     # When it was last claimed: the start of its last attempt (a message sent at its first
     # claim keeps no row in message_attempts: its one attempt is read from here).
     claimed_at = UtcTimestampField(null=True)
+    # The epoch of its bucket under which it was last claimed: a node settles or gives back
+    # only rows claimed under its own epoch or an older one, never another node's in flight.
+    claim_epoch = peewee.BigIntegerField(null=True)
 
     class Meta:
         table_name = "message_queue"
@@ -167,6 +170,36 @@ class OwnerRow(peewee.Model):
 WHOLE_DATABASE = "database"
 
 
+class NodeRow(peewee.Model):
+    """A process that sends for the database (a node), and its lease on the database's clock.
+
+    A node renews `lease_expires_at` while it lives; once it has passed, the buckets the node
+    held may be taken by another. Each start of a process is a new row (a new id).
+    """
+
+    id = peewee.BigAutoField(primary_key=True)
+    holder = peewee.TextField()
+    joined_at = peewee.BigIntegerField()
+    lease_expires_at = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "postroom_nodes"
+
+
+class BucketRow(peewee.Model):
+    """Which node owns a bucket of accounts (`postroom_common.buckets`), and the epoch of that
+    ownership: bumped each time the bucket changes hands, read `FOR SHARE` by the owner's every
+    claim, so that a former owner's claim commits before the takeover or not at all."""
+
+    bucket = peewee.IntegerField(primary_key=True)
+    node = peewee.BigIntegerField(null=True)
+    epoch = peewee.BigIntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
+    taken_at = peewee.BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "postroom_buckets"
+
+
 #: last_error of a message whose attempt a crash interrupted (until its next outcome).
 INTERRUPTED = "interrupted: the process stopped while this attempt was in flight"
 
@@ -200,9 +233,20 @@ MessageRow.add_index(MessageRow.index(MessageRow.phone, MessageRow.priority, Mes
                                       name="message_queue_open_by_account",
                                       where=peewee.SQL(OPEN_ROWS)))
 
+#: The condition of a row in flight, literal for the same reason.
+IN_FLIGHT = "status = 'processing'"
+
+# One message in flight per account, whatever any process believes: the database refuses a
+# second claim (a stale node's, a bug's) rather than let two sends of one account overlap.
+MessageRow.add_index(MessageRow.index(MessageRow.phone, unique=True, name="message_queue_one_in_flight",
+                                      where=peewee.SQL(IN_FLIGHT)))
+
 #: Indexes of earlier versions that `open_by_account` replaced; dropped when the schema is
 #: opened (each was written on every insert: 16 single enqueues to 16 accounts dirtied
 #: 16 more pages per commit).
 RETIRED_INDEXES = ("messagerow_phone_status", "messagerow_phone_priority_id")
 
-MODELS: tuple[type[peewee.Model], ...] = (MessageRow, AccountRow, MetaRow, OwnerRow)
+MODELS: tuple[type[peewee.Model], ...] = (MessageRow, AccountRow, MetaRow, OwnerRow, AttemptRow, ChangeRow,
+                                          NodeRow, BucketRow)
+#: Every table of postroom's schema (what a test or a bench drops to start again).
+TABLES: tuple[str, ...] = tuple(model._meta.table_name for model in MODELS)

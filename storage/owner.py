@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 OWNER_LOCK_KEY = int.from_bytes(b"postroom", "big")
 #: The transaction advisory lock `Storage.create_schema` holds on PostgreSQL: "prschema".
 SCHEMA_LOCK_KEY = int.from_bytes(b"prschema", "big")
+#: The transaction advisory lock of a cleanup's chunk on PostgreSQL (one node cleans at a time).
+CLEANUP_LOCK_KEY = int.from_bytes(b"prcleans", "big")
 
 _ONE_SUPERVISOR = "postroom runs one supervisor per database"
 
@@ -51,8 +53,9 @@ class _Lock(Protocol):
 class OwnerLock:
     """The lock that makes one supervisor the only owner of a database (see the module)."""
 
-    def __init__(self, database: peewee.Database | None) -> None:
-        self._lock = _lock_for(database)
+    def __init__(self, database: peewee.Database | None, *, shared: bool = False) -> None:
+        self._lock = _SessionLock(database, shared=True) if shared and isinstance(
+            database, peewee.PostgresqlDatabase) else _lock_for(database)
 
     def acquire(self) -> None:
         """Take the lock; `DatabaseLocked` if another supervisor holds it."""
@@ -237,11 +240,15 @@ def file_identity(path: Path) -> tuple[int, int] | None:
 
 
 class _SessionLock:
-    """`pg_try_advisory_lock(OWNER_LOCK_KEY)` on a dedicated connection, kept open."""
+    """`pg_try_advisory_lock(OWNER_LOCK_KEY)` on a dedicated connection, kept open; `shared`:
+    its shared form, which every node of a database holds together (the nodes share it by
+    buckets and leases) and which keeps an exclusive owner out, an older postroom included,
+    as its exclusive lock keeps every node out."""
 
-    def __init__(self, database: peewee.PostgresqlDatabase) -> None:
+    def __init__(self, database: peewee.PostgresqlDatabase, *, shared: bool = False) -> None:
         self._params = connect_params(database)
         self._conn: psycopg.Connection[Any] | None = None
+        self._shared = shared
 
     def acquire(self) -> None:
         conn = self._connect()
@@ -249,9 +256,10 @@ class _SessionLock:
             if conn.info.server_version >= 140000:
                 # A server that ends idle sessions would end this one, and the lock with it.
                 _one(conn, "SELECT set_config('idle_session_timeout', '0', false)", ())
-            (taken,) = _one(conn, "SELECT pg_try_advisory_lock(%s)", (OWNER_LOCK_KEY,))
+            take = "pg_try_advisory_lock_shared" if self._shared else "pg_try_advisory_lock"
+            (taken,) = _one(conn, f"SELECT {take}(%s)", (OWNER_LOCK_KEY,))
             if not taken:
-                raise DatabaseLocked(_holder_text(conn))
+                raise DatabaseLocked(_holder_text(conn, self._shared))
         except BaseException:
             conn.close()
             raise
@@ -283,8 +291,9 @@ class _SessionLock:
 
         # Unlocked first, and answered: closing alone lets the server drop the lock a moment
         # later, when a supervisor started right after this one would already have been refused.
+        unlock = "pg_advisory_unlock_shared" if self._shared else "pg_advisory_unlock"
         with contextlib.suppress(psycopg.Error):
-            self._conn.execute("SELECT pg_advisory_unlock(%s)", (OWNER_LOCK_KEY,))
+            self._conn.execute(f"SELECT {unlock}(%s)", (OWNER_LOCK_KEY,))
         self._conn.close()  # a session's advisory locks go with it, whatever happened above
         self._conn = None
 
@@ -340,10 +349,14 @@ def _one(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> tu
     return tuple(row)
 
 
-def _holder_text(conn: psycopg.Connection[Any]) -> str:
+def _holder_text(conn: psycopg.Connection[Any], shared: bool = False) -> str:
     """Who holds the lock, as far as pg_locks and pg_stat_activity tell (best effort)."""
     import psycopg
 
+    if shared:
+        return ("a supervisor owns this PostgreSQL database alone (started without "
+                "SupervisorSettings.nodes, or an older postroom): nodes cannot send beside it; "
+                "stop it, or start it as a node too")
     base = "another supervisor owns this PostgreSQL database"
     try:
         row = conn.execute(_LOCK_HOLDER, (OWNER_LOCK_KEY,)).fetchone()

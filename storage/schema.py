@@ -21,7 +21,7 @@ import peewee
 
 from postroom_common.domain import Status
 from postroom_common.errors import SchemaMismatch
-from storage.models import INTERRUPTED, RETIRED_INDEXES
+from storage.models import IN_FLIGHT, INTERRUPTED, RETIRED_INDEXES
 from storage.owner import SCHEMA_LOCK_KEY
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SCHEMA_VERSION_KEY", "check", "migrate", "version_of"]
@@ -117,12 +117,33 @@ def _v4_change_feed(db: peewee.Database, is_sqlite: bool) -> None:
                    " phone VARCHAR(64), first_id BIGINT, last_id BIGINT, at BIGINT NOT NULL)")
 
 
+def _v5_nodes(db: peewee.Database, is_sqlite: bool) -> None:
+    """Nodes with leases, buckets with epochs, each claim's epoch, one row in flight per account."""
+    node_id = "id INTEGER NOT NULL PRIMARY KEY" if is_sqlite else "id BIGSERIAL NOT NULL PRIMARY KEY"
+    db.execute_sql(f"CREATE TABLE IF NOT EXISTS postroom_nodes ({node_id}, holder TEXT NOT NULL,"
+                   " joined_at BIGINT NOT NULL, lease_expires_at BIGINT NOT NULL)")
+    db.execute_sql("CREATE TABLE IF NOT EXISTS postroom_buckets (bucket INTEGER NOT NULL PRIMARY KEY,"
+                   " node BIGINT, epoch BIGINT NOT NULL DEFAULT 0, taken_at BIGINT)")
+    _add_column(db, "claim_epoch BIGINT")
+    # A database older than the index may hold two rows in flight of one account (nothing
+    # refused it): all but the oldest are given back, their attempt counted, as a crash would.
+    mark = "?" if is_sqlite else "%s"
+    db.execute_sql(
+        f"UPDATE message_queue SET status = {mark}, last_error = {mark} WHERE {IN_FLIGHT}"
+        f" AND id > (SELECT MIN(m.id) FROM message_queue m WHERE m.phone = message_queue.phone"
+        f" AND m.{IN_FLIGHT})", (Status.RETRYING.value, INTERRUPTED))
+    db.execute_sql("CREATE UNIQUE INDEX IF NOT EXISTS message_queue_one_in_flight ON message_queue"
+                   f" (phone) WHERE {IN_FLIGHT}")
+
+
 #: Every migration, in order; the last one's version is `SCHEMA_VERSION`.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the unversioned schema of postroom 0.1.0, brought to its last shape", _v1_unversioned),
     Migration(2, "postroom_owner: the owner's epoch that fences a former owner's writes", _v2_owner_epoch),
     Migration(3, "message_attempts: the history of each message's attempts", _v3_attempt_history),
     Migration(4, "postroom_changes: what other processes changed, for the owner to notice", _v4_change_feed),
+    Migration(5, "postroom_nodes and postroom_buckets: nodes with leases, buckets with epochs, "
+                 "one message in flight per account", _v5_nodes),
 )
 #: The version of the schema this code reads and writes.
 SCHEMA_VERSION = MIGRATIONS[-1].version

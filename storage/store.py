@@ -23,6 +23,7 @@ from typing import Any, TypeVar, cast
 
 import peewee
 
+from postroom_common.buckets import BUCKETS, bucket_of
 from postroom_common.domain import (
     FINAL_STATUSES,
     OPEN_STATUSES,
@@ -36,6 +37,7 @@ from postroom_common.domain import (
     MessageFilter,
     NewBroadcast,
     NewMessage,
+    NodeState,
     OpenWork,
     Outcome,
     OwnerState,
@@ -64,19 +66,23 @@ from storage.models import (
     CREATED_BY_DEMO,
     DELETED_UP_TO,
     DEMO_KEY_PREFIX,
+    IN_FLIGHT,
     INTERRUPTED,
     OPEN_ROWS,
     WHOLE_DATABASE,
     AccountRow,
     AttemptRow,
+    BucketRow,
     ChangeRow,
     MessageRow,
     MetaRow,
+    NodeRow,
     OwnerRow,
     from_micros,
     to_micros,
 )
 from storage.owner import (
+    CLEANUP_LOCK_KEY,
     LOCK_HOLDER_QUERY,
     OWNER_LOCK_KEY,
     OwnerLock,
@@ -207,6 +213,12 @@ class _Dialect:
         where LIKE would read `%` and `_` and ignore case on SQLite only."""
         return f"instr({column}, ?)" if self.is_sqlite else f"strpos({column}, ?)"
 
+    def now_micros(self) -> str:
+        """The database's clock, in UTC microseconds (leases are timed by it, never by a node's)."""
+        if self.is_sqlite:
+            return "CAST(ROUND((julianday('now') - 2440587.5) * 86400000000.0) AS INTEGER)"
+        return "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
+
     def share_row(self) -> str:
         """Lock a row against updates until the commit (SQLite: the write lock does it)."""
         return "" if self.is_sqlite else " FOR SHARE"
@@ -244,7 +256,8 @@ class Storage:
         self.Owner = _bound(OwnerRow, db)
         self.Attempts = _bound(AttemptRow, db)
         self.Changes = _bound(ChangeRow, db)
-        self._epoch: int | None = None  # this process's ownership, once taken (`take_ownership`)
+        self.Nodes = _bound(NodeRow, db)
+        self.Buckets = _bound(BucketRow, db)
         self._dialect = _Dialect(db)
         marks = ", ".join("?" * len(_INSERT_COLUMNS.split(",")))
         self._insert_sql = self._dialect.sql(
@@ -304,7 +317,7 @@ class Storage:
     def _create_tables(self) -> None:
         """A new database's schema, from today's models."""
         self.db.create_tables([self.Row, self.Account, self.Facts, self.Owner, self.Attempts,
-                               self.Changes], safe=True)
+                               self.Changes, self.Nodes, self.Buckets], safe=True)
         if not self._dialect.is_sqlite:
             self.db.execute_sql("CREATE SEQUENCE IF NOT EXISTS message_queue_id_seq")
 
@@ -312,47 +325,154 @@ class Storage:
         """True when any of postroom's tables exists (a database postroom has used)."""
         with self._guard():
             return any(self.db.table_exists(model._meta.table_name)
-                       for model in (self.Row, self.Account, self.Facts, self.Owner, self.Attempts))
+                       for model in (self.Row, self.Account, self.Facts, self.Owner, self.Attempts,
+                                     self.Changes, self.Nodes, self.Buckets))
 
-    def take_ownership(self, holder: str, now: datetime) -> int:
-        """Become the owner of the whole database: bump its epoch, in a transaction of its own,
-        and fence every later write transaction of this storage with it. Call it holding the
-        owner lock, before the first write. The new epoch.
-
-        On PostgreSQL the bump waits for a former owner's write transactions in progress (they
-        hold the owner row `FOR SHARE`); those that begin after it see the new epoch and write
-        nothing (`OwnershipLost`), so no row is claimed by two owners.
-        """
-        self._epoch = None
+    def take_ownership(self, holder: str, now: datetime) -> None:
+        """Record who owns the database now (what `postroom status` shows), and forget every node
+        an earlier owner left: call it holding the exclusive owner lock, before joining."""
         with self._guard(), self.db.atomic():
             self.db.execute_sql(self._dialect.sql(
-                "INSERT INTO postroom_owner (scope, epoch, holder, taken_at) VALUES (?, 0, ?, ?)"
-                " ON CONFLICT (scope) DO NOTHING"), (WHOLE_DATABASE, holder, to_micros(now)))
-            self.db.execute_sql(self._dialect.sql(
-                "UPDATE postroom_owner SET epoch = epoch + 1, holder = ?, taken_at = ? WHERE scope = ?"),
-                (holder, to_micros(now), WHOLE_DATABASE))
-            (epoch,) = self.db.execute_sql(self._dialect.sql(
-                "SELECT epoch FROM postroom_owner WHERE scope = ?"), (WHOLE_DATABASE,)).fetchone()
-        self._epoch = int(epoch)
-        return self._epoch
+                "INSERT INTO postroom_owner (scope, epoch, holder, taken_at) VALUES (?, 1, ?, ?)"
+                " ON CONFLICT (scope) DO UPDATE SET epoch = postroom_owner.epoch + 1,"
+                " holder = excluded.holder, taken_at = excluded.taken_at"),
+                (WHOLE_DATABASE, holder, to_micros(now)))
+            self.db.execute_sql("DELETE FROM postroom_nodes")
 
-    def _hold_epoch(self) -> None:
-        """Inside a write transaction, first: go on only while this process's epoch is the
-        owner row's, and keep it so until the commit (`FOR SHARE`: a new owner's bump waits)."""
-        if self._epoch is None:
-            return
-        row = self.db.execute_sql(self._dialect.sql(
-            "SELECT epoch, holder FROM postroom_owner WHERE scope = ?") + self._dialect.share_row(),
-            (WHOLE_DATABASE,)).fetchone()
-        if row is not None and int(row[0]) == self._epoch:
-            return
-        holder = "nobody" if row is None else f"{row[1]} (epoch {row[0]})"
-        self._lost = (f"another supervisor took over this database: it is now owned by {holder}, "
-                      f"this one held epoch {self._epoch}; nothing more is written from here "
-                      "(restart this one, or stop the other)")
-        log.error("storage.ownership_lost", epoch=self._epoch,
-                  now_epoch=None if row is None else int(row[0]))
-        raise OwnershipLost(self._lost)
+    # -- nodes and buckets (postroom_common.buckets) --------------------------------------
+
+    def join(self, holder: str, lease: float | None) -> int:
+        """Record this process as a node whose lease ends `lease` seconds from now by the
+        database's clock (None: never, for the one node of an exclusive owner); its id."""
+        with self._guard(), self.db.atomic():
+            cursor = self.db.execute_sql(self._dialect.sql(
+                "INSERT INTO postroom_nodes (holder, joined_at, lease_expires_at)"
+                f" VALUES (?, {self._dialect.now_micros()}, {self._lease_end()}) RETURNING id"),
+                (holder, *self._lease_params(lease)))
+            return int(cursor.fetchone()[0])
+
+    def renew(self, node: int, lease: float) -> bool:
+        """Extend the node's lease to `lease` seconds from the database's now; False when its row
+        is gone (another node found it expired and removed it)."""
+        with self._guard(), self.db.atomic():
+            cursor = self.db.execute_sql(self._dialect.sql(
+                f"UPDATE postroom_nodes SET lease_expires_at = {self._lease_end()} WHERE id = ?"),
+                (*self._lease_params(lease), node))
+            return int(cursor.rowcount) == 1
+
+    def _lease_end(self) -> str:
+        return (f"CASE WHEN CAST(? AS BIGINT) IS NULL THEN {2**62}"
+                f" ELSE {self._dialect.now_micros()} + CAST(? AS BIGINT) END")
+
+    @staticmethod
+    def _lease_params(lease: float | None) -> tuple[int | None, int | None]:
+        micros = None if lease is None else round(lease * 1_000_000)
+        return micros, micros
+
+    def leave(self, node: int) -> None:
+        """The node goes: its buckets are free for the others at once (their epochs kept: the next
+        owner bumps them, and is woken), and its row is removed."""
+        with self._guard(), self.db.atomic():
+            self.db.execute_sql(self._dialect.sql("UPDATE postroom_buckets SET node = NULL WHERE node = ?"),
+                                (node,))
+            self.db.execute_sql(self._dialect.sql("DELETE FROM postroom_nodes WHERE id = ?"), (node,))
+            self._notify()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self._dialect.is_sqlite
+
+    def clock_skew(self) -> float:
+        """Seconds the database's clock is ahead of this machine's (negative: behind)."""
+        with self._guard():
+            before = time.time()
+            (micros,) = self.db.execute_sql(f"SELECT {self._dialect.now_micros()}").fetchone()
+            after = time.time()
+        return int(micros) / 1_000_000 - (before + after) / 2
+
+    def bucket_owners(self) -> tuple[list[int], dict[int, int | None]]:
+        """The live nodes (lease not expired by the database's clock), and each bucket's owner:
+        None for a bucket nobody holds or whose owner's lease has expired."""
+        now = self._dialect.now_micros()
+        with self._guard():
+            live = [int(node) for (node,) in self.db.execute_sql(
+                f"SELECT id FROM postroom_nodes WHERE lease_expires_at > {now} ORDER BY id").fetchall()]
+            rows = self.db.execute_sql("SELECT bucket, node FROM postroom_buckets").fetchall()
+        alive = set(live)
+        owners: dict[int, int | None] = dict.fromkeys(range(BUCKETS))
+        owners.update({int(bucket): int(node) if node in alive else None for bucket, node in rows})
+        return live, owners
+
+    def take_buckets(self, node: int, buckets: Sequence[int], delivery: Delivery, now: datetime,
+                     *, force: bool = False) -> tuple[dict[int, int], list[Message]]:
+        """Take the buckets nobody holds, or whose owner's lease has expired (`force`: every one,
+        for the exclusive owner), each at a new epoch; then settle, by the delivery policy, what
+        their former owners left in flight (rows claimed under an older epoch). Inside
+        write_transaction. ({bucket: its new epoch}, the rows settled, as written).
+
+        A former owner's claim in progress holds its bucket's row `FOR SHARE` (`holding`): the
+        bump waits for its commit, so its claim is settled here, or refused after."""
+        if not buckets:
+            return {}, []
+        taken: dict[int, int] = {}
+        with self._guard():
+            for chunk, marks in _chunks(sorted(set(buckets))):
+                self._executemany(self._dialect.sql(
+                    "INSERT INTO postroom_buckets (bucket, epoch) VALUES (?, 0)"
+                    " ON CONFLICT (bucket) DO NOTHING"), [(bucket,) for bucket in chunk])
+                # Locked in bucket order first, as `holding` locks them: two nodes never deadlock.
+                self.db.execute_sql(self._dialect.sql(
+                    f"SELECT bucket FROM postroom_buckets WHERE bucket IN ({marks}) ORDER BY bucket"
+                ) + self._dialect.lock_rows(), chunk)
+                now_db = self._dialect.now_micros()
+                free = "" if force else (
+                    " AND (node IS NULL OR node = ? OR NOT EXISTS (SELECT 1 FROM postroom_nodes n"
+                    f" WHERE n.id = postroom_buckets.node AND n.lease_expires_at > {now_db}))")
+                rows = self.db.execute_sql(self._dialect.sql(
+                    f"UPDATE postroom_buckets SET node = ?, epoch = epoch + 1, taken_at = ?"
+                    f" WHERE bucket IN ({marks}){free} RETURNING bucket, epoch"),
+                    (node, to_micros(now), *chunk, *(() if force else (node,)))).fetchall()
+                taken.update((int(bucket), int(epoch)) for bucket, epoch in rows)
+        left = [m for m in self._in_flight_with_epochs()
+                if (b := bucket_of(m[0].phone)) in taken and (m[1] is None or m[1] < taken[b])]
+        return taken, self.settle_interrupted([m for m, _ in left], delivery, now)
+
+    def _in_flight_with_epochs(self) -> list[tuple[Message, int | None]]:
+        """Every row in flight, with the epoch it was claimed under (None: before epochs)."""
+        rows = self._named_rows(f"SELECT {_MESSAGE_COLUMNS}, claim_epoch FROM message_queue"
+                                f" WHERE {IN_FLIGHT}", ())
+        return [(_message(row), row["claim_epoch"]) for row in rows]
+
+    def release_buckets(self, node: int, buckets: Sequence[int]) -> None:
+        """Let go of buckets this node holds (a handoff), their epochs kept: the next owner
+        bumps them. Inside write_transaction."""
+        for chunk, marks in _chunks(sorted(set(buckets))):
+            self._executemany(self._dialect.sql(
+                f"UPDATE postroom_buckets SET node = NULL WHERE node = ? AND bucket IN ({marks})"),
+                [(node, *chunk)])
+        self._notify()  # the other nodes' listeners wake their lease keepers: taken at once
+
+    def _notify(self) -> None:
+        """PostgreSQL: wake every listening node at the commit (one notification a transaction)."""
+        if not self._dialect.is_sqlite:
+            with self._guard():
+                self.db.execute_sql(f"NOTIFY {CHANGES_CHANNEL}")
+
+    def holding(self, node: int, epochs: Mapping[int, int]) -> set[int]:
+        """Of the buckets of `epochs` ({bucket: epoch}), those `node` still holds at that epoch,
+        kept so until the commit (`FOR SHARE`: a takeover waits for it). Inside
+        write_transaction, before the claims it fences. SQLite: all of them, asked nothing (one
+        node per file: its file lock keeps every other out)."""
+        if self._dialect.is_sqlite or not epochs:
+            return set(epochs)
+        held: set[int] = set()
+        for chunk, marks in _chunks(sorted(epochs)):
+            with self._guard():
+                rows = self.db.execute_sql(self._dialect.sql(  # locked in bucket order, as a take locks them
+                    f"SELECT bucket, epoch FROM postroom_buckets WHERE bucket IN ({marks}) AND node = ?"
+                    " ORDER BY bucket FOR SHARE"), (*chunk, node)).fetchall()
+            held.update(int(b) for b, epoch in rows if epochs[int(b)] == int(epoch))
+        return held
 
     def is_demo(self) -> bool:
         """True when `postroom demo` created this database (`mark_demo`); reads only."""
@@ -426,7 +546,6 @@ class Storage:
             self._verify_owner_if_due(fresh)
             self.db.begin()
             try:
-                self._hold_epoch()
                 yield
                 self.db.commit()
             except BaseException:
@@ -594,8 +713,11 @@ class Storage:
                 f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE idempotency_key IN ({marks})", chunk))
         return found
 
-    def claim(self, ids: Sequence[int], now: datetime) -> dict[int, Message]:
+    def claim(self, ids: Sequence[int], now: datetime,
+              epochs: Mapping[int, int] | None = None) -> dict[int, Message]:
         """Move open, due messages to PROCESSING and count the attempt; others are left alone.
+        `epochs`: {bucket: epoch} the claimer holds, written on each row claimed (what its own
+        reclaims and settlements may touch later).
 
         The database decides, not the caller's copy: a message cancelled, already sent or
         backing off since the caller loaded it is not claimed, nor one of an account paused
@@ -610,9 +732,11 @@ class Storage:
             row.update(status=Status.PROCESSING.value, attempts=row["attempts"] + 1, updated_at=at)
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, updated_at = ?, claims = claims + 1,"
-            " claimed_at = ? WHERE id = ?"
+            " claimed_at = ?, claim_epoch = ? WHERE id = ?"
         )
-        self._executemany(sql, [(r["status"], r["attempts"], at, at, r["id"]) for r in rows])
+        epoch = (epochs or {}).get
+        self._executemany(sql, [(r["status"], r["attempts"], at, at, epoch(bucket_of(r["phone"])), r["id"])
+                                for r in rows])
         return {row["id"]: _message(row) for row in rows}
 
     def _paused_among(self, phones: set[str], at: int) -> set[str]:
@@ -683,21 +807,30 @@ class Storage:
         self._write_states([requeued])
         return requeued
 
-    def recover_interrupted(self, delivery: Delivery, now: datetime,
-                            phone: str | None = None) -> list[Message]:
-        """Settle rows left PROCESSING by a crash, per the delivery policy.
+    def recover_interrupted(self, delivery: Delivery, now: datetime, phone: str | None = None,
+                            up_to_epoch: int | None = None) -> list[Message]:
+        """Settle rows left PROCESSING by a crash, per the delivery policy; `up_to_epoch`: only
+        those claimed under that epoch of their bucket or an older one (never a row a later
+        owner of the bucket has in flight).
 
         At-least-once: retried now, unless the interrupted attempt was the last one.
         At-most-once: failed as interrupted. Returns the rows as written.
         """
-        return self.settle_interrupted(self.interrupted(phone), delivery, now)
+        return self.settle_interrupted(self.interrupted(phone, up_to_epoch), delivery, now)
 
-    def interrupted(self, phone: str | None = None) -> list[Message]:
-        """The rows in PROCESSING (of one account, or all): what `settle_interrupted` settles."""
+    def interrupted(self, phone: str | None = None, up_to_epoch: int | None = None,
+                    epoch: int | None = None) -> list[Message]:
+        """The rows in PROCESSING (of one account, or all): what `settle_interrupted` settles;
+        only those claimed under `epoch`, or under `up_to_epoch` or before, when given."""
         sql = f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE status = ?"
-        if phone is None:
-            return self._fetch(sql, (Status.PROCESSING.value,))
-        return self._fetch(sql + " AND phone = ?", (Status.PROCESSING.value, phone))
+        params: list[Any] = [Status.PROCESSING.value]
+        if phone is not None:
+            sql, params = sql + " AND phone = ?", [*params, phone]
+        if up_to_epoch is not None:
+            sql, params = sql + " AND (claim_epoch IS NULL OR claim_epoch <= ?)", [*params, up_to_epoch]
+        if epoch is not None:
+            sql, params = sql + " AND claim_epoch = ?", [*params, epoch]
+        return self._fetch(sql, params)
 
     def settle_interrupted(self, interrupted: Sequence[Message], delivery: Delivery,
                            now: datetime) -> list[Message]:
@@ -734,10 +867,11 @@ class Storage:
                     changed.append(m)
         return changed
 
-    def give_back_orphans(self, phone: str, now: datetime) -> list[int]:
+    def give_back_orphans(self, phone: str, now: datetime, epoch: int | None = None) -> list[int]:
         """The account's rows left PROCESSING go back, due now, their attempt uncounted: for an
-        account that holds none of them (a claim committed as its answer was lost). The ids."""
-        orphans = self.interrupted(phone)
+        account that holds none of them (a claim committed as its answer was lost). `epoch`: only
+        those claimed under it (this node's own, never another's in flight). The ids."""
+        orphans = self.interrupted(phone, epoch=epoch)
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, available_at = ?, updated_at = ?"
             " WHERE id = ? AND status = ? AND attempts = ?")
@@ -766,9 +900,7 @@ class Storage:
         self._executemany(self._dialect.sql(
             "INSERT INTO postroom_changes (kind, phone, first_id, last_id, at) VALUES (?, ?, ?, ?, ?)"),
             [(c.kind.value, c.phone, c.first_id, c.last_id, to_micros(now)) for c in changes])
-        if not self._dialect.is_sqlite:
-            with self._guard():
-                self.db.execute_sql(f"NOTIFY {CHANGES_CHANNEL}")
+        self._notify()
 
     def listener(self, on_change: Callable[[], None]) -> ChangeListener | None:
         """A thread (not started) that calls `on_change` at each change another process
@@ -843,9 +975,16 @@ class Storage:
         return [_pause_from_row(row) for row in rows]
 
     def delete_finished_before(self, cutoff: datetime, limit: int) -> int:
-        """Delete up to `limit` final rows that finished before `cutoff`; returns how many."""
+        """Delete up to `limit` final rows that finished before `cutoff`; returns how many.
+        PostgreSQL: one process at a time (a transaction lock): 0 while another one deletes,
+        so that the nodes of a database do not all run the same cleanup."""
         oldest = self.Row.select(self.Row.id).where(self._finished_before(cutoff)).limit(limit)
         with self._guard():
+            if not self._dialect.is_sqlite:
+                (mine,) = self.db.execute_sql("SELECT pg_try_advisory_xact_lock(%s)",
+                                              (CLEANUP_LOCK_KEY,)).fetchone()
+                if not mine:
+                    return 0
             ids = [row.id for row in oldest]
             if not ids:
                 return 0
@@ -1053,9 +1192,23 @@ class Storage:
                 "SELECT holder, epoch, taken_at FROM postroom_owner WHERE scope = ?"),
                 (WHOLE_DATABASE,)).fetchone()
         held, by = self._lock_state()
+        nodes = self._nodes()
         if row is None:
-            return OwnerState(None, None, None, held, by)
-        return OwnerState(str(row[0]), int(row[1]), from_micros(row[2]), held, by)
+            return OwnerState(None, None, None, held, by, nodes)
+        return OwnerState(str(row[0]), int(row[1]), from_micros(row[2]), held, by, nodes)
+
+    def _nodes(self) -> tuple[NodeState, ...]:
+        """Every node row, with its lease left and how many buckets it holds."""
+        if not self.db.table_exists("postroom_nodes"):
+            return ()  # a schema older than nodes (read commands do not migrate)
+        now = self._dialect.now_micros()
+        with self._guard():
+            rows = self.db.execute_sql(
+                f"SELECT n.id, n.holder, n.lease_expires_at, n.lease_expires_at - {now},"
+                " (SELECT COUNT(*) FROM postroom_buckets b WHERE b.node = n.id)"
+                " FROM postroom_nodes n ORDER BY n.id").fetchall()
+        return tuple(NodeState(int(node), str(holder), None if int(ends) >= 2**62 else int(left) / 1e6,
+                               int(buckets)) for node, holder, ends, left, buckets in rows)
 
     def _lock_state(self) -> tuple[bool | None, str | None]:
         """(held, by whom) of the owner lock; held None when it cannot be told."""

@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from storage import Storage, open_database
+from storage.models import TABLES
 
 POSTGRES_URL = os.environ.get("POSTROOM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_POSTGRES = os.environ.get("POSTROOM_REQUIRE_POSTGRES") == "1"
@@ -42,12 +43,8 @@ def require_postgres() -> None:
 
 def reset_postgres() -> None:
     db = open_database(POSTGRES_URL)
-    db.execute_sql("DROP TABLE IF EXISTS message_queue")
-    db.execute_sql("DROP TABLE IF EXISTS account_state")
-    db.execute_sql("DROP TABLE IF EXISTS postroom_meta")
-    db.execute_sql("DROP TABLE IF EXISTS postroom_owner")
-    db.execute_sql("DROP TABLE IF EXISTS message_attempts")
-    db.execute_sql("DROP TABLE IF EXISTS postroom_changes")
+    for table in TABLES:
+        db.execute_sql(f"DROP TABLE IF EXISTS {table}")
     db.execute_sql("DROP SEQUENCE IF EXISTS message_queue_id_seq")
     db.close()
 

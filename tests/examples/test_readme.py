@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
+from postroom_common.buckets import BUCKETS
 from storage import Storage, open_database
 from supervisor import Enqueue, GetHealth, GetMessage, Message, Status, SupervisorSettings
 from tests.conftest import eventually
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 #: The sections whose python block is run here.
-RUN = ("Quickstart", "Settings")
+RUN = ("Quickstart", "Settings", "Several nodes (PostgreSQL)")
 #: Each block runs in a few seconds; this bounds one that waits out a timeout.
 pytestmark = pytest.mark.timeout(30)
 
@@ -108,6 +109,23 @@ def test_the_settings_snippet_runs_as_pasted(tmp_path: Path) -> None:
         message_id = ref.ask(Enqueue(phone="+15550001", user_id="42", text="hi"))
         assert sent.wait(10)
         eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.COMPLETED)
+    finally:
+        ref.stop()
+
+
+@pytest.mark.postgres
+def test_the_nodes_snippet_starts_a_node_that_takes_every_bucket_and_sends(postgres_url: str) -> None:
+    """The Several nodes snippet on the test's PostgreSQL database: a node alone takes every
+    bucket and sends."""
+    section = "Several nodes (PostgreSQL)"
+    code = substituted(python_block(section), '"postgresql://user@db-host/postroom"', repr(postgres_url))
+    sent = threading.Event()
+    names = run(code, section, send=lambda message: sent.set())
+    ref = names["ref"]
+    try:
+        eventually(lambda: ref.ask(GetHealth()).buckets_held == BUCKETS)
+        ref.ask(Enqueue(phone="+15550001", user_id="42", text="hi"))
+        assert sent.wait(10)
     finally:
         ref.stop()
 

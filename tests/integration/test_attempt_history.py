@@ -77,7 +77,7 @@ def test_an_interrupted_attempt_is_recorded_by_recovery(storage: Storage) -> Non
 
 def test_cleanup_removes_a_messages_history_with_it(storage: Storage) -> None:
     """Deleting a finished message deletes its attempts; a message still open keeps its own."""
-    done, kept = insert(storage, new(), new())
+    done, kept = insert(storage, new("+1"), new("+2"))  # two accounts: each one in flight
     for mid in (done, kept):
         attempt = _claim(storage, mid, timedelta(0))
     _record(storage, Transition(done, attempt, Status.COMPLETED, NOW))

@@ -53,10 +53,10 @@ def test_find_messages_combines_its_filters(storage: Storage) -> None:
     (any case; LIKE's own characters taken literally)."""
     ids = _insert(storage, _new("+1a", priority=Priority.HIGH), _new("+1a", at=NOW + timedelta(hours=1)),
                   _new("+1b"), _new("+1b"))
-    with storage.write_transaction():
-        storage.claim(ids[2:], NOW)
-        storage.record([Transition(ids[2], 1, Status.FAILED, NOW, error="Boom: 100% of_it"),
-                        Transition(ids[3], 1, Status.FAILED, NOW, error="Boom: 100 percent")])
+    for message_id, error in ((ids[2], "Boom: 100% of_it"), (ids[3], "Boom: 100 percent")):
+        with storage.write_transaction():  # one at a time: an account has one message in flight
+            storage.claim([message_id], NOW)
+            storage.record([Transition(message_id, 1, Status.FAILED, NOW, error=error)])
 
     def found(**fields: Any) -> list[int]:
         return [m.id for m in storage.find_messages(MessageFilter(**fields))]

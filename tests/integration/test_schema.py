@@ -13,6 +13,7 @@ from peewee import SqliteDatabase
 
 from postroom_cli.main import main as cli
 from storage import Storage, open_database
+from storage.models import TABLES
 from storage.schema import SCHEMA_VERSION
 from supervisor import Enqueue, GetStats, SchemaMismatch, Status, Supervisor
 from tests.conftest import eventually
@@ -137,8 +138,7 @@ def test_an_upgraded_database_has_the_schema_of_a_new_one(database_url: str, tmp
 def _shape(store: Storage) -> dict[str, tuple[list[tuple[str, bool, bool]], set[str]]]:
     """Per table: (column name, not null, primary key) and index names."""
     shape = {}
-    for table in ("message_queue", "account_state", "postroom_meta", "postroom_owner", "message_attempts",
-                  "postroom_changes"):
+    for table in TABLES:
         columns = [(c.name, not c.null, c.primary_key) for c in store.db.get_columns(table)]
         indexes = {i.name for i in store.db.get_indexes(table) if not i.name.endswith("_pkey")
                    and not i.name.startswith("sqlite_autoindex")}

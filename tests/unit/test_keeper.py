@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from actors.keeper import (
     AccountKeeper,
+    HandBack,
     KeeperCommand,
     Log,
     Phase,
@@ -30,6 +31,7 @@ from actors.keeper import (
     WakeAt,
 )
 from actors.privacy import mask_phone
+from postroom_common.buckets import bucket_of
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 A, B, C = "+15550001", "+15550002", "+15550003"
@@ -475,3 +477,78 @@ class KeeperWorld(RuleBasedStateMachine):
 
 KeeperWorld.TestCase.settings = settings(max_examples=300, stateful_step_count=50, deadline=None)
 test_keeper_world = KeeperWorld.TestCase
+
+
+# -- buckets (a node of several) ------------------------------------------------------------------
+
+
+def node_keeper(*held_phones: str) -> tuple[AccountKeeper, Shell]:
+    """A node's keeper, booted holding no bucket, then the buckets of `held_phones`."""
+    keeper = AccountKeeper(3, PERIOD, 120.0, every_bucket=False)
+    shell = Shell(keeper)
+    shell.run(keeper.boot([], [], t(0)))
+    shell.run(keeper.buckets_won({bucket_of(p) for p in held_phones}, [], t(0)))
+    return keeper, shell
+
+
+def test_a_node_starts_only_the_accounts_of_the_buckets_it_holds() -> None:
+    assert len({bucket_of(A), bucket_of(B), bucket_of(C)}) == 3
+    keeper, shell = node_keeper(A)
+    assert shell.run(keeper.work_found([(A, t(0)), (B, t(0)), (C, t(30))], t(0))) == [Start(A)]
+    assert keeper.sleeping == {} and keeper.wanted(B) == []
+    commands = shell.run(keeper.buckets_won({bucket_of(B), bucket_of(C)}, [(B, t(0)), (C, t(30))], t(0)))
+    assert commands == [Start(B), WakeAt(t(30))]
+
+
+def test_handing_over_releases_the_accounts_and_hands_back_once_the_last_has_released() -> None:
+    keeper, shell = node_keeper(A, B)
+    shell.run(keeper.work_found([(A, t(0)), (B, t(0))], t(0)))
+    a_urn = shell.urn(A)
+    commands = keeper.hand_over({bucket_of(A)})
+    assert without_logs(commands) == [Release(A, shell.running[A])]
+    assert keeper.place(A) is Place.HANDING and not keeper.holds(A)
+    assert keeper.work_found([(A, t(0))], t(0)) == [] and keeper.hand_over({bucket_of(A)}) == []
+    assert keeper.released(A, a_urn, 1.0) == [HandBack(frozenset({bucket_of(A)}))]
+    assert keeper.place(A) is None and keeper.buckets == {bucket_of(B)}
+    assert keeper.place(B) is Place.RUNNING  # another bucket's account runs on
+
+
+def test_a_bucket_without_running_accounts_is_handed_back_at_once_its_sleepers_and_parked_forgotten() -> None:
+    keeper, shell = node_keeper(A, B)
+    shell.run(keeper.work_found([(A, t(30))], t(0)))
+    for n in range(4):  # B crashes past the restart intensity: parked
+        shell.run(keeper.work_found([(B, t(0))], t(0)))
+        shell.run(keeper.crashed(B, shell.urn(B), "E", False, float(n)))
+    assert keeper.place(B) is Place.PARKED and keeper.sleeping == {A: t(30)}
+    commands = keeper.hand_over({bucket_of(A), bucket_of(B)})
+    assert without_logs(commands) == [HandBack(frozenset({bucket_of(A), bucket_of(B)}))]
+    assert keeper.sleeping == {} and keeper.place(B) is None and keeper.kept == 0
+
+
+def test_an_account_crashing_while_handed_over_is_settled_and_not_started_again() -> None:
+    keeper, shell = node_keeper(A)
+    shell.run(keeper.work_found([(A, t(0))], t(0)))
+    urn = shell.urn(A)
+    keeper.hand_over({bucket_of(A)})
+    assert keeper.crashed(A, urn, "E", False, 1.0) == [Settle(A), HandBack(frozenset({bucket_of(A)}))]
+    keeper, shell = node_keeper(A)
+    shell.run(keeper.work_found([(A, t(0))], t(0)))
+    shell.run(keeper.crashed(A, shell.urn(A), "E", True, 1.0))  # crashed, giving back
+    assert without_logs(keeper.hand_over({bucket_of(A)})) == []  # waits for it
+    assert keeper.released(A, shell.urn(A), 2.0) == [Settle(A), HandBack(frozenset({bucket_of(A)}))]
+
+
+def test_a_lost_lease_releases_and_forgets_the_accounts_of_the_buckets_lost() -> None:
+    keeper, shell = node_keeper(A, B)
+    shell.run(keeper.work_found([(A, t(0)), (B, t(0)), (C, t(0))], t(0)))
+    commands = keeper.buckets_lost({bucket_of(A), bucket_of(C)})
+    assert commands == [Release(A, shell.running[A])]
+    assert keeper.place(A) is None and keeper.place(B) is Place.RUNNING
+    assert keeper.released(A, shell.urn(A), 1.0) == []  # forgotten when told
+    assert keeper.wanted(A) == [] and keeper.buckets == {bucket_of(B)}
+
+
+def test_the_one_node_of_a_database_holds_every_bucket() -> None:
+    keeper, shell = booted(A)
+    assert keeper.buckets is None and keeper.holds(B)
+    assert shell.run(keeper.work_found([(B, t(0))], t(0))) == [Start(B)]

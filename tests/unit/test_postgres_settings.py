@@ -26,7 +26,8 @@ def test_defaults_bound_every_wait_of_a_connection() -> None:
                                 "keepalives_count", "tcp_user_timeout")} \
         == {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
             "keepalives_count": 3, "tcp_user_timeout": 15000}
-    assert got["options"] == "-c statement_timeout=30000 -c lock_timeout=5000"
+    assert got["options"] == ("-c statement_timeout=30000 -c lock_timeout=5000"
+                              " -c idle_in_transaction_session_timeout=10000")
     assert got["cursor_factory"].call_limits.answer_within == 35.0
 
 
@@ -36,7 +37,8 @@ def test_the_urls_own_parameters_and_the_environment_win(monkeypatch: pytest.Mon
     monkeypatch.setenv("PGOPTIONS", "-c search_path=queue")
     got = params(f"{URL}?connect_timeout=9&options=-c%20lock_timeout%3D0&sslmode=require")
     assert got["connect_timeout"] == 9 and got["sslmode"] == "require"
-    assert got["options"] == ("-c statement_timeout=30000 -c lock_timeout=5000 -c search_path=queue"
+    assert got["options"] == ("-c statement_timeout=30000 -c lock_timeout=5000"
+                              " -c idle_in_transaction_session_timeout=10000 -c search_path=queue"
                               " -c lock_timeout=0")
     monkeypatch.setenv("PGCONNECT_TIMEOUT", "11")
     assert "connect_timeout" not in params()
@@ -45,7 +47,8 @@ def test_the_urls_own_parameters_and_the_environment_win(monkeypatch: pytest.Mon
 def test_read_only_and_no_statement_limit() -> None:
     """read_only adds its option; statement_timeout=None sets no server limit and no cut."""
     got = params(read_only=True, postgres=PostgresSettings(statement_timeout=None, lock_timeout=0.25))
-    assert got["options"] == "-c lock_timeout=250 -c default_transaction_read_only=on"
+    assert got["options"] == ("-c lock_timeout=250 -c idle_in_transaction_session_timeout=10000"
+                              " -c default_transaction_read_only=on")
     assert got["cursor_factory"].call_limits.answer_within is None
 
 
