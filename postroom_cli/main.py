@@ -1,4 +1,4 @@
-"""The `postroom` command line: `postroom demo`, `migrate`, the operator's reads (`status`,
+"""The `postroom` command line: `postroom demo`, `node`, `migrate`, the operator's reads (`status`,
 `list`, `inspect`, `health`) and writes (`enqueue`, `requeue`, `cancel`, `pause`, `resume`,
 `cleanup`)."""
 
@@ -22,6 +22,7 @@ from postroom_cli import (
     inspection,
     listing,
     migrate,
+    node,
     pause,
     requeue,
     resume,
@@ -39,7 +40,7 @@ Command = Callable[[argparse.Namespace, Console], int]
 #: Log level when --log-level is not given: the demo keeps its progress display readable
 #: (its rate limits are counted there; --verbose logs each one as well).
 _DEFAULT_LEVELS = {"demo": "error", "status": "info", "resume": "info", "migrate": "info",
-                   "list": "info", "inspect": "info", "health": "info",
+                   "list": "info", "inspect": "info", "health": "info", "node": "info",
                    **dict.fromkeys(("enqueue", "requeue", "cancel", "pause", "cleanup"), "info")}
 _VERBOSE_LEVEL = "warning"
 _EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "lift an account's pause, a suspension until lifted included (works beside "
                  "a running supervisor)")
     _add_write_commands(commands)
+    _add_command(commands, "node", node.add_arguments, node.run,
+                 "run a supervisor on the database, sending through your sender, until SIGTERM or "
+                 "SIGINT stops it gracefully")
     _add_command(commands, "migrate", migrate.add_arguments, migrate.run,
                  "create or upgrade the database's schema to this postroom's version (a newer "
                  "one is refused)")
