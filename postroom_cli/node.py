@@ -51,6 +51,7 @@ from supervisor import (
     AsyncPostroom,
     GetHealth,
     Health,
+    NodeSettings,
     Sender,
     Supervisor,
     SupervisorSettings,
@@ -110,6 +111,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cleanup-interval", type=_seconds_or_none, metavar="SECONDS", default=unset,
                         help="between two cleanups of old finished rows (default: 3600; none: only "
                              "`postroom cleanup`)")
+    parser.add_argument("--nodes", action="store_true",
+                        help="PostgreSQL: run as one node of several, sharing the accounts by buckets "
+                             "leased on the database's clock (README, Several nodes); without it this "
+                             "node owns the database alone")
+    parser.add_argument("--lease", type=_seconds, metavar="SECONDS", default=unset,
+                        help="with --nodes: how long a node's lease lasts past its last renewal, how long "
+                             "its buckets wait when it dies (default: 15)")
+    parser.add_argument("--max-moves", type=int, metavar="N", default=unset,
+                        help="with --nodes: buckets handed over to a joining node per renewal (default: 8)")
     parser.add_argument("--health-file", type=Path, metavar="PATH", default=None,
                         help="write GetHealth's answer there as JSON every --health-interval, for a "
                              "container probe; removed at stop")
@@ -150,11 +160,19 @@ def settings_from(args: argparse.Namespace) -> SupervisorSettings:
         fields["delivery"] = next(d for d in Delivery if _option(d) == fields["delivery"])
     if "send_timeout" in given:
         fields["account"] = replace(AccountSettings(), send_timeout=given["send_timeout"])
+    node_fields = {name: given[name] for name in _NODE_SETTINGS if name in given}
+    if given.get("nodes"):
+        fields["nodes"] = NodeSettings(**node_fields)
+    elif node_fields:
+        raise ValidationError(f"--{next(iter(node_fields)).replace('_', '-')} is a setting of --nodes: "
+                              "give --nodes too")
     return SupervisorSettings(**fields)
 
 
 #: The options that are fields of `SupervisorSettings` under the same name.
 _SETTINGS = ("delivery", "account_threads", "send_threads", "stop_timeout", "cleanup_interval")
+#: The options that are fields of `NodeSettings` under the same name.
+_NODE_SETTINGS = ("lease", "max_moves")
 
 
 def load_sender(spec: str) -> Sender | AsyncSender:

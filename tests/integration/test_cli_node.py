@@ -244,3 +244,38 @@ def test_the_health_file_is_written_while_running_and_removed_at_stop(
     assert node.exit_code() == 0, node.stderr()
     assert not health.exists()
     assert not list(tmp_path.glob(".health.json.*"))  # no temporary file left
+
+
+@pytest.mark.postgres
+def test_two_nodes_with_nodes_share_the_accounts_and_the_last_one_takes_all_at_once(
+        postgres_url: str, tmp_path: Path, nodes: list[Node]) -> None:
+    """`postroom node --nodes` twice on one PostgreSQL database: both send (the accounts are
+    shared by buckets), each message once; SIGTERM to one, and the other sends what comes
+    next without waiting out the stopped one's 30 s lease."""
+    out = tmp_path / "sent.txt"
+    first = _start(nodes, postgres_url, "send", out, "--nodes", "--lease", "30", "--max-moves", "64")
+    first.wait_for("node.started")
+    second = _start(nodes, postgres_url, "send", out, "--nodes", "--lease", "30", "--max-moves", "64")
+    second.wait_for("node.started")
+    accounts = [f"+1555000{n:04d}" for n in range(40)]
+    with Producer(postgres_url) as producer:
+        eventually(lambda: len({pid for pid, _, _ in _sent(out)}) == 2 or _spread(producer, accounts, out),
+                   timeout=60)
+        ids = [int(line.split()[1]) for line in out.read_text().splitlines()]
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.exit_code() == 0, first.stderr()
+        stopped = time.monotonic()
+        later = [producer.enqueue(phone=phone, user_id="after", text="x") for phone in accounts]
+        eventually(lambda: _all_completed(producer, later), timeout=20)
+        assert time.monotonic() - stopped < 15  # not the 30 s lease
+    sent = [mid for _, mid, _ in _sent(out)]
+    assert len(sent) == len(set(sent)) and set(later) <= set(sent) and set(ids) <= set(sent)
+    assert {pid for pid, mid, _ in _sent(out) if mid in later} == {second.proc.pid}
+
+
+def _spread(producer: Producer, accounts: list[str], out: Path) -> bool:
+    """Enqueue one message per account (both nodes then send some); False until both have."""
+    for phone in accounts:
+        producer.enqueue(phone=phone, user_id="before", text="x")
+    time.sleep(0.5)
+    return len({pid for pid, _, _ in _sent(out)}) == 2

@@ -17,7 +17,7 @@ from actors import Health
 from postroom_cli.main import build_parser, main
 from postroom_cli.node import HealthFile, SenderError, load_sender, settings_from, shown_database
 from postroom_common import Delivery, ValidationError
-from supervisor import SupervisorSettings
+from supervisor import NodeSettings, SupervisorSettings
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -118,6 +118,18 @@ def test_the_options_map_to_their_settings() -> None:
     assert (settings.stop_timeout, settings.cleanup_interval) == (2.5, 300.0)
     assert settings.account.send_timeout == 30.0
     assert _settings("--delivery", "at-least-once").delivery is Delivery.AT_LEAST_ONCE
+
+
+def test_nodes_and_their_settings() -> None:
+    """--nodes runs as a node of several; --lease and --max-moves set its NodeSettings, and
+    need it."""
+    assert _settings("--nodes").nodes == NodeSettings()
+    assert _settings("--nodes", "--lease", "30s", "--max-moves", "2").nodes == NodeSettings(lease=30.0,
+                                                                                           max_moves=2)
+    with pytest.raises(ValidationError, match="--lease is a setting of --nodes"):
+        _settings("--lease", "30")
+    with pytest.raises(ValidationError, match=r"NodeSettings\.lease"):
+        _settings("--nodes", "--lease", "0")
 
 
 def test_none_turns_off_cleanup_and_the_send_timeout() -> None:
