@@ -278,9 +278,10 @@ class AccountKeeper:
         return None if self._held is None else set(self._held)
 
     def giving_back(self) -> list[str]:
-        """The urns of the crashed incarnations still giving back what they held."""
+        """The urns of the incarnations still giving back what they held: crashed, or released
+        as their bucket is handed over."""
         return [a.incarnation.actor_urn for a in self._accounts.values()
-                if a.place is Place.CRASHED and a.incarnation is not None]
+                if a.place in (Place.CRASHED, Place.HANDING) and a.incarnation is not None]
 
     # -- events -------------------------------------------------------------------------------
 

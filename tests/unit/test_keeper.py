@@ -552,3 +552,12 @@ def test_the_one_node_of_a_database_holds_every_bucket() -> None:
     keeper, shell = booted(A)
     assert keeper.buckets is None and keeper.holds(B)
     assert shell.run(keeper.work_found([(B, t(0))], t(0))) == [Start(B)]
+
+
+def test_a_stop_during_a_handover_waits_for_the_accounts_being_handed_over_too() -> None:
+    keeper, shell = node_keeper(A, B)
+    shell.run(keeper.work_found([(A, t(0)), (B, t(0))], t(0)))
+    keeper.hand_over({bucket_of(A)})
+    releases = [c for c in keeper.stop() if isinstance(c, Release)]
+    assert [c.phone for c in releases] == [B]
+    assert keeper.giving_back() == [shell.urn(A)]  # the stop waits for it as for B
