@@ -202,6 +202,13 @@ class BucketRow(peewee.Model):
 
 #: last_error of a message whose attempt a crash interrupted (until its next outcome).
 INTERRUPTED = "interrupted: the process stopped while this attempt was in flight"
+#: Crashes in a row (of its process or its account) a message may be in flight at: at the
+#: last one it fails as poison, so that a message that kills whoever sends it cannot kill
+#: node after node, nor the same node for each of its attempts.
+POISON_AFTER = 3
+#: last_error of a message failed as poison.
+POISON = (f"poison: interrupted by {POISON_AFTER} crashes in a row while in flight, "
+          "failed so as not to crash another sender")
 
 #: postroom_meta key: the highest message id a deletion may have removed (SQLite, where
 #: ids follow MAX(id): without it a restart after the newest rows were deleted would give

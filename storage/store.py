@@ -69,6 +69,8 @@ from storage.models import (
     IN_FLIGHT,
     INTERRUPTED,
     OPEN_ROWS,
+    POISON,
+    POISON_AFTER,
     WHOLE_DATABASE,
     AccountRow,
     AttemptRow,
@@ -854,11 +856,12 @@ class Storage:
             " COALESCE(claimed_at, updated_at), ?, ?, ?"
             " FROM message_queue"
             " WHERE id = ? AND status = ? AND attempts = ?") + _ATTEMPT_UPSERT
+        crashes = self._crashes_in_a_row([m.id for m in interrupted])
         with self._guard():
             for message in interrupted:
                 self.db.execute_sql(ended, (to_micros(now), Outcome.INTERRUPTED.value, INTERRUPTED,
                                             message.id, Status.PROCESSING.value, message.attempts))
-                m = _settle_interrupted(message, delivery, now)
+                m = _settle_interrupted(message, delivery, now, crashes.get(message.id, 0) + 1)
                 cursor = self.db.execute_sql(sql, (
                     m.status.value, m.attempts, m.last_error, to_micros(m.available_at),
                     _micros(m.completed_at), to_micros(m.updated_at), m.id,
@@ -866,6 +869,15 @@ class Storage:
                 if cursor.rowcount == 1:
                     changed.append(m)
         return changed
+
+    def _crashes_in_a_row(self, ids: Sequence[int]) -> dict[int, int]:
+        """{id: interrupted} of these rows: the crashes in a row their attempts met so far."""
+        found: dict[int, int] = {}
+        for chunk, marks in _chunks(ids):
+            with self._guard():
+                found.update((int(i), int(n)) for i, n in self.db.execute_sql(self._dialect.sql(
+                    f"SELECT id, interrupted FROM message_queue WHERE id IN ({marks})"), chunk).fetchall())
+        return found
 
     def give_back_orphans(self, phone: str, now: datetime, epoch: int | None = None) -> list[int]:
         """The account's rows left PROCESSING go back, due now, their attempt uncounted: for an
@@ -1432,7 +1444,12 @@ def _shared_values(new: NewMessage,
 
 
 
-def _settle_interrupted(message: Message, delivery: Delivery, now: datetime) -> Message:
+def _settle_interrupted(message: Message, delivery: Delivery, now: datetime, crashes: int) -> Message:
+    """The row as settled: retried now, or failed (at-most-once, its last attempt, or a poison
+    message: in flight at `POISON_AFTER` crashes in a row, so that it cannot kill node after
+    node whatever its `max_attempts`)."""
+    if crashes >= POISON_AFTER:
+        return replace(message, status=Status.FAILED, last_error=POISON, completed_at=now, updated_at=now)
     error = INTERRUPTED
     if delivery is Delivery.AT_MOST_ONCE or message.attempts >= message.max_attempts:
         return replace(message, status=Status.FAILED, last_error=error, completed_at=now,

@@ -26,6 +26,7 @@ from actors.runtime import ThreadFuture, TurnPool
 from postroom_common import Delivery, NewMessage, Priority, Status, StorageError, Transition
 from postroom_common.buckets import BUCKETS, bucket_of
 from storage import Storage, open_database
+from storage.models import POISON
 from storage.owner import OWNER_LOCK_KEY
 from supervisor import Drain, Message, Supervisor
 from tests.conftest import eventually
@@ -34,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
-def _new(phone: str = "+15550001") -> NewMessage:
+def _new(phone: str = "+15550001", max_attempts: int = 5) -> NewMessage:
     return NewMessage(phone=phone, user_id="7", text="hi", attachment=None, priority=Priority.NORMAL,
-                      scheduled_at=None, max_attempts=5, created_at=NOW, idempotency_key=None)
+                      scheduled_at=None, max_attempts=max_attempts, created_at=NOW, idempotency_key=None)
 
 
 def _node(storage: Storage, name: str) -> tuple[int, dict[int, int], list[Message]]:
@@ -264,3 +265,22 @@ def test_a_node_whose_buckets_were_taken_claims_nothing_more(postgres_url: str) 
     finally:
         first.close_all()
         second.close_all()
+
+
+def test_a_message_in_flight_at_three_takeovers_in_a_row_fails_as_poison(
+        two_storages: tuple[Storage, Storage]) -> None:
+    """A message whose send kills every node that claims it cannot hop from node to node: at
+    the third takeover in a row that finds it in flight, it fails (`POISON`), whatever its
+    max_attempts; a bystander interrupted once is retried."""
+    storage, _ = two_storages
+    with storage.write_transaction():
+        poison, bystander = storage.insert([_new(max_attempts=100), _new("+15550002")])
+    for takeover in range(1, 4):
+        _, epochs, _ = _node(storage, f"node {takeover}")
+        with storage.write_transaction():
+            storage.claim([poison] + ([bystander] if takeover == 3 else []), NOW, epochs)
+    _, _, settled = _node(storage, "node 4")
+    by_id = {m.id: m for m in settled}
+    assert (by_id[poison].status, by_id[poison].last_error) == (Status.FAILED, POISON)
+    assert storage.get(poison).attempts == 3
+    assert by_id[bystander].status is Status.RETRYING
