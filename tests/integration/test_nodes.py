@@ -273,14 +273,7 @@ def test_a_killed_node_s_buckets_are_taken_once_its_lease_expires_and_every_mess
     buckets once A's lease has expired and sends everything. Only a message A was sending at
     the kill may go twice (at-least-once), and no two sends of one account ever overlap
     but those."""
-    log = tmp_path / "sends.log"
-    log.touch()
-    children.append(Child(postgres_url, log, "A"))
-    eventually(lambda: len(held_by(postgres_url)) == 1 and None not in held_by(postgres_url), timeout=30)
-    ids = enqueue(postgres_url, 50)
-    eventually(lambda: len(sends(log)) >= 100, timeout=30)
-    b = RecordingSender(lambda message, call: _log_send(log, "B", message))
-    nodes.append(start_node(postgres_url, b))
+    log, ids, _ = a_sending_then_b(postgres_url, tmp_path, children, nodes, per_account=50)
     eventually(lambda: len(held_by(postgres_url)) == 2, timeout=30)  # B got its share by handoff
     children[0].signal(signal.SIGKILL)
     children[0].wait(10)
@@ -293,6 +286,21 @@ def test_a_killed_node_s_buckets_are_taken_once_its_lease_expires_and_every_mess
     assert overlaps(log) <= len(ACCOUNTS)
     resumed = min((s.began for s in sent if s.node == "B" and s.began > killed), default=killed)
     assert resumed - killed < 4 * LEASE  # the lease, a renewal, and the take
+
+
+def a_sending_then_b(url: str, tmp_path: Path, children: list[Child], nodes: list[pykka.ActorRef[Supervisor]],
+                     per_account: int) -> tuple[Path, list[int], RecordingSender]:
+    """Node A, a process, takes every bucket and sends `per_account` messages per account;
+    once it has sent 100, node B starts in this process. (The log both write, the ids, B's sender.)"""
+    log = tmp_path / "sends.log"
+    log.touch()
+    children.append(Child(url, log, "A"))
+    eventually(lambda: len(held_by(url)) == 1 and None not in held_by(url), timeout=30)
+    ids = enqueue(url, per_account)
+    eventually(lambda: len(sends(log)) >= 100, timeout=30)
+    b = RecordingSender(lambda message, call: _log_send(log, "B", message))
+    nodes.append(start_node(url, b))
+    return log, ids, b
 
 
 def _log_send(log: Path, name: str, message: Any) -> None:
@@ -312,14 +320,7 @@ def test_a_paused_node_claims_nothing_in_the_buckets_taken_from_it(
     """Node A is SIGSTOPped past its lease while it sends; B takes A's buckets; A is continued:
     past its claim deadline it claims nothing more, gives up its buckets and joins again. The
     only sends of one account that overlap are those A had begun before it was stopped."""
-    log = tmp_path / "sends.log"
-    log.touch()
-    children.append(Child(postgres_url, log, "A"))
-    eventually(lambda: len(held_by(postgres_url)) == 1 and None not in held_by(postgres_url), timeout=30)
-    ids = enqueue(postgres_url, 100)
-    eventually(lambda: len(sends(log)) >= 100, timeout=30)
-    b = RecordingSender(lambda message, call: _log_send(log, "B", message))
-    nodes.append(start_node(postgres_url, b))
+    log, ids, b = a_sending_then_b(postgres_url, tmp_path, children, nodes, per_account=100)
     children[0].signal(signal.SIGSTOP)
     time.sleep(3 * LEASE)
     eventually(lambda: len(b.ids()) >= 50, timeout=30)  # B sends A's accounts now

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,18 +27,14 @@ from postroom_cli.demo import (
 from postroom_cli.logconfig import configure_logging
 from postroom_cli.main import build_parser
 from postroom_common import Message, Priority, QueueStats, Status, ValidationError
+from tests.integration.helpers import cli_globals_restored
 
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     """structlog and the stdlib root logger are global: put them back after each test."""
-    root, pykka_logger = logging.getLogger(), logging.getLogger("pykka")
-    saved = (list(root.handlers), root.level, pykka_logger.level)
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    pykka_logger.setLevel(saved[2])
+    with cli_globals_restored():
+        yield
 
 
 def _message() -> Message:

@@ -4,20 +4,19 @@ masked URL and the health file."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from actors import Health
 from postroom_cli.main import build_parser, main
 from postroom_cli.node import HealthFile, SenderError, load_sender, settings_from, shown_database
 from postroom_common import Delivery, ValidationError
 from supervisor import NodeSettings, SupervisorSettings
+from tests.integration.helpers import cli_globals_restored
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,13 +28,8 @@ def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(sys, "modules", dict(sys.modules))
-    root, pykka_logger = logging.getLogger(), logging.getLogger("pykka")
-    saved = (list(root.handlers), root.level, pykka_logger.level)
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    pykka_logger.setLevel(saved[2])
+    with cli_globals_restored():
+        yield
 
 
 def _module(tmp_path: Path, name: str, source: str) -> None:
