@@ -34,6 +34,9 @@ __all__ = ["ClockSkew", "LeaseKeeper", "NodeSettings"]
 
 log = get_logger("postroom.lease")
 
+#: Seconds a stop waits for a renewal under way (the thread is a daemon: it goes with the process).
+STOP_JOIN = 2.0
+
 
 class ClockSkew(PostroomError):
     """This machine's wall clock and the database's differ by more than `max_clock_skew`."""
@@ -116,8 +119,8 @@ class LeaseKeeper:
         graceful stop, its accounts released); otherwise its lease runs out."""
         self._stopping = True
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.settings.lease)
+        if self._thread.is_alive():  # a renewal under way ends within the stop's cut of calls
+            self._thread.join(timeout=STOP_JOIN)
         node = self.holdings.node
         if leave and node is not None:
             try:

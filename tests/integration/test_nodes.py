@@ -20,7 +20,10 @@ from typing import Any
 import pykka
 import pytest
 
+from actors.holdings import Holdings
+from actors.lease import LeaseKeeper
 from postroom_cli.main import main as cli
+from postroom_common import Delivery
 from postroom_common.buckets import BUCKETS, bucket_of
 from storage import Storage, open_database
 from supervisor import (
@@ -378,3 +381,33 @@ def test_status_shows_each_node_its_buckets_and_its_lease(
     assert len(listed) == 2 and sum(n["buckets"] for n in listed) == BUCKETS
     assert all(0 < n["lease_left_seconds"] <= LEASE for n in listed)
     assert "2 nodes running" in text
+
+
+def test_a_lease_renewed_too_late_is_given_up_and_the_node_joins_again(postgres_url: str) -> None:
+    """The lease keeper on its own: a renewal after the claim deadline (the process stalled)
+    gives up every bucket (reported), leaves the old row and joins as a new node; so does a
+    renewal that finds its row removed. Neither is fatal: the next tick places again."""
+    storage = Storage(open_database(postgres_url))
+    storage.create_schema()
+    holdings, lost, moved = Holdings(), [], []
+    keeper = LeaseKeeper(storage, holdings, NodeSettings(lease=LEASE), "test node",
+                         on_moves=lambda take, give: moved.append((take, give)), on_lost=lost.append)
+    try:
+        first = keeper.join()
+        keeper.tick()
+        assert moved == [(list(range(BUCKETS)), [])]  # alone: every bucket is placed here
+        with storage.write_transaction():
+            epochs, _ = storage.take_buckets(first, range(BUCKETS), Delivery.AT_LEAST_ONCE, datetime.now(UTC))
+        holdings.won(epochs)
+        holdings.renewed(until=0.0)  # as if the process had stalled past its deadline
+        keeper.tick()
+        assert lost == [set(range(BUCKETS))] and holdings.held() == set()
+        second = holdings.node
+        assert second is not None and second != first
+        live, by_bucket = storage.bucket_owners()
+        assert live == [second] and set(by_bucket.values()) == {None}  # the old row's buckets are free
+        storage.leave(second)  # as another node would remove an expired row
+        keeper.tick()
+        assert len(lost) == 2 and holdings.node not in (first, second)
+    finally:
+        storage.close_all()
