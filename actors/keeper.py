@@ -336,8 +336,8 @@ class AccountKeeper:
         self._expect_started()
         account = self._accounts.get(phone)
         if account is not None and account.place is Place.HANDING and account.runs(urn) and not releasing:
-            del self._accounts[phone]  # crashed while handed over, holding nothing: settled here
-            return [Settle(phone), *self._hand_back_empty()]
+            del self._accounts[phone]  # crashed while released, holding nothing
+            return ([] if self.holds(phone) else [Settle(phone)]) + self._after_handing(phone)
         if account is None or account.place is not Place.RUNNING or not account.runs(urn):
             return []  # a report about an incarnation already replaced
         unroute: list[KeeperCommand] = [Unroute(phone, urn)]
@@ -358,7 +358,7 @@ class AccountKeeper:
             assert account.error is not None
             return self._after_crash(phone, account.error, mono)
         if account.place is Place.HANDING:
-            return self._hand_back_empty()
+            return self._after_handing(phone)
         return [Unroute(phone, urn)]  # stopped without being told (every actor stopped at once)
 
     def idle(self, phone: str, urn: str, wake_at: datetime | None) -> list[KeeperCommand]:
@@ -430,35 +430,41 @@ class AccountKeeper:
             return []
         self._leaving |= leaving
         commands: list[KeeperCommand] = [Log("info", "buckets.handing_over", {"buckets": sorted(leaving)})]
-        commands += self._release_buckets(leaving, Place.HANDING)
+        commands += self._release_buckets(leaving)
         return commands + self._hand_back_empty()
+
+    def _after_handing(self, phone: str) -> list[KeeperCommand]:
+        """An account released as its bucket went has: the bucket goes back if it was the last
+        one; if the bucket was won back meanwhile, it starts again (its work, if any, was read
+        while it released), settling what it may have left."""
+        if self.holds(phone) and self.phase is not Phase.STOPPING:
+            return self._start(phone, recover=True)
+        return self._hand_back_empty()
 
     def buckets_lost(self, buckets: Iterable[int]) -> list[KeeperCommand]:
         """Buckets no longer held (the lease expired, or another node took them): their accounts
-        are released (their writes are fenced already) and forgotten, parked ones included."""
+        are released (their writes are fenced already; each is HANDING until it has released,
+        so that a bucket won back meanwhile does not start a second one), parked ones forgotten."""
         lost = set(buckets)
         if self._held is not None:
             self._held -= lost
         self._leaving -= lost
-        commands = self._release_buckets(lost, None)
+        commands = self._release_buckets(lost)
         for phone, account in list(self._accounts.items()):
             if bucket_of(phone) in lost and account.place is Place.PARKED:
                 del self._accounts[phone]
         return commands
 
-    def _release_buckets(self, buckets: set[int], place: Place | None) -> list[KeeperCommand]:
-        """Release the running accounts of `buckets`, kept in `place` until released (None:
-        forgotten at once); forget their sleepers and their restart histories."""
+    def _release_buckets(self, buckets: set[int]) -> list[KeeperCommand]:
+        """Release the running accounts of `buckets`, HANDING until released; forget their
+        sleepers and their restart histories."""
         commands: list[KeeperCommand] = []
         for phone, account in list(self._accounts.items()):
             if bucket_of(phone) not in buckets:
                 continue
             if account.place is Place.RUNNING and account.incarnation is not None:
                 commands.append(Release(phone, account.incarnation))
-                if place is None:
-                    del self._accounts[phone]
-                else:
-                    account.place = place
+                account.place = Place.HANDING
         self._sleepers.forget(lambda phone: bucket_of(phone) in buckets)
         for phone in [p for p in self._restarts if bucket_of(p) in buckets]:
             del self._restarts[phone]

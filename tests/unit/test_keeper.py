@@ -543,9 +543,21 @@ def test_a_lost_lease_releases_and_forgets_the_accounts_of_the_buckets_lost() ->
     shell.run(keeper.work_found([(A, t(0)), (B, t(0)), (C, t(0))], t(0)))
     commands = keeper.buckets_lost({bucket_of(A), bucket_of(C)})
     assert commands == [Release(A, shell.running[A])]
-    assert keeper.place(A) is None and keeper.place(B) is Place.RUNNING
-    assert keeper.released(A, shell.urn(A), 1.0) == []  # forgotten when told
+    assert keeper.place(A) is Place.HANDING and keeper.place(B) is Place.RUNNING
     assert keeper.wanted(A) == [] and keeper.buckets == {bucket_of(B)}
+    assert keeper.released(A, shell.urn(A), 1.0) == [] and keeper.place(A) is None
+
+
+def test_a_bucket_won_back_while_its_account_releases_starts_it_once_released() -> None:
+    """Lost, then won back before the released incarnation has finished: no second one starts
+    meanwhile; once it has released it starts again, settling what it left."""
+    keeper, shell = node_keeper(A)
+    shell.run(keeper.work_found([(A, t(0))], t(0)))
+    old = shell.urn(A)
+    keeper.buckets_lost({bucket_of(A)})
+    assert shell.run(keeper.buckets_won({bucket_of(A)}, [(A, t(0))], t(0))) == []
+    restarted = shell.run(keeper.released(A, old, 1.0))
+    assert restarted == [Start(A, recover=True)] and keeper.place(A) is Place.RUNNING
 
 
 def test_the_one_node_of_a_database_holds_every_bucket() -> None:
@@ -561,3 +573,86 @@ def test_a_stop_during_a_handover_waits_for_the_accounts_being_handed_over_too()
     releases = [c for c in keeper.stop() if isinstance(c, Release)]
     assert [c.phone for c in releases] == [B]
     assert keeper.giving_back() == [shell.urn(A)]  # the stop waits for it as for B
+
+
+class NodeKeeperWorld(RuleBasedStateMachine):
+    """A node's keeper under random bucket moves, work, crashes and releases: an account runs
+    only while its bucket is held and not being handed over, and a bucket goes back only once
+    none of its accounts holds anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keeper = AccountKeeper(max_restarts=2, restart_period=PERIOD, suspect_timeout=5.0,
+                                    every_bucket=False)
+        self.keeper.boot([], [], t(0))
+        self.urns = itertools.count(1)
+        self.alive: dict[str, str] = {}  # phone -> urn of an incarnation that holds something
+        self.told: set[str] = set()  # urns told to release
+        self.crashed_giving_back: set[str] = set()
+        self.handed_back: set[int] = set()
+        self.now = 0.0
+
+    def run(self, commands: list[KeeperCommand]) -> None:
+        for command in commands:
+            match command:
+                case Start(phone):
+                    assert self.keeper.holds(phone), "an account of a bucket not held started"
+                    assert phone not in self.alive, "two incarnations of one account"
+                    urn = f"urn:{next(self.urns)}"
+                    self.alive[phone] = urn
+                    self.run(self.keeper.started(phone, Ref(urn)))
+                case Release(phone, incarnation):
+                    self.told.add(incarnation.actor_urn)
+                case HandBack(buckets):
+                    for phone in self.alive:
+                        assert bucket_of(phone) not in buckets, "handed back while an account holds work"
+                    self.handed_back |= buckets
+
+    @rule(phones=st.lists(st.sampled_from(PHONES), max_size=3, unique=True))
+    def won(self, phones: list[str]) -> None:
+        self.run(self.keeper.buckets_won({bucket_of(p) for p in phones}, [], t(self.now)))
+
+    @rule(phone=st.sampled_from(PHONES))
+    def work(self, phone: str) -> None:
+        self.run(self.keeper.work_found([(phone, t(self.now))], t(self.now)))
+
+    @rule(phones=st.lists(st.sampled_from(PHONES), min_size=1, max_size=3, unique=True))
+    def hand_over(self, phones: list[str]) -> None:
+        self.run(self.keeper.hand_over({bucket_of(p) for p in phones}))
+
+    @rule(phones=st.lists(st.sampled_from(PHONES), min_size=1, max_size=3, unique=True))
+    def lose(self, phones: list[str]) -> None:
+        self.run(self.keeper.buckets_lost({bucket_of(p) for p in phones}))
+
+    @rule(phone=st.sampled_from(PHONES), releasing=st.booleans())
+    def crash(self, phone: str, releasing: bool) -> None:
+        urn = self.alive.get(phone)
+        if urn is None or urn in self.crashed_giving_back:
+            return
+        if releasing:
+            self.crashed_giving_back.add(urn)
+        else:
+            del self.alive[phone]
+        self.now += 1
+        self.run(self.keeper.crashed(phone, urn, "E", releasing, self.now))
+
+    @rule(phone=st.sampled_from(PHONES))
+    def released(self, phone: str) -> None:
+        urn = self.alive.get(phone)
+        if urn is None or (urn not in self.told and urn not in self.crashed_giving_back):
+            return
+        del self.alive[phone]
+        self.crashed_giving_back.discard(urn)
+        self.now += 1
+        self.run(self.keeper.released(phone, urn, self.now))
+
+    @invariant()
+    def running_accounts_are_of_held_buckets(self) -> None:
+        held = self.keeper.buckets or set()
+        for phone in PHONES:
+            if self.keeper.place(phone) in (Place.STARTING, Place.RUNNING):
+                assert bucket_of(phone) in held and self.keeper.holds(phone), phone
+
+
+NodeKeeperWorld.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+test_node_keeper_world = NodeKeeperWorld.TestCase
