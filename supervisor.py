@@ -955,6 +955,8 @@ class Supervisor(TurnActor):
         if isinstance(pauses, StorageError):
             log.warning("pauses.read_failed", error=str(pauses))
         else:
+            # A node watches the pauses of its own accounts (another node reports its own).
+            pauses = [pause for pause in pauses if self.keeper.holds(pause.phone)]
             for phone in self._pauses.read(pauses, asked, self.clock.now()):
                 self._pause_lifted(phone)
             disabled = self._pauses.disabled_to_report(pauses, self.clock.monotonic())

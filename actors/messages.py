@@ -174,6 +174,7 @@ class Drain:
 
     Answer: how many messages are still open (0: everything was sent, failed or cancelled).
     Scheduled messages count as open: a script waits for what it queued, not for the future.
+    The whole database's are counted: with several nodes, every node's.
     """
 
     timeout: float | None = None

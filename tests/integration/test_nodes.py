@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import pytest
 from actors.holdings import Holdings
 from actors.lease import LeaseKeeper
 from postroom_cli.main import main as cli
-from postroom_common import Delivery
+from postroom_common import AccountPause, Delivery
 from postroom_common.buckets import BUCKETS, bucket_of
 from storage import Storage, open_database
 from supervisor import (
@@ -411,3 +411,25 @@ def test_a_lease_renewed_too_late_is_given_up_and_the_node_joins_again(postgres_
         assert len(lost) == 2 and holdings.node not in (first, second)
     finally:
         storage.close_all()
+
+
+def test_an_account_disabled_in_another_nodes_bucket_degrades_only_its_owners_health(
+        postgres_url: str, nodes: list[pykka.ActorRef[Supervisor]]) -> None:
+    """Each node watches the pauses of its own accounts: a suspension in a bucket of node 2
+    makes node 2's health degraded, not node 1's."""
+    settings = replace(node_settings(), pause_check_interval=0.1)
+    nodes.extend(Supervisor.start(database=postgres_url, sender=RecordingSender(), settings=settings,
+                                  rng=FixedRandom()) for _ in range(2))
+    eventually(lambda: len(owners(postgres_url)) == 2 and None not in owners(postgres_url), timeout=30)
+    second = nodes[1].ask(GetHealth()).node
+    storage = Storage(open_database(postgres_url))
+    try:
+        by_bucket = storage.bucket_owners()[1]
+        phone = next(p for p in ACCOUNTS if by_bucket[bucket_of(p)] == second)
+        with storage.write_transaction():
+            storage.set_pause(AccountPause(phone, None, "banned"), datetime.now(UTC))
+    finally:
+        storage.close_all()
+    eventually(lambda: nodes[1].ask(GetHealth()).disabled_accounts)
+    time.sleep(0.5)
+    assert not nodes[0].ask(GetHealth()).disabled_accounts
