@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 
 import peewee
 
-from postroom_common.buckets import BUCKETS, bucket_of
+from postroom_common.buckets import bucket_of
 from postroom_common.domain import (
     FINAL_STATUSES,
     OPEN_STATUSES,
@@ -37,7 +37,6 @@ from postroom_common.domain import (
     MessageFilter,
     NewBroadcast,
     NewMessage,
-    NodeState,
     OpenWork,
     Outcome,
     OwnerState,
@@ -57,12 +56,12 @@ from postroom_common.errors import (
 )
 from postroom_common.logs import get_logger
 from storage import schema
+from storage._sql import chunks
 from storage._watch import cut_calls_at
 from storage.feed import INITIAL_GAPS, FeedCursor
 from storage.listen import ChangeListener
 from storage.models import (
     ATTEMPTS_KEPT,
-    CHANGES_CHANNEL,
     CREATED_BY_DEMO,
     DELETED_UP_TO,
     DEMO_KEY_PREFIX,
@@ -83,6 +82,7 @@ from storage.models import (
     from_micros,
     to_micros,
 )
+from storage.nodes import NodeQueries
 from storage.owner import (
     CLEANUP_LOCK_KEY,
     LOCK_HOLDER_QUERY,
@@ -122,7 +122,6 @@ _ATTEMPT_COLUMNS = "message_id, slot, number, attempt, started_at, ended_at, out
 _ATTEMPT_UPSERT = (" ON CONFLICT (message_id, slot) DO UPDATE SET number = excluded.number,"
                    " attempt = excluded.attempt, started_at = excluded.started_at,"
                    " ended_at = excluded.ended_at, outcome = excluded.outcome, error = excluded.error")
-_ID_CHUNK = 500  # ids per IN (...) list, far below every backend's parameter limit
 # An account_state row pauses its account until paused_until, or (NULL) until it is lifted.
 _PAUSES_IN_FORCE = ("SELECT phone, paused_until, reason FROM account_state"
                     " WHERE (paused_until > ? OR paused_until IS NULL)")
@@ -236,7 +235,7 @@ def _bound(model: type[_Model], db: peewee.Database, **options: Any) -> type[_Mo
     return cast(type[_Model], type(model.__name__, (model,), {"Meta": meta, "__module__": __name__}))
 
 
-class Storage:
+class Storage(NodeQueries):
     """The queries of postroom over one database.
 
     With an `owner` (the supervisor's lock), every commit is followed by its cheap check:
@@ -341,140 +340,15 @@ class Storage:
                 (WHOLE_DATABASE, holder, to_micros(now)))
             self.db.execute_sql("DELETE FROM postroom_nodes")
 
-    # -- nodes and buckets (postroom_common.buckets) --------------------------------------
-
-    def join(self, holder: str, lease: float | None) -> int:
-        """Record this process as a node whose lease ends `lease` seconds from now by the
-        database's clock (None: never, for the one node of an exclusive owner); its id."""
-        with self._guard(), self.db.atomic():
-            cursor = self.db.execute_sql(self._dialect.sql(
-                "INSERT INTO postroom_nodes (holder, joined_at, lease_expires_at)"
-                f" VALUES (?, {self._dialect.now_micros()}, {self._lease_end()}) RETURNING id"),
-                (holder, *self._lease_params(lease)))
-            return int(cursor.fetchone()[0])
-
-    def renew(self, node: int, lease: float) -> bool:
-        """Extend the node's lease to `lease` seconds from the database's now; False when its row
-        is gone (another node found it expired and removed it)."""
-        with self._guard(), self.db.atomic():
-            cursor = self.db.execute_sql(self._dialect.sql(
-                f"UPDATE postroom_nodes SET lease_expires_at = {self._lease_end()} WHERE id = ?"),
-                (*self._lease_params(lease), node))
-            return int(cursor.rowcount) == 1
-
-    def _lease_end(self) -> str:
-        return (f"CASE WHEN CAST(? AS BIGINT) IS NULL THEN {2**62}"
-                f" ELSE {self._dialect.now_micros()} + CAST(? AS BIGINT) END")
-
-    @staticmethod
-    def _lease_params(lease: float | None) -> tuple[int | None, int | None]:
-        micros = None if lease is None else round(lease * 1_000_000)
-        return micros, micros
-
-    def leave(self, node: int) -> None:
-        """The node goes: its buckets are free for the others at once (their epochs kept: the next
-        owner bumps them, and is woken), and its row is removed."""
-        with self._guard(), self.db.atomic():
-            self.db.execute_sql(self._dialect.sql("UPDATE postroom_buckets SET node = NULL WHERE node = ?"),
-                                (node,))
-            self.db.execute_sql(self._dialect.sql("DELETE FROM postroom_nodes WHERE id = ?"), (node,))
-            self._notify()
-
     @property
     def is_sqlite(self) -> bool:
         return self._dialect.is_sqlite
-
-    def clock_skew(self) -> float:
-        """Seconds the database's clock is ahead of this machine's (negative: behind)."""
-        with self._guard():
-            before = time.time()
-            (micros,) = self.db.execute_sql(f"SELECT {self._dialect.now_micros()}").fetchone()
-            after = time.time()
-        return int(micros) / 1_000_000 - (before + after) / 2
-
-    def bucket_owners(self) -> tuple[list[int], dict[int, int | None]]:
-        """The live nodes (lease not expired by the database's clock), and each bucket's owner:
-        None for a bucket nobody holds or whose owner's lease has expired."""
-        now = self._dialect.now_micros()
-        with self._guard():
-            live = [int(node) for (node,) in self.db.execute_sql(
-                f"SELECT id FROM postroom_nodes WHERE lease_expires_at > {now} ORDER BY id").fetchall()]
-            rows = self.db.execute_sql("SELECT bucket, node FROM postroom_buckets").fetchall()
-        alive = set(live)
-        owners: dict[int, int | None] = dict.fromkeys(range(BUCKETS))
-        owners.update({int(bucket): int(node) if node in alive else None for bucket, node in rows})
-        return live, owners
-
-    def take_buckets(self, node: int, buckets: Sequence[int], delivery: Delivery, now: datetime,
-                     *, force: bool = False) -> tuple[dict[int, int], list[Message]]:
-        """Take the buckets nobody holds, or whose owner's lease has expired (`force`: every one,
-        for the exclusive owner), each at a new epoch; then settle, by the delivery policy, what
-        their former owners left in flight (rows claimed under an older epoch). Inside
-        write_transaction. ({bucket: its new epoch}, the rows settled, as written).
-
-        A former owner's claim in progress holds its bucket's row `FOR SHARE` (`holding`): the
-        bump waits for its commit, so its claim is settled here, or refused after."""
-        if not buckets:
-            return {}, []
-        taken: dict[int, int] = {}
-        with self._guard():
-            for chunk, marks in _chunks(sorted(set(buckets))):
-                self._executemany(self._dialect.sql(
-                    "INSERT INTO postroom_buckets (bucket, epoch) VALUES (?, 0)"
-                    " ON CONFLICT (bucket) DO NOTHING"), [(bucket,) for bucket in chunk])
-                # Locked in bucket order first, as `holding` locks them: two nodes never deadlock.
-                self.db.execute_sql(self._dialect.sql(
-                    f"SELECT bucket FROM postroom_buckets WHERE bucket IN ({marks}) ORDER BY bucket"
-                ) + self._dialect.lock_rows(), chunk)
-                now_db = self._dialect.now_micros()
-                free = "" if force else (
-                    " AND (node IS NULL OR node = ? OR NOT EXISTS (SELECT 1 FROM postroom_nodes n"
-                    f" WHERE n.id = postroom_buckets.node AND n.lease_expires_at > {now_db}))")
-                rows = self.db.execute_sql(self._dialect.sql(
-                    f"UPDATE postroom_buckets SET node = ?, epoch = epoch + 1, taken_at = ?"
-                    f" WHERE bucket IN ({marks}){free} RETURNING bucket, epoch"),
-                    (node, to_micros(now), *chunk, *(() if force else (node,)))).fetchall()
-                taken.update((int(bucket), int(epoch)) for bucket, epoch in rows)
-        left = [m for m in self._in_flight_with_epochs()
-                if (b := bucket_of(m[0].phone)) in taken and (m[1] is None or m[1] < taken[b])]
-        return taken, self.settle_interrupted([m for m, _ in left], delivery, now)
 
     def _in_flight_with_epochs(self) -> list[tuple[Message, int | None]]:
         """Every row in flight, with the epoch it was claimed under (None: before epochs)."""
         rows = self._named_rows(f"SELECT {_MESSAGE_COLUMNS}, claim_epoch FROM message_queue"
                                 f" WHERE {IN_FLIGHT}", ())
         return [(_message(row), row["claim_epoch"]) for row in rows]
-
-    def release_buckets(self, node: int, buckets: Sequence[int]) -> None:
-        """Let go of buckets this node holds (a handoff), their epochs kept: the next owner
-        bumps them. Inside write_transaction."""
-        for chunk, marks in _chunks(sorted(set(buckets))):
-            self._executemany(self._dialect.sql(
-                f"UPDATE postroom_buckets SET node = NULL WHERE node = ? AND bucket IN ({marks})"),
-                [(node, *chunk)])
-        self._notify()  # the other nodes' listeners wake their lease keepers: taken at once
-
-    def _notify(self) -> None:
-        """PostgreSQL: wake every listening node at the commit (one notification a transaction)."""
-        if not self._dialect.is_sqlite:
-            with self._guard():
-                self.db.execute_sql(f"NOTIFY {CHANGES_CHANNEL}")
-
-    def holding(self, node: int, epochs: Mapping[int, int]) -> set[int]:
-        """Of the buckets of `epochs` ({bucket: epoch}), those `node` still holds at that epoch,
-        kept so until the commit (`FOR SHARE`: a takeover waits for it). Inside
-        write_transaction, before the claims it fences. SQLite: all of them, asked nothing (one
-        node per file: its file lock keeps every other out)."""
-        if self._dialect.is_sqlite or not epochs:
-            return set(epochs)
-        held: set[int] = set()
-        for chunk, marks in _chunks(sorted(epochs)):
-            with self._guard():
-                rows = self.db.execute_sql(self._dialect.sql(  # locked in bucket order, as a take locks them
-                    f"SELECT bucket, epoch FROM postroom_buckets WHERE bucket IN ({marks}) AND node = ?"
-                    " ORDER BY bucket FOR SHARE"), (*chunk, node)).fetchall()
-            held.update(int(b) for b, epoch in rows if epochs[int(b)] == int(epoch))
-        return held
 
     def is_demo(self) -> bool:
         """True when `postroom demo` created this database (`mark_demo`); reads only."""
@@ -710,7 +584,7 @@ class Storage:
         if not keys:
             return {}
         found: dict[str | None, Message] = {}
-        for chunk, marks in _chunks(keys):
+        for chunk, marks in chunks(keys):
             found.update((m.idempotency_key, m) for m in self._fetch(
                 f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE idempotency_key IN ({marks})", chunk))
         return found
@@ -744,7 +618,7 @@ class Storage:
     def _paused_among(self, phones: set[str], at: int) -> set[str]:
         """Those of `phones` whose account has a pause in force at `at` (micros)."""
         paused: set[str] = set()
-        for chunk, marks in _chunks(sorted(phones)):
+        for chunk, marks in chunks(sorted(phones)):
             with self._guard():
                 paused.update(phone for (phone, *_) in self.db.execute_sql(self._dialect.sql(
                     f"{_PAUSES_IN_FORCE} AND phone IN ({marks})"), (at, *chunk)).fetchall())
@@ -873,7 +747,7 @@ class Storage:
     def _crashes_in_a_row(self, ids: Sequence[int]) -> dict[int, int]:
         """{id: interrupted} of these rows: the crashes in a row their attempts met so far."""
         found: dict[int, int] = {}
-        for chunk, marks in _chunks(ids):
+        for chunk, marks in chunks(ids):
             with self._guard():
                 found.update((int(i), int(n)) for i, n in self.db.execute_sql(self._dialect.sql(
                     f"SELECT id, interrupted FROM message_queue WHERE id IN ({marks})"), chunk).fetchall())
@@ -1001,7 +875,7 @@ class Storage:
             if not ids:
                 return 0
             self._dialect.before_delete()
-            for chunk, _ in _chunks(ids):  # a message's history goes with it
+            for chunk, _ in chunks(ids):  # a message's history goes with it
                 self.Attempts.delete().where(self.Attempts.message_id.in_(chunk)).execute()
                 self.Row.delete().where(self.Row.id.in_(chunk)).execute()
         return len(ids)
@@ -1041,7 +915,7 @@ class Storage:
     def _select_rows(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """Rows of `_MESSAGE_COLUMNS` by id, as dicts by column name (mutable), locked on PostgreSQL."""
         found: list[dict[str, Any]] = []
-        for chunk, marks in _chunks(ids):
+        for chunk, marks in chunks(ids):
             sql = f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE id IN ({marks})"
             found.extend(self._named_rows(sql, chunk, self._dialect.lock_rows()))
         return found
@@ -1050,7 +924,7 @@ class Storage:
         """{id: (attempt, claims, claimed at in micros)} of the rows of `ids` still PROCESSING,
         locked on PostgreSQL (a row in flight was last updated by its claim)."""
         held: dict[int, tuple[int, int, int]] = {}
-        for chunk, marks in _chunks(ids):
+        for chunk, marks in chunks(ids):
             sql = self._dialect.sql(
                 f"SELECT id, attempts, claims, COALESCE(claimed_at, updated_at) FROM message_queue"
                 f" WHERE id IN ({marks}) AND status = ?") + self._dialect.lock_rows()
@@ -1209,19 +1083,6 @@ class Storage:
             return OwnerState(None, None, None, held, by, nodes)
         return OwnerState(str(row[0]), int(row[1]), from_micros(row[2]), held, by, nodes)
 
-    def _nodes(self) -> tuple[NodeState, ...]:
-        """Every node row, with its lease left and how many buckets it holds."""
-        if not self.db.table_exists("postroom_nodes"):
-            return ()  # a schema older than nodes (read commands do not migrate)
-        now = self._dialect.now_micros()
-        with self._guard():
-            rows = self.db.execute_sql(
-                f"SELECT n.id, n.holder, n.lease_expires_at, n.lease_expires_at - {now},"
-                " (SELECT COUNT(*) FROM postroom_buckets b WHERE b.node = n.id)"
-                " FROM postroom_nodes n ORDER BY n.id").fetchall()
-        return tuple(NodeState(int(node), str(holder), None if int(ends) >= 2**62 else int(left) / 1e6,
-                               int(buckets)) for node, holder, ends, left, buckets in rows)
-
     def _lock_state(self) -> tuple[bool | None, str | None]:
         """(held, by whom) of the owner lock; held None when it cannot be told."""
         if not self._dialect.is_sqlite:
@@ -1325,14 +1186,6 @@ def _message(row: Mapping[str, Any]) -> Message:
         completed_at=_from_micros(row["completed_at"]), updated_at=_instant(row["updated_at"]),
         idempotency_key=row["idempotency_key"],
     )
-
-
-def _chunks(values: Sequence[_T]) -> Iterator[tuple[list[_T], str]]:
-    """`values` in lists short enough for one IN (...) (PostgreSQL takes at most 65,535
-    parameters), each with its `?` marks."""
-    for start in range(0, len(values), _ID_CHUNK):
-        chunk = list(values[start:start + _ID_CHUNK])
-        yield chunk, ", ".join("?" * len(chunk))
 
 
 def _refuse_conflict(news: Sequence[NewMessage], plan: Sequence[object]) -> None:
