@@ -414,8 +414,12 @@ class Supervisor(TurnActor):
                 _ON_LOOPS.add(self)
 
     def _open_storage(self, database: str | Any) -> None:
-        db = open_database(database, self.settings.sqlite, postgres=self.settings.postgres)
         nodes = self.settings.nodes
+        # Every connection named so: a node that takes this one's buckets after its lease
+        # expired ends its sessions by this name (a paused process holds its locks otherwise).
+        self.holder = holder_name(unique=nodes is not None)
+        db = open_database(database, self.settings.sqlite, postgres=self.settings.postgres,
+                           application_name=self.holder)
         if nodes is not None and not is_postgres(db):
             raise ValidationError("SupervisorSettings.nodes needs PostgreSQL: a SQLite file has one "
                                   "node, its owner (leave nodes unset)")
@@ -431,12 +435,12 @@ class Supervisor(TurnActor):
             # `_acquire_every_account`), which fences a former owner that lost its lock without
             # noticing (a killed lock connection): none of its claims commits after that.
             if nodes is None:
-                self.storage.take_ownership(holder_name(), self.clock.now())
-                self.holdings.node = self.storage.join(holder_name(), lease=None)
+                self.storage.take_ownership(self.holder, self.clock.now())
+                self.holdings.node = self.storage.join(self.holder, lease=None)
             else:
                 ref = self.actor_ref
                 self.lease = LeaseKeeper(
-                    self.storage, self.holdings, nodes, holder_name(),
+                    self.storage, self.holdings, nodes, self.holder,
                     on_moves=lambda take, give: tell_if_alive(ref, _BucketsToMove(take, give)),
                     on_lost=lambda buckets: tell_if_alive(ref, _LeaseLost(buckets)))
                 self.lease.join()

@@ -155,7 +155,7 @@ class LeaseKeeper:
         node = self.holdings.node
         assert node is not None, "tick before join"
         try:
-            renewed = self.storage.renew(node, self.settings.lease)
+            renewed = self.storage.renew(node, self.settings.lease, lock_wait=self.settings.renew_every / 2)
         except StorageError as error:
             log.warning("lease.renew_failed", node=node, error=str(error))
             return  # tried again at the next tick, until the deadline
@@ -163,6 +163,9 @@ class LeaseKeeper:
             self._lost("the node's row was removed (another node found its lease expired)")
             return
         self._renewed(started)
+        forgotten = self.storage.forget_dead_nodes(self.settings.lease)
+        if forgotten:
+            log.info("nodes.forgotten", nodes=forgotten, reason="their leases expired long ago")
         live, owners = self.storage.bucket_owners()
         take, give = moves(owners, placement(live), node, self.settings.max_moves)
         if take or give:
@@ -180,7 +183,7 @@ class LeaseKeeper:
         self._on_lost(held)
         try:
             if old is not None:
-                self.storage.leave(old)
+                self.storage.forget_node(old)  # its buckets touched by nobody: nothing to wait for
             self.join()
         except (StorageError, ClockSkew) as error:
             log.warning("lease.rejoin_failed", error=str(error), left="tried again at the next tick")

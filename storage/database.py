@@ -137,7 +137,8 @@ _quiet_peewee_sql_logging()
 
 def open_database(url_or_db: str | peewee.Database, sqlite: SqliteSettings | None = None, *,
                   create: bool = True, read_only: bool = False,
-                  postgres: PostgresSettings | None = None) -> peewee.Database:
+                  postgres: PostgresSettings | None = None,
+                  application_name: str | None = None) -> peewee.Database:
     """Open `sqlite:///path.db` or `postgresql://user@host/db`, or adopt a peewee Database
     (as it is: its connections get none of `sqlite`'s or `postgres`'s settings).
 
@@ -145,6 +146,7 @@ def open_database(url_or_db: str | peewee.Database, sqlite: SqliteSettings | Non
     is, neither created nor switched to WAL, so opening it writes nothing (`postroom resume`,
     the demo's look at a file). `read_only`: nothing is created or changed, not even a SQLite
     file's journal mode or WAL (`postroom status`); a write fails with StorageError.
+    `application_name`: PostgreSQL names every connection so (unless the URL names them).
     """
     if isinstance(url_or_db, peewee.Database):
         return url_or_db
@@ -152,15 +154,19 @@ def open_database(url_or_db: str | peewee.Database, sqlite: SqliteSettings | Non
     if url_or_db.startswith("sqlite:"):
         return _open_sqlite(url_or_db, settings, create=create and not read_only, read_only=read_only)
     if url_or_db.startswith(("postgres://", "postgresql://")):
-        return _open_postgres(url_or_db, postgres or PostgresSettings(), read_only=read_only)
+        return _open_postgres(url_or_db, postgres or PostgresSettings(), read_only=read_only,
+                              application_name=application_name)
     raise ValidationError(_not_a_url(url_or_db))
 
 
-def _open_postgres(url: str, settings: PostgresSettings, *, read_only: bool) -> peewee.Database:
+def _open_postgres(url: str, settings: PostgresSettings, *, read_only: bool,
+                   application_name: str | None) -> peewee.Database:
     given = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True))
     if "PGCONNECT_TIMEOUT" in os.environ:
         given.setdefault("connect_timeout", os.environ["PGCONNECT_TIMEOUT"])
     params: dict[str, Any] = {k: v for k, v in settings.libpq_params().items() if k not in given}
+    if application_name is not None and "application_name" not in given:
+        params["application_name"] = application_name
     # Of two -c for one setting the later wins: the URL's and PGOPTIONS come after postroom's.
     options = [*settings.server_options(), "-c default_transaction_read_only=on" if read_only else "",
                os.environ.get("PGOPTIONS", ""), given.get("options", "")]

@@ -17,6 +17,8 @@ import peewee
 
 from postroom_common.buckets import BUCKETS, bucket_of
 from postroom_common.domain import Delivery, Message, NodeState
+from postroom_common.errors import StorageError
+from postroom_common.logs import get_logger
 from storage._sql import chunks
 from storage.models import CHANGES_CHANNEL, to_micros
 
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from storage.store import _Dialect
 
 __all__ = ["NodeQueries"]
+
+log = get_logger("postroom.storage")
 
 #: lease_expires_at of the one owner of a database, whose lease does not expire.
 NEVER = 2**62
@@ -52,10 +56,14 @@ class NodeQueries:
                 (holder, *self._lease_params(lease)))
             return int(cursor.fetchone()[0])
 
-    def renew(self, node: int, lease: float) -> bool:
+    def renew(self, node: int, lease: float, lock_wait: float) -> bool:
         """Extend the node's lease to `lease` seconds from the database's now; False when its row
-        is gone (another node found it expired and removed it)."""
+        is gone (another node found it expired and removed it). Waits at most `lock_wait` for
+        its row (a transaction of another process, paused, may hold it): a renewal that cannot
+        be made at once fails, and the next one is tried, well before the lease runs out."""
         with self._guard(), self.db.atomic():
+            if not self._dialect.is_sqlite:
+                self.db.execute_sql(f"SET LOCAL lock_timeout = {max(1, round(lock_wait * 1000))}")
             cursor = self.db.execute_sql(self._dialect.sql(
                 f"UPDATE postroom_nodes SET lease_expires_at = {self._lease_end()} WHERE id = ?"),
                 (*self._lease_params(lease), node))
@@ -87,6 +95,30 @@ class NodeQueries:
             after = time.time()
         return int(micros) / 1_000_000 - (before + after) / 2
 
+    def forget_dead_nodes(self, expired_for: float) -> int:
+        """Remove the rows of nodes whose lease expired more than `expired_for` seconds ago (killed
+        without leaving); how many. Their buckets name them still, which is as good as free (an
+        owner whose row is gone is no live node). A node paused that long finds its row gone at
+        its next renewal, and joins again. Rows another transaction holds are left for later:
+        this never waits."""
+        cutoff = f"{self._dialect.now_micros()} - CAST(? AS BIGINT)"
+        # A node still named by a bucket is kept: its name is how a taker finds its sessions.
+        pick = (f"SELECT id FROM postroom_nodes n WHERE lease_expires_at < {cutoff}"
+                " AND NOT EXISTS (SELECT 1 FROM postroom_buckets b WHERE b.node = n.id)")
+        if not self._dialect.is_sqlite:
+            pick += " FOR UPDATE SKIP LOCKED"
+        with self._guard(), self.db.atomic():
+            cursor = self.db.execute_sql(self._dialect.sql(
+                f"DELETE FROM postroom_nodes WHERE id IN ({pick})"), (round(expired_for * 1_000_000),))
+            return int(cursor.rowcount)
+
+    def forget_node(self, node: int) -> None:
+        """Remove a node's row, its buckets as good as free from now (a node that lost its lease
+        lets go of its old self so; unlike `leave`, no bucket row is touched, so nothing waits)."""
+        with self._guard(), self.db.atomic():
+            self.db.execute_sql(self._dialect.sql("DELETE FROM postroom_nodes WHERE id = ?"), (node,))
+            self._notify()
+
     def bucket_owners(self) -> tuple[list[int], dict[int, int | None]]:
         """The live nodes (lease not expired by the database's clock), and each bucket's owner:
         None for a bucket nobody holds or whose owner's lease has expired."""
@@ -111,6 +143,8 @@ class NodeQueries:
         bump waits for its commit, so its claim is settled here, or refused after."""
         if not buckets:
             return {}, []
+        if not force:
+            self._end_sessions_of_expired_owners(sorted(set(buckets)))
         taken: dict[int, int] = {}
         with self._guard():
             for chunk, marks in chunks(sorted(set(buckets))):
@@ -133,6 +167,35 @@ class NodeQueries:
         left = [m for m in self._in_flight_with_epochs()
                 if (b := bucket_of(m[0].phone)) in taken and (m[1] is None or m[1] < taken[b])]
         return taken, self.settle_interrupted([m for m, _ in left], delivery, now)
+
+    def _end_sessions_of_expired_owners(self, buckets: Sequence[int]) -> int:
+        """PostgreSQL: end the sessions of the nodes whose lease expired and which still own some
+        of `buckets` (found by their application_name, the node's holder name), so that a node
+        paused mid-transaction (SIGSTOP) does not hold the rows a take must lock. The server's
+        idle-in-transaction timeout does not serve: a session paused inside a pipelined batch
+        (psycopg's executemany) is not idle to it. Refused (another role's sessions), the take
+        goes on and waits as long as `lock_timeout` lets it. How many sessions were ended."""
+        if self._dialect.is_sqlite:
+            return 0
+        ended: list[Any] = []
+        now = self._dialect.now_micros()
+        for chunk, marks in chunks(buckets):
+            try:
+                with self._guard(), self.db.atomic():  # a savepoint inside the writer's transaction
+                    ended += self.db.execute_sql(self._dialect.sql(
+                        "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a"
+                        " WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()"
+                        " AND a.application_name IN (SELECT n.holder FROM postroom_nodes n"
+                        " JOIN postroom_buckets b ON b.node = n.id"
+                        f" WHERE b.bucket IN ({marks}) AND n.lease_expires_at <= {now})"),
+                        chunk).fetchall()
+            except StorageError as refused:
+                log.warning("buckets.sessions_not_ended", error=str(refused).splitlines()[0],
+                            left="the take waits for their locks, within lock_timeout")
+        if ended:
+            log.warning("buckets.sessions_ended", sessions=len(ended),
+                        reason="their node's lease expired: a paused process would hold its locks")
+        return len(ended)
 
     def release_buckets(self, node: int, buckets: Sequence[int]) -> None:
         """Let go of buckets this node holds (a handoff), their epochs kept: the next owner

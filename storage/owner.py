@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import socket
 import threading
 import urllib.parse
@@ -309,17 +310,22 @@ class _SessionLock:
             raise StorageError(f"cannot connect to PostgreSQL to lock the database: {exc}") from exc
 
 
-def holder_name() -> str:
-    """How this process names itself as an owner (pg_stat_activity, the owner row)."""
-    return f"postroom supervisor pid {os.getpid()} on {socket.gethostname()}"[:63]
+def holder_name(*, unique: bool = False) -> str:
+    """How this process names itself as an owner (pg_stat_activity, the owner row); `unique`:
+    with a random token, so that each supervisor's name is its own (a node's sessions are
+    found by it: another node that takes its buckets ends them, `NodeQueries.take_buckets`)."""
+    token = f" #{secrets.token_hex(4)}" if unique else ""
+    # PostgreSQL keeps 63 bytes of an application_name: the token comes first, so it is kept.
+    return f"postroom supervisor{token} pid {os.getpid()} on {socket.gethostname()}"[:63]
 
 
 def connect_params(database: peewee.PostgresqlDatabase) -> dict[str, Any]:
-    """psycopg's arguments for the database peewee connects to, named for pg_stat_activity."""
+    """psycopg's arguments for the database peewee connects to, named for pg_stat_activity
+    (as the database's own connections are, if they are named)."""
     params = dict(database.connect_params)
     name = str(database.database)
     params.setdefault("conninfo" if name.startswith(("postgres://", "postgresql://")) else "dbname", name)
-    params["application_name"] = holder_name()
+    params.setdefault("application_name", holder_name())
     return params
 
 
