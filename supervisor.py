@@ -708,8 +708,6 @@ class Supervisor(TurnActor):
                 self._count_open()
             case ChangesDue():
                 self._read_feed()
-                if self.lease is not None:
-                    self.lease.poke()  # a bucket let go elsewhere is taken at once
             case FeedRead():
                 self._feed_read(message)
             case _LoopCheckDue():
@@ -1022,6 +1020,8 @@ class Supervisor(TurnActor):
         self._feed.reading = False
         if read.error is not None:
             log.warning("feed.read_failed", error=str(read.error))
+        if read.buckets_freed and self.lease is not None:
+            self.lease.poke()  # a node let buckets go: place them now, not at the next renewal
         self._route(read.messages)
         for phone, message_id in read.cancelled:
             running = self.directory.get(phone)

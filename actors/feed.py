@@ -49,7 +49,8 @@ class FeedState:
                      if c.kind is ChangeKind.CANCELLED and c.phone is not None and c.first_id is not None]
         paused = sorted({c.phone for c in changes if c.kind is ChangeKind.PAUSED and c.phone is not None})
         more = len(changes) >= CHANGES_PER_READ or bool(self.ranges)
-        return FeedRead(messages, cancelled, paused, more=more)
+        freed = any(c.kind is ChangeKind.BUCKETS for c in changes)
+        return FeedRead(messages, cancelled, paused, more=more, buckets_freed=freed)
 
     def _rows(self, storage: Storage) -> list[Message]:
         found: dict[int, Message] = {}

@@ -572,6 +572,8 @@ class FeedRead:
     """The read stopped at its limit: read again at once."""
     error: StorageError | None = None
     """Why the feed could not be read (the rest is empty then)."""
+    buckets_freed: bool = False
+    """A node let buckets go: a node of several places them again at once."""
 
 
 @dataclass(frozen=True, slots=True)

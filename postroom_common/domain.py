@@ -220,6 +220,7 @@ class ChangeKind(enum.StrEnum):
     REQUEUED = "requeued"  # failed rows back to pending, ids first_id ... last_id
     CANCELLED = "cancelled"  # rows cancelled, ids first_id ... last_id
     PAUSED = "paused"  # the account's pause was set or lifted: read it again
+    BUCKETS = "buckets"  # a node let buckets go (a handoff, a stop): the others may take them now
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,17 +10,17 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import peewee
 
 from postroom_common.buckets import BUCKETS, bucket_of
-from postroom_common.domain import Delivery, Message, NodeState
+from postroom_common.domain import Change, ChangeKind, Delivery, Message, NodeState
 from postroom_common.errors import StorageError
 from postroom_common.logs import get_logger
 from storage._sql import chunks
-from storage.models import CHANGES_CHANNEL, to_micros
+from storage.models import to_micros
 
 if TYPE_CHECKING:
     from storage.store import _Dialect
@@ -45,6 +45,7 @@ class NodeQueries:
         def _in_flight_with_epochs(self) -> list[tuple[Message, int | None]]: ...
         def settle_interrupted(self, interrupted: Sequence[Message], delivery: Delivery,
                                now: datetime) -> list[Message]: ...
+        def announce(self, changes: Sequence[Change], now: datetime) -> None: ...
 
     def join(self, holder: str, lease: float | None) -> int:
         """Record this process as a node whose lease ends `lease` seconds from now by the
@@ -85,7 +86,11 @@ class NodeQueries:
             self.db.execute_sql(self._dialect.sql("UPDATE postroom_buckets SET node = NULL WHERE node = ?"),
                                 (node,))
             self.db.execute_sql(self._dialect.sql("DELETE FROM postroom_nodes WHERE id = ?"), (node,))
-            self._notify()
+            self._buckets_freed()
+
+    def _buckets_freed(self) -> None:
+        """Tell the other nodes, in the change feed, that buckets are free: they take them at once."""
+        self.announce([Change(ChangeKind.BUCKETS)], datetime.now(UTC))
 
     def clock_skew(self) -> float:
         """Seconds the database's clock is ahead of this machine's (negative: behind)."""
@@ -117,7 +122,7 @@ class NodeQueries:
         lets go of its old self so; unlike `leave`, no bucket row is touched, so nothing waits)."""
         with self._guard(), self.db.atomic():
             self.db.execute_sql(self._dialect.sql("DELETE FROM postroom_nodes WHERE id = ?"), (node,))
-            self._notify()
+            self._buckets_freed()
 
     def bucket_owners(self) -> tuple[list[int], dict[int, int | None]]:
         """The live nodes (lease not expired by the database's clock), and each bucket's owner:
@@ -204,13 +209,7 @@ class NodeQueries:
             self._executemany(self._dialect.sql(
                 f"UPDATE postroom_buckets SET node = NULL WHERE node = ? AND bucket IN ({marks})"),
                 [(node, *chunk)])
-        self._notify()  # the other nodes' listeners wake their lease keepers: taken at once
-
-    def _notify(self) -> None:
-        """PostgreSQL: wake every listening node at the commit (one notification a transaction)."""
-        if not self._dialect.is_sqlite:
-            with self._guard():
-                self.db.execute_sql(f"NOTIFY {CHANGES_CHANNEL}")
+        self._buckets_freed()
 
     def holding(self, node: int, epochs: Mapping[int, int]) -> set[int]:
         """Of the buckets of `epochs` ({bucket: epoch}), those `node` still holds at that epoch,

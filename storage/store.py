@@ -62,6 +62,7 @@ from storage.feed import INITIAL_GAPS, FeedCursor
 from storage.listen import ChangeListener
 from storage.models import (
     ATTEMPTS_KEPT,
+    CHANGES_CHANNEL,
     CREATED_BY_DEMO,
     DELETED_UP_TO,
     DEMO_KEY_PREFIX,
@@ -787,6 +788,12 @@ class Storage(NodeQueries):
             "INSERT INTO postroom_changes (kind, phone, first_id, last_id, at) VALUES (?, ?, ?, ?, ?)"),
             [(c.kind.value, c.phone, c.first_id, c.last_id, to_micros(now)) for c in changes])
         self._notify()
+
+    def _notify(self) -> None:
+        """PostgreSQL: wake every listening process at the commit (one notification a transaction)."""
+        if not self._dialect.is_sqlite:
+            with self._guard():
+                self.db.execute_sql(f"NOTIFY {CHANGES_CHANNEL}")
 
     def listener(self, on_change: Callable[[], None]) -> ChangeListener | None:
         """A thread (not started) that calls `on_change` at each change another process
