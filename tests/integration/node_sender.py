@@ -18,7 +18,7 @@ from supervisor import Message, Supervisor
 #: The environment variable naming the file the senders append to.
 OUT_ENV = "POSTROOM_NODE_TEST_OUT"
 #: Seconds `slow` and `slow_async` take over each send.
-SLOW = 1.0
+SLOW = 3.0  # long enough for a test to signal twice while one is under way, on a busy machine
 
 
 def _record(message: Message) -> None:
