@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from actors.holdings import Holdings
-from postroom_common import PostroomError, StorageError
+from postroom_common import PostroomError, StorageError, ValidationError
 from postroom_common.buckets import moves, placement
 from postroom_common.checks import check_count, check_seconds
 from postroom_common.logs import get_logger
@@ -34,6 +34,8 @@ __all__ = ["ClockSkew", "LeaseKeeper", "NodeSettings"]
 
 log = get_logger("postroom.lease")
 
+#: The shortest lease a node may take, in seconds.
+MIN_LEASE = 1.0
 #: Seconds a stop waits for a renewal under way (the thread is a daemon: it goes with the process).
 STOP_JOIN = 2.0
 
@@ -58,6 +60,8 @@ class NodeSettings:
 
     def __post_init__(self) -> None:
         check_seconds("NodeSettings.lease", self.lease, positive=True)
+        if self.lease < MIN_LEASE:  # renewed every fifth of it: shorter would hammer the database
+            raise ValidationError(f"NodeSettings.lease must be at least {MIN_LEASE} s, not {self.lease!r}")
         check_count("NodeSettings.max_moves", self.max_moves, minimum=1)
         check_seconds("NodeSettings.max_clock_skew", self.max_clock_skew, positive=True)
 

@@ -15,7 +15,7 @@ from actors.validation import Limits
 from postroom_common import ValidationError
 from postroom_common.checks import MAX_SECONDS, earlier, later
 from storage import SqliteSettings
-from supervisor import SupervisorSettings
+from supervisor import NodeSettings, SupervisorSettings
 
 NAN, INF = float("nan"), float("inf")
 #: Seconds past anything a datetime can hold from now: accepted before, then an OverflowError.
@@ -51,6 +51,9 @@ BAD: list[tuple[type[Any], str, object]] = [
     *((SupervisorSettings, "suspect_timeout", value) for value in (-1.0, NAN, INF, HUGE)),
     *((SupervisorSettings, "commit_delay", value) for value in (-0.001, NAN, INF, HUGE)),
     *((SqliteSettings, "busy_timeout", value) for value in (-1.0, NAN, INF, HUGE)),
+    *((NodeSettings, "lease", value) for value in (0.0, 0.5, -1.0, NAN, INF, HUGE, "15")),
+    *((NodeSettings, "max_moves", value) for value in (0, -1, 1.5, 2**31)),
+    *((NodeSettings, "max_clock_skew", value) for value in (0.0, NAN, INF, HUGE)),
 ]
 
 
@@ -73,6 +76,7 @@ def test_a_setting_out_of_range_is_refused_naming_its_field(settings: type[Any],
                        max_restarts=0, commit_delay=0, stop_timeout=0),
     SupervisorSettings(retention=timedelta(seconds=MAX_SECONDS)),
     Limits(max_field_length=255, max_phone_length=64, default_max_attempts=2**31 - 1),
+    NodeSettings(lease=1.0, max_moves=1, max_clock_skew=MAX_SECONDS),
 ], ids=repr)
 def test_the_edges_of_each_range_are_accepted(settings: object) -> None:
     """Zero where it means something, None where it means "never", and the largest values."""
