@@ -28,7 +28,7 @@ __all__ = ["CHUNK", "PAUSE_ENV", "add_arguments", "rotate", "run"]
 
 log = get_logger("postroom.cli.rotate_key")
 
-#: Rows encrypted again per write transaction: a few milliseconds of a SQLite file's write lock.
+#: Rows encrypted again per write transaction: few, so that each holds a SQLite file's write lock briefly.
 CHUNK = 200
 #: For tests only: seconds slept after each chunk (read once, at the start), so that a test
 #: can kill the command half way. Unset in production.

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -71,7 +70,8 @@ def _write(url: str, texts: list[str], *keys: str, attachment: str | None = None
         store.create_schema()
         with store.write_transaction():
             return [int(i) for i in store.insert([  # type: ignore[call-overload]
-                NewMessage(f"+1555000{n % 7:04d}", "u1", text, attachment, Priority.NORMAL, now, None, 3, None)
+                NewMessage(f"+1555000{n % 7:04d}", "u1", text, attachment, Priority.NORMAL, now, None, 3,
+                           None)
                 for n, text in enumerate(texts)])]
 
 
@@ -290,7 +290,8 @@ def test_rotate_key_killed_half_way_and_run_again(database_url: str) -> None:
     assert f"encryption_key:{_id(KEY_A)}" in _key_facts(database_url)  # still needed
 
     env.pop(PAUSE_ENV)
-    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                           check=False)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["written"] == len(ids) - done
     rows = _raw(database_url)
