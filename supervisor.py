@@ -135,6 +135,7 @@ from postroom_common import (
     DatabaseLocked,
     DatabaseNotFound,
     Delivery,
+    EncryptionKeyError,
     IdempotencyConflict,
     InvalidTransition,
     Message,
@@ -179,6 +180,7 @@ __all__ = [
     "DatabaseNotFound",
     "Delivery",
     "Drain",
+    "EncryptionKeyError",
     "Enqueue",
     "EnqueueBatch",
     "FakeClock",
@@ -431,6 +433,7 @@ class Supervisor(TurnActor):
             if self._demo_check is not None:
                 self._demo_check(self.storage)
             self.storage.create_schema(keep_demo_mark=self._demo_check is not None)
+            self.storage.check_keys()  # before anything is read or written: a clear refusal
             # The one node of the database: it takes every bucket at a new epoch (at boot,
             # `_acquire_every_account`), which fences a former owner that lost its lock without
             # noticing (a killed lock connection): none of its claims commits after that.

@@ -42,6 +42,7 @@ class Producer:
         self.storage = Storage(open_database(database, sqlite, create=False))
         try:
             self.storage.check_schema()
+            self.storage.check_keys()
         except BaseException:
             self.storage.close_all()
             raise

@@ -9,6 +9,7 @@ machine hits them alike; figures are medians over `Params.runs` runs.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import sqlite3
 import threading
@@ -20,6 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
+from unittest import mock
+
+from cryptography.fernet import Fernet
 
 from actors.persistence import CLEANUP_CHUNK
 from bench._child import ChildFailed, fsync_counter, run_child
@@ -37,6 +41,7 @@ from bench._common import (
 from bench.huey_baseline import HueyQueue
 from bench.report import Figure
 from bench.systems import WAYS, PostroomQueue, open_system
+from storage.crypto import KEYS_ENV, Keyring, decode_text, encode_text
 from storage.models import TABLES
 
 __all__ = ["ALL_SYSTEMS", "QUICK", "SCENARIOS", "Params", "Samples"]
@@ -690,7 +695,50 @@ def _empty_postgres(url: str) -> None:
         conn.execute("DROP SEQUENCE IF EXISTS message_queue_id_seq")
 
 
+# -- (j) (a) with encryption at rest ----------------------------------------------------------
+
+
+def encrypted(p: Params) -> list[Figure]:
+    """(a)'s delivered rate with every text encrypted (`POSTROOM_ENCRYPTION_KEYS` set), beside
+    the same runs without, alternated; and what encryption costs each message."""
+    runs = [f"postroom/{way}/{mode}" for way in WAYS for mode in ("plain", "encrypted")]
+    samples = collect(p, runs, lambda run: _encrypted(run, p))
+    figures = []
+    for way in WAYS:
+        name = f"(a) {p.messages:,} msgs, {_WAY_NAMES[way].format(batch=p.batch)}"
+        plain = figure("j", "rate", regroup(samples, {"postroom": f"postroom/{way}/plain"}),
+                       f"{name}, plain", "msg/s")
+        sealed = figure("j", "rate", regroup(samples, {"postroom": f"postroom/{way}/encrypted"}),
+                        f"{name}, text encrypted", "msg/s")
+        rates = plain.values.get("postroom"), sealed.values.get("postroom")
+        cost = None if None in rates else 1e6 * (1 / rates[1] - 1 / rates[0])  # type: ignore[operator]
+        figures += [plain, sealed, Figure("j", f"{name}: encryption's cost per message", "us",
+                                          {"postroom": cost}, higher_is_better=False)]
+    cpu = collect(p, ["postroom"], lambda _: {"cpu": _seal_and_open_micros(p.messages)})
+    return [*figures, figure("j", "cpu", cpu, "one text (as (a)'s) encrypted then decrypted, "
+                             "in one thread, without the queue", "us", higher_is_better=False)]
+
+
+def _seal_and_open_micros(count: int) -> float:
+    """Microseconds to encrypt then decrypt one short text as storage does, on average."""
+    keys = Keyring([Fernet.generate_key()])
+    start = time.perf_counter()
+    for index in range(count):
+        decode_text(encode_text(str(index), keys), keys)
+    return 1e6 * (time.perf_counter() - start) / count
+
+
+def _encrypted(run: str, p: Params) -> dict[str, float | None]:
+    system_and_way, _, mode = run.rpartition("/")
+    keys = {KEYS_ENV: Fernet.generate_key().decode()} if mode == "encrypted" else {}
+    # The supervisor's Storage reads the variable once, as it starts inside the run.
+    with mock.patch.dict(os.environ, keys):
+        if mode == "plain":
+            os.environ.pop(KEYS_ENV, None)
+        return _end_to_end(system_and_way, p)
+
+
 SCENARIOS: dict[str, Callable[[Params], list[Figure]]] = {
     "a": end_to_end, "b": enqueue, "c": latency, "d": boot, "e": memory, "f": database_work, "g": cleanup,
-    "h": sleeping_boot, "i": other_process,
+    "h": sleeping_boot, "i": other_process, "j": encrypted,
 }

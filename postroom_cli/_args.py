@@ -88,10 +88,12 @@ def database_url(args: argparse.Namespace) -> str:
 def writable_storage(args: argparse.Namespace) -> Iterator[Storage]:
     """The database of `args`, opened to write beside a running owner: never created (a
     missing SQLite file is `DatabaseNotFound`), its schema this postroom's (`SchemaMismatch`
-    names `postroom migrate`), no owner lock taken."""
+    names `postroom migrate`), no owner lock taken; its messages readable with the keys of
+    `POSTROOM_ENCRYPTION_KEYS` (`EncryptionKeyError` otherwise)."""
     storage = Storage(open_database(database_url(args), create=False))
     try:
         storage.check_schema()
+        storage.check_keys()
         yield storage
     finally:
         storage.close_all()

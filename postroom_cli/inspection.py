@@ -63,6 +63,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     store = Storage(open_database(database_url(args), read_only=True))
     try:
         store.check_schema()
+        store.check_keys()
         message = store.get(args.id)
         pause = store.pause(message.phone, utcnow())
     finally:

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     store = Storage(open_database(database_url(args), read_only=True))
     try:
         store.check_schema()
+        store.check_keys()
         found = store.find_messages(_query(store, args, created))
     finally:
         store.close()

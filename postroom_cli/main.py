@@ -1,6 +1,6 @@
 """The `postroom` command line: `postroom demo`, `node`, `migrate`, the operator's reads (`status`,
 `list`, `inspect`, `health`) and writes (`enqueue`, `requeue`, `cancel`, `pause`, `resume`,
-`cleanup`)."""
+`cleanup`, `rotate-key`)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from postroom_cli import (
     pause,
     requeue,
     resume,
+    rotate_key,
     status,
 )
 from postroom_cli._output import fail
@@ -41,7 +42,8 @@ Command = Callable[[argparse.Namespace, Console], int]
 #: (its rate limits are counted there; --verbose logs each one as well).
 _DEFAULT_LEVELS = {"demo": "error", "status": "info", "resume": "info", "migrate": "info",
                    "list": "info", "inspect": "info", "health": "info", "node": "info",
-                   **dict.fromkeys(("enqueue", "requeue", "cancel", "pause", "cleanup"), "info")}
+                   **dict.fromkeys(("enqueue", "requeue", "cancel", "pause", "cleanup", "rotate-key"),
+                                   "info")}
 _VERBOSE_LEVEL = "warning"
 _EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
@@ -123,6 +125,10 @@ def _add_write_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
                  "stop an account sending, for a while (--for) or until `postroom resume`")
     _add_command(commands, "cleanup", cleanup.add_arguments, cleanup.run,
                  "delete finished messages older than the retention (or --older-than)")
+    _add_command(commands, "rotate-key", rotate_key.add_arguments, rotate_key.run,
+                 "encrypt every message's text and attachment again under the first key of "
+                 "POSTROOM_ENCRYPTION_KEYS, a chunk at a time (beside a running supervisor; "
+                 "run it again after an interruption)")
 
 
 def _add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str,

@@ -81,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     """Print the report (again and again with --watch); `DatabaseNotFound` when the SQLite
     file does not exist, `SchemaMismatch` when it holds no postroom schema."""
-    store = Storage(open_database(database_url(args), read_only=True))
+    # Counts and instants only, never a text: no encryption key needed.
+    store = Storage(open_database(database_url(args), read_only=True), keys=None)
     try:
         if args.watch is None:
             _show(read_report(store, utcnow()), args, console)
@@ -311,7 +312,7 @@ def _pause_table(pauses: list[AccountPause], show: ShowPhone) -> Table:
 
 def read_stats(url: str) -> QueueStats:
     """The counts, through a read-only connection of our own (no supervisor, no lock)."""
-    store = Storage(open_database(url, read_only=True))
+    store = Storage(open_database(url, read_only=True), keys=None)
     try:
         return store.stats()
     finally:
@@ -320,7 +321,7 @@ def read_stats(url: str) -> QueueStats:
 
 def read_pauses(url: str) -> list[AccountPause]:
     """Account-wide pauses in force now (rate limits, suspensions), read-only."""
-    store = Storage(open_database(url, read_only=True))
+    store = Storage(open_database(url, read_only=True), keys=None)
     try:
         return store.pauses(utcnow())
     finally:

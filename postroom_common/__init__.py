@@ -32,6 +32,7 @@ from postroom_common.domain import (
 from postroom_common.errors import (
     DatabaseLocked,
     DatabaseNotFound,
+    EncryptionKeyError,
     IdempotencyConflict,
     InvalidTransition,
     MessageNotFound,
@@ -56,6 +57,7 @@ __all__ = [
     "DatabaseLocked",
     "DatabaseNotFound",
     "Delivery",
+    "EncryptionKeyError",
     "IdempotencyConflict",
     "InvalidTransition",
     "Message",

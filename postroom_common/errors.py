@@ -54,3 +54,8 @@ class SchemaMismatch(StorageError):
 class OwnershipLost(StorageError):
     """This supervisor no longer owns its database (its SQLite file was deleted or replaced):
     every write is refused until it is restarted."""
+
+
+class EncryptionKeyError(PostroomError):
+    """The encryption keys given (POSTROOM_ENCRYPTION_KEYS) cannot read this database's
+    messages, or are not keys: nothing was read or written."""

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import peewee
 
@@ -47,6 +47,7 @@ from postroom_common.domain import (
 )
 from postroom_common.errors import (
     DatabaseLocked,
+    EncryptionKeyError,
     IdempotencyConflict,
     InvalidTransition,
     MessageNotFound,
@@ -58,6 +59,16 @@ from postroom_common.logs import get_logger
 from storage import schema
 from storage._sql import chunks
 from storage._watch import cut_calls_at
+from storage.crypto import (
+    KEY_FACT_PREFIX,
+    Keyring,
+    decode_attachment,
+    decode_text,
+    encode_attachment,
+    encode_text,
+    keyring_from_environment,
+    missing_keys_error,
+)
 from storage.feed import INITIAL_GAPS, FeedCursor
 from storage.listen import ChangeListener
 from storage.models import (
@@ -124,6 +135,8 @@ _ATTEMPT_UPSERT = (" ON CONFLICT (message_id, slot) DO UPDATE SET number = exclu
                    " attempt = excluded.attempt, started_at = excluded.started_at,"
                    " ended_at = excluded.ended_at, outcome = excluded.outcome, error = excluded.error")
 # An account_state row pauses its account until paused_until, or (NULL) until it is lifted.
+#: Names a key rows are encrypted under (`storage.crypto`): once, whoever writes under it again.
+_NAME_KEY = "INSERT INTO postroom_meta (key, value) VALUES (?, 1) ON CONFLICT (key) DO NOTHING"
 _PAUSES_IN_FORCE = ("SELECT phone, paused_until, reason FROM account_state"
                     " WHERE (paused_until > ? OR paused_until IS NULL)")
 
@@ -242,9 +255,15 @@ class Storage(NodeQueries):
     With an `owner` (the supervisor's lock), every commit is followed by its cheap check:
     once it fails (the SQLite file was deleted or replaced) every later read and write is
     refused with `OwnershipLost`, so nothing more is acknowledged from a file nobody will read.
+
+    `keys`: what encrypts the text and attachment of the rows it writes and decrypts those it
+    reads (`storage.crypto`); by default those of `POSTROOM_ENCRYPTION_KEYS`, read once here
+    (`EncryptionKeyError` for a value that is not a key); None: plain.
     """
 
-    def __init__(self, db: peewee.Database, owner: OwnerLock | None = None) -> None:
+    def __init__(self, db: peewee.Database, owner: OwnerLock | None = None,
+                 keys: Keyring | Literal["environment"] | None = "environment") -> None:
+        self.keys = keyring_from_environment() if keys == "environment" else keys
         self.db = db
         self._owner = owner
         self._owner_verified_at = -OWNER_VERIFY_EVERY
@@ -298,6 +317,82 @@ class Storage(NodeQueries):
         with self._guard():
             schema.check(self.db, self._dialect.is_sqlite)
 
+    # -- encryption at rest (storage.crypto) -----------------------------------------
+
+    def check_keys(self) -> None:
+        """`EncryptionKeyError` unless this storage's keys include every key the database's
+        messages were written under (postroom_meta names each): what a process that reads or
+        writes messages asks at its start, before anything else (reads only)."""
+        with self._guard():
+            rows = self.db.execute_sql(self._dialect.sql(
+                f"SELECT key FROM postroom_meta WHERE substr(key, 1, {len(KEY_FACT_PREFIX)}) = ?"),
+                (KEY_FACT_PREFIX,)).fetchall()
+        used = {str(key)[len(KEY_FACT_PREFIX):] for (key,) in rows}
+        missing = used - (self.keys.ids if self.keys is not None else frozenset())
+        if missing:
+            raise missing_keys_error(sorted(missing), self.keys)
+
+    def not_under_first_key(self, after_id: int, limit: int) -> list[tuple[int, bytes, str | None]]:
+        """(id, text, attachment) as stored of the rows after `after_id` whose text or attachment
+        is plain or under another key than the first, in id order, at most `limit` (reads only)."""
+        where, params = self._not_under_first_key()
+        with self._guard():
+            rows = self.db.execute_sql(self._dialect.sql(
+                f"SELECT id, text, attachment FROM message_queue WHERE id > ? AND {where}"
+                " ORDER BY id LIMIT ?"), (after_id, *params, limit)).fetchall()
+        return [(int(message_id), bytes(text), attachment) for message_id, text, attachment in rows]
+
+    def _not_under_first_key(self) -> tuple[str, tuple[Any, ...]]:
+        keys = self._required_keys()
+        text, attachment = keys.text_prefix(), keys.attachment_prefix()
+        # Lengths written in: a parameter's type would differ by driver (substr wants integers).
+        return (f"(substr(text, 1, {len(text)}) <> ? OR (attachment IS NOT NULL"
+                f" AND substr(attachment, 1, {len(attachment)}) <> ?))", (text, attachment))
+
+    def reencrypt(self, rows: Sequence[tuple[int, bytes, bytes, str | None]]) -> int:
+        """Write rows' (id, text as read, new text, new attachment) inside write_transaction:
+        only those two columns, and only where the text is still as read (another rotation may
+        have rewritten it), so that a status, an attempt or a pause written meanwhile stays as
+        written. How many rows were written."""
+        if not rows:
+            return 0
+        with self._guard():
+            cursor = self.db.cursor()
+            cursor.executemany(self._dialect.sql(
+                "UPDATE message_queue SET text = ?, attachment = ? WHERE id = ? AND text = ?"),
+                [(text, attachment, message_id, was) for message_id, was, text, attachment in rows])
+            written = int(cursor.rowcount)
+        self._record_key_used()
+        return written
+
+    def forget_other_keys(self) -> list[str] | None:
+        """Once no row is under another key than the first, remove the other keys' names from
+        postroom_meta (inside write_transaction): processes may then start without them. The
+        ids forgotten; None (nothing forgotten) while a row still is plain or under another
+        key (written meanwhile by a process whose first key is an old one).
+
+        The names go before the rows are looked at: on PostgreSQL a writer naming an old key
+        waits for this transaction, and its rows are either seen here or named again after."""
+        keys = self._required_keys()
+        facts = f"substr(key, 1, {len(KEY_FACT_PREFIX)}) = ? AND key <> ?"
+        params = (KEY_FACT_PREFIX, KEY_FACT_PREFIX + keys.primary)
+        where, probe = self._not_under_first_key()
+        with self._guard():
+            others = [str(key) for (key,) in self.db.execute_sql(self._dialect.sql(
+                f"SELECT key FROM postroom_meta WHERE {facts}"), params).fetchall()]
+            self.db.execute_sql(self._dialect.sql(f"DELETE FROM postroom_meta WHERE {facts}"), params)
+            left = self.db.execute_sql(self._dialect.sql(
+                f"SELECT 1 FROM message_queue WHERE {where} LIMIT 1"), probe).fetchone()
+            if left is not None:
+                self._executemany(self._dialect.sql(_NAME_KEY), [(key,) for key in others])
+                return None
+        return [key[len(KEY_FACT_PREFIX):] for key in others]
+
+    def _required_keys(self) -> Keyring:
+        if self.keys is None:
+            raise EncryptionKeyError("no encryption key is set: set POSTROOM_ENCRYPTION_KEYS")
+        return self.keys
+
     def schema_version(self) -> int | None:
         """The database's schema version (None: no postroom schema; 0: older than versions)."""
         with self._guard():
@@ -349,7 +444,7 @@ class Storage(NodeQueries):
         """Every row in flight, with the epoch it was claimed under (None: before epochs)."""
         rows = self._named_rows(f"SELECT {_MESSAGE_COLUMNS}, claim_epoch FROM message_queue"
                                 f" WHERE {IN_FLIGHT}", ())
-        return [(_message(row), row["claim_epoch"]) for row in rows]
+        return [(_message(row, self.keys), row["claim_epoch"]) for row in rows]
 
     def is_demo(self) -> bool:
         """True when `postroom demo` created this database (`mark_demo`); reads only."""
@@ -565,13 +660,14 @@ class Storage(NodeQueries):
     def _insert_pending(self, ids: Sequence[int], news: Sequence[NewMessage]) -> None:
         # A batch shares one enqueue instant (and often one schedule): convert each once.
         micros = functools.lru_cache(maxsize=64)(_micros)
-        self._insert_rows([(message_id, n.phone, n.user_id, *_shared_values(n, micros), n.idempotency_key)
+        self._insert_rows([(message_id, n.phone, n.user_id, *_shared_values(n, self.keys, micros),
+                            n.idempotency_key)
                            for message_id, n in zip(ids, news, strict=True)])
 
     def _insert_broadcast(self, ids: Sequence[int], broadcast: NewBroadcast) -> None:
         """A broadcast without a key, written from its shared fields (a keyed one is taken
         apart by `insert`: each recipient's key is its own)."""
-        shared = _shared_values(broadcast.template)
+        shared = _shared_values(broadcast.template, self.keys)
         self._insert_rows([(message_id, phone, user_id, *shared, None)
                            for message_id, (phone, user_id) in zip(ids, broadcast.recipients, strict=True)])
 
@@ -580,6 +676,13 @@ class Storage(NodeQueries):
             return
         with self._guard():
             self.db.cursor().executemany(self._insert_sql, params)
+        self._record_key_used()
+
+    def _record_key_used(self) -> None:
+        """Name the key this transaction's rows are encrypted under in postroom_meta (what
+        `check_keys` reads), in the same transaction: no row is ever under a key not named."""
+        if self.keys is not None:
+            self._executemany(self._dialect.sql(_NAME_KEY), [(KEY_FACT_PREFIX + self.keys.primary,)])
 
     def _by_idempotency_keys(self, keys: Sequence[str | None]) -> dict[str | None, Message]:
         if not keys:
@@ -614,7 +717,7 @@ class Storage(NodeQueries):
         epoch = (epochs or {}).get
         self._executemany(sql, [(r["status"], r["attempts"], at, at, epoch(bucket_of(r["phone"])), r["id"])
                                 for r in rows])
-        return {row["id"]: _message(row) for row in rows}
+        return {row["id"]: _message(row, self.keys) for row in rows}
 
     def _paused_among(self, phones: set[str], at: int) -> set[str]:
         """Those of `phones` whose account has a pause in force at `at` (micros)."""
@@ -917,7 +1020,7 @@ class Storage(NodeQueries):
                 self.db.cursor().executemany(sql, params)
 
     def _select_for_update(self, ids: Sequence[int]) -> list[Message]:
-        return [_message(row) for row in self._select_rows(ids)]
+        return [_message(row, self.keys) for row in self._select_rows(ids)]
 
     def _select_rows(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """Rows of `_MESSAGE_COLUMNS` by id, as dicts by column name (mutable), locked on PostgreSQL."""
@@ -950,7 +1053,7 @@ class Storage(NodeQueries):
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[Message]:
         """The messages a select of `_MESSAGE_COLUMNS` (`?` marks) returns."""
-        return [_message(row) for row in self._named_rows(sql, params)]
+        return [_message(row, self.keys) for row in self._named_rows(sql, params)]
 
     def _one_for_update(self, message_id: int) -> Message:
         found = self._select_for_update([message_id])
@@ -1180,12 +1283,13 @@ def _status(value: str) -> Status:
 _instant = functools.lru_cache(maxsize=1024)(from_micros)
 
 
-def _message(row: Mapping[str, Any]) -> Message:
+def _message(row: Mapping[str, Any], keys: Keyring | None) -> Message:
     """The one reader of a message: a row of `_MESSAGE_COLUMNS` by column name, in the
-    database's own encoding (UTC microseconds, UTF-8 bytes), which is storage's to decode."""
+    database's own encoding (UTC microseconds, UTF-8 bytes, encrypted or not), which is
+    storage's to decode."""
     return Message(
         id=row["id"], phone=row["phone"], user_id=row["user_id"],
-        text=bytes(row["text"]).decode("utf-8"), attachment=row["attachment"],
+        text=decode_text(row["text"], keys), attachment=decode_attachment(row["attachment"], keys),
         priority=_PRIORITIES[row["priority"]], status=_status(row["status"]),
         created_at=_instant(row["created_at"]), scheduled_at=_from_micros(row["scheduled_at"]),
         available_at=_instant(row["available_at"]), attempts=row["attempts"],
@@ -1294,11 +1398,12 @@ def _micros(value: datetime | None) -> int | None:
     return to_micros(value) if value is not None else None
 
 
-def _shared_values(new: NewMessage,
+def _shared_values(new: NewMessage, keys: Keyring | None,
                    micros: Callable[[datetime | None], int | None] = _micros) -> tuple[Any, ...]:
     """A new row's values from text to updated_at, in `_INSERT_COLUMNS` order: what the
-    messages of a broadcast have in common."""
-    return (new.text.encode("utf-8"), new.attachment, int(new.priority), Status.PENDING.value,
+    messages of a broadcast have in common (one text encrypted once)."""
+    return (encode_text(new.text, keys), encode_attachment(new.attachment, keys), int(new.priority),
+            Status.PENDING.value,
             micros(new.created_at), micros(new.scheduled_at), micros(new.scheduled_at or new.created_at),
             0, new.max_attempts, micros(new.created_at))
 
