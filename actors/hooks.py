@@ -160,6 +160,7 @@ class HookDispatcher:
         """Events dropped so far (the queue was full, or the stop left them)."""
         self._unreported = 0
         self._reported_at: float | None = None
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="postroom-hooks", daemon=True)
         self._thread.start()
 
@@ -177,7 +178,10 @@ class HookDispatcher:
 
     def stop(self) -> None:
         """Let the hooks take what is queued, for `Hooks.stop_timeout` at most; then count the
-        rest as dropped. The thread (a daemon) is left to a hook still running then."""
+        rest as dropped. The thread (a daemon) is left to a hook still running then. Once."""
+        if self._stopped:
+            return
+        self._stopped = True
         deadline = time.monotonic() + self.hooks.stop_timeout
         try:
             self._queue.put(_STOP, timeout=self.hooks.stop_timeout)
