@@ -121,6 +121,7 @@ from actors.aio import (
 from actors.directory import AccountDirectory
 from actors.feed import FeedState
 from actors.holdings import Holdings
+from actors.hooks import AccountEvent, AccountEventKind, HookDispatcher, Hooks, OutcomeEvent
 from actors.keeper import AccountKeeper, Place
 from actors.lease import ClockSkew, LeaseKeeper, NodeSettings
 from actors.memory import IdleTrim, release_free_memory
@@ -166,6 +167,8 @@ from storage.listen import ChangeListener
 
 __all__ = [
     "AbandonedSends",
+    "AccountEvent",
+    "AccountEventKind",
     "AccountSettings",
     "AccountSuspended",
     "AsyncPostroom",
@@ -188,6 +191,7 @@ __all__ = [
     "GetMessage",
     "GetStats",
     "Health",
+    "Hooks",
     "IdempotencyConflict",
     "InvalidTransition",
     "Limits",
@@ -195,6 +199,7 @@ __all__ = [
     "Message",
     "MessageNotFound",
     "NodeSettings",
+    "OutcomeEvent",
     "OwnershipLost",
     "Pacing",
     "PermanentError",
@@ -365,12 +370,14 @@ class Supervisor(TurnActor):
     def __init__(self, database: str | Any, sender: Sender | AsyncSender, *,
                  settings: SupervisorSettings | None = None, clock: Clock | None = None,
                  rng: RandomSource | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None, hooks: Hooks | None = None,
                  _demo_check: Callable[[Storage], None] | None = None) -> None:
         # `_demo_check` is `postroom demo`'s alone: its supervisor keeps the database's demo
         # mark, which every other one removes, once the check (run under the owner lock,
         # before anything is written) has not refused the database.
         check_sender(sender, loop)  # before anything is opened or locked
+        if hooks is not None:
+            hooks.check(loop)
         _stop_supervisors_of_closed_loops()  # one may still own this database
         self.settings = settings or SupervisorSettings()
         self._demo_check = _demo_check
@@ -402,13 +409,20 @@ class Supervisor(TurnActor):
         self.holdings = Holdings()  # the buckets of accounts this node sends for
         self.lease: LeaseKeeper | None = None  # a node of several: its lease on the database
         self._taking = False  # a TakeBuckets is under way
-        self._open_storage(database)
+        # Started before the writer (boot's settlements are outcomes too); none without a hook.
+        self.hooks = HookDispatcher(hooks, loop) if hooks is not None and hooks.any else None
+        try:
+            self._open_storage(database)
+        except BaseException:
+            self._stop_hooks()
+            raise
         try:
             self._boot_work = self._acquire_every_account()
         except BaseException:
             if self.lease is not None:
                 self.lease.stop(leave=True)  # joined: its row would hold buckets placed on it
             self._close_storage()
+            self._stop_hooks()
             raise
         _RUNNING.add(self.actor_ref)
         if loop is not None:
@@ -453,7 +467,7 @@ class Supervisor(TurnActor):
             raise
         self.persistence = PersistenceActor.start(
             self._pool, self.storage, self.clock, self.health, self.directory, self.actor_ref,
-            commit_delay=self.settings.commit_delay, holdings=self.holdings)
+            commit_delay=self.settings.commit_delay, holdings=self.holdings, hooks=self.hooks)
 
     def _acquire_every_account(self) -> list[tuple[str, datetime]]:
         """Boot is acquiring every account: settle what an earlier owner left in flight (by the
@@ -551,6 +565,7 @@ class Supervisor(TurnActor):
         cut_at = self.deadlines.monotonic() + STOP_GRACE
         self.storage.cut_calls_at(cut_at)  # what is not answered by then waits for the next start
         self._stop_writer(cut_at)
+        self._stop_hooks()  # after the writer: its last commits' events are queued by then
         if self.lease is not None:  # its accounts released and recorded: its buckets go at once
             self.lease.stop(leave=True)
         self._pool.shutdown()
@@ -611,6 +626,11 @@ class Supervisor(TurnActor):
         """The writer commits what it holds, if the database answers by `cut_at`."""
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             self.persistence.stop(timeout=self._time_left(cut_at))
+
+    def _stop_hooks(self) -> None:
+        """The hooks take the events still queued, within `Hooks.stop_timeout`."""
+        if self.hooks is not None:
+            self.hooks.stop()
 
     def _time_left(self, cut_at: float) -> float:
         """Until a call cut at `cut_at` has failed, a connection being opened included."""

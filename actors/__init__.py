@@ -26,6 +26,7 @@ from actors.errors import (
     SendTimeout,
     TransientError,
 )
+from actors.hooks import AccountEvent, AccountEventKind, Hooks, OutcomeEvent
 from actors.messages import (
     AbandonedSends,
     AccountCrashed,
@@ -89,6 +90,8 @@ __all__ = [
     "AccountActor",
     "AccountCrashed",
     "AccountDeps",
+    "AccountEvent",
+    "AccountEventKind",
     "AccountIdle",
     "AccountMachine",
     "AccountPaused",
@@ -123,12 +126,14 @@ __all__ = [
     "GetStats",
     "Health",
     "HealthState",
+    "Hooks",
     "Insert",
     "LiftPause",
     "Limits",
     "ListMessages",
     "Next",
     "OpenCounted",
+    "OutcomeEvent",
     "Pacer",
     "Pacing",
     "PauseCheckDue",

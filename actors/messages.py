@@ -309,6 +309,9 @@ class Recorded:
     fenced: bool = False
     """This node no longer holds the account's bucket: nothing but the record was written, and
     the account must stop (another node sends for it now, or will)."""
+    settled: Sequence[Message] = ()
+    """The rows an earlier owner left in flight that this transaction settled (`settle`), as
+    written (for the outcome hooks: some end failed)."""
 
 
 @dataclass(frozen=True, slots=True)

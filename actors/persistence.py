@@ -35,6 +35,7 @@ from actors._faults import crash_point
 from actors.clock import Clock
 from actors.directory import AccountDirectory
 from actors.holdings import Holdings
+from actors.hooks import HookDispatcher, events_of_commit
 from actors.messages import (
     Arrived,
     BucketsTaken,
@@ -140,7 +141,7 @@ class PersistenceActor(TurnActor):
     def __init__(self, pool: TurnPool, storage: Storage, clock: Clock, health: HealthState,
                  directory: AccountDirectory, supervisor: pykka.ActorRef[Any], *, max_batch: int = 2000,
                  cleanup_chunk: int = CLEANUP_CHUNK, commit_delay: float = 0.0,
-                 holdings: Holdings | None = None) -> None:
+                 holdings: Holdings | None = None, hooks: HookDispatcher | None = None) -> None:
         super().__init__(pool)
         self.storage = storage
         self.clock = clock
@@ -151,6 +152,7 @@ class PersistenceActor(TurnActor):
         self.cleanup_chunk = cleanup_chunk
         self.commit_delay = commit_delay
         self.holdings = holdings  # the buckets whose accounts' writes it lets through (None: all)
+        self.hooks = hooks  # the host's outcome hooks, fed after each commit (None: no event is built)
         self._last_commit = 0.0  # time.monotonic() when the last batch was answered
         self._last_batch = 0  # requests it served
 
@@ -194,6 +196,8 @@ class PersistenceActor(TurnActor):
             return
         self.health.ok()
         self._after_commit(batch, outcomes)
+        if self.hooks is not None:
+            self.hooks.submit(events_of_commit([message for message, _ in batch], outcomes, self.clock.now()))
 
     def _apply_batch(self, messages: Sequence[Any]) -> list[Any]:
         """Run a batch inside the open transaction, one statement per kind of write.
@@ -211,9 +215,12 @@ class PersistenceActor(TurnActor):
         recorded = self.storage.record(records) if records else set()
         if any(t.status is Status.RETRYING for t in records):
             crash_point("record.retry.mid")
+        settled: dict[str, list[Message]] = {}
         for account in accounts:
             if account.phone not in fenced:
-                self._prepare_claim(account, now, epochs)
+                settled_now = self._prepare_claim(account, now, epochs)
+                if settled_now:
+                    settled[account.phone] = settled_now
         claim_ids = [a.claim for a in accounts if a.claim is not None and a.phone not in fenced]
         claimed = self.storage.claim(claim_ids, now, epochs) if claim_ids else {}
         inserts = [m for m in messages if isinstance(m, Insert)]
@@ -226,7 +233,7 @@ class PersistenceActor(TurnActor):
                 case RecordAndClaim(phone=phone, record=record, claim=claim):
                     outcomes.append(Recorded(record is not None and record.id in recorded,
                                              None if claim is None else claimed.get(claim),
-                                             fenced=phone in fenced))
+                                             fenced=phone in fenced, settled=settled.get(phone, ())))
                 case Insert():
                     outcomes.append(next(inserted))
                 case SettleInFlight(delivery, phone):
@@ -291,16 +298,18 @@ class PersistenceActor(TurnActor):
                         buckets=sorted({bucket_of(p) for p in fenced}))
         return {b: e for b, e in epochs.items() if b in held}, fenced
 
-    def _prepare_claim(self, account: RecordAndClaim, now: datetime, epochs: dict[int, int]) -> None:
-        """What an account's transaction does besides its record and its claim."""
+    def _prepare_claim(self, account: RecordAndClaim, now: datetime, epochs: dict[int, int]) -> list[Message]:
+        """What an account's transaction does besides its record and its claim; the rows it
+        settled."""
         epoch = epochs.get(bucket_of(account.phone))
         if account.pause is not None:
             self.storage.set_pause(account.pause, now)
         if account.reclaim is not None:
             self.storage.give_back_orphans(account.reclaim, now, epoch)
-        if account.settle is not None:
-            delivery, phone = account.settle
-            self.storage.recover_interrupted(delivery, now, phone, epoch)
+        if account.settle is None:
+            return []
+        delivery, phone = account.settle
+        return self.storage.recover_interrupted(delivery, now, phone, epoch)
 
     def _settle(self, delivery: Delivery, phone: str, now: datetime, epoch: int | None) -> list[Message]:
         settled = self.storage.recover_interrupted(delivery, now, phone, epoch)

@@ -11,7 +11,7 @@ from typing import Any
 from telegram import Update
 from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
-from supervisor import AsyncPostroom, Message, Pacing, SupervisorSettings, sender_with_adapters
+from supervisor import AsyncPostroom, Hooks, Message, Pacing, SupervisorSettings, sender_with_adapters
 
 # PTB >= 22.2 warns whenever RetryAfter.retry_after is read as an int; the adapters read a timedelta too.
 os.environ.setdefault("PTB_TIMEDELTA", "true")
@@ -21,13 +21,14 @@ SETTINGS = SupervisorSettings(pacing=Pacing(rate=25, burst=5, per_recipient_inte
 App = Application[Any, Any, Any, Any, Any, Any]  # its type parameters do not matter here
 
 
-def build_application(token: str, database: str, base_url: str = "https://api.telegram.org/bot") -> App:
+def build_application(token: str, database: str, base_url: str = "https://api.telegram.org/bot",
+                      hooks: Hooks | None = None) -> App:
     async def post_init(app: App) -> None:  # PTB's loop is running: coroutine sends will run on it
         async def send(message: Message) -> None:
             await app.bot.send_message(chat_id=int(message.user_id), text=message.text)
 
         # RetryAfter pauses the account; Forbidden and BadRequest fail the message; TimedOut retries it.
-        room = await AsyncPostroom.start(database, sender_with_adapters(send), settings=SETTINGS)
+        room = await AsyncPostroom.start(database, sender_with_adapters(send), settings=SETTINGS, hooks=hooks)
         app.bot_data["postroom"] = room
 
     async def stop_postroom(app: App) -> None:  # post_stop: before shutdown() closes the bot's HTTP client

@@ -29,7 +29,7 @@ from aiogram import exceptions as aiogram_errors
 from aiogram.methods import SendMessage
 from telethon import events
 
-from examples import aiogram_bot, http_gateway, ptb_bot, telethon_client
+from examples import aiogram_bot, http_gateway, ptb_alerts, ptb_bot, telethon_client
 from supervisor import (
     AccountSettings,
     AccountSuspended,
@@ -193,6 +193,35 @@ def test_ptb_bot_sends_replies_once_in_order_and_honours_retry_after(
     assert_paused_for_the_429(refused, sent, PTB_TOKEN)
     replies = [m for m in seen["all"] if m.user_id != str(BLOCKED) and m.user_id != str(UNKNOWN)]
     assert [(m.status, m.attempts) for m in replies] == [(Status.COMPLETED, 1)] * 9  # the 429 not counted
+    assert_postroom_stopped(seen["room"])
+
+
+def test_ptb_alerts_tell_the_admin_chat_once_a_broadcasts_last_message_failed(
+    botapi: BotApiServer, sqlite_url: str
+) -> None:
+    """The outcome hook counts a broadcast's messages as they end: once the last one has, the
+    admin chat is told how many were not delivered (the blocked chat's), and only then; a
+    broadcast delivered whole tells it nothing."""
+    admin, *chats = GOOD_CHATS
+    app = ptb_alerts.build_application(PTB_TOKEN, sqlite_url, admin, base_url=f"{botapi.url}/bot")
+    seen: dict[str, Any] = {}
+
+    async def watch(app: ptb_bot.App) -> None:
+        room = seen["room"] = app.bot_data["postroom"]
+        whole = await ptb_alerts.broadcast(app, "whole", chats, "all good")
+        await until_final(room, whole)
+        partial = await ptb_alerts.broadcast(app, "partial", [*chats, BLOCKED], "launch")
+        await until(lambda: botapi.texts(PTB_TOKEN).get(admin))
+        seen["partial"] = await until_final(room, partial)
+
+    errors = in_post_init(app, watch)
+    run_polling(app)
+    if errors:
+        raise errors[0]
+    texts = botapi.texts(PTB_TOKEN)
+    assert texts[admin] == ["broadcast partial: 1 message(s) not delivered"]
+    assert all(texts[chat] == ["all good", "launch"] for chat in chats)
+    assert [m.status for m in seen["partial"]] == [Status.COMPLETED, Status.COMPLETED, Status.FAILED]
     assert_postroom_stopped(seen["room"])
 
 
