@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pykka
 
-from actors.hooks import AccountEvent, AccountEventKind, Event, OutcomeEvent
+from actors.hooks import AccountEvent, AccountEventKind, Event, OutcomeEvent, settled_by
 from actors.messages import RecordAndClaim, Recorded
 from actors.privacy import mask_phone
 from postroom_common import Message, Status, ValidationError
@@ -105,7 +105,8 @@ class Metrics:
 
         self.messages = counter("postroom_messages", "Messages that reached a final outcome "
                                 "(completed, failed, cancelled).", ["outcome"])
-        self.retries = counter("postroom_retries", "Attempts that failed and left the message to retry.")
+        self.retries = counter("postroom_retries", "Attempts that failed, or were lost with their "
+                               "sender, and left the message to retry.")
         self.pauses = counter("postroom_account_pauses", "Accounts paused for a time (a rate limit, or a "
                               "suspension with a duration), by the exception that paused them.", ["reason"])
         self.disablements = counter("postroom_account_disablements",
@@ -130,7 +131,7 @@ class Metrics:
     def committed(self, requests: Sequence[Any], outcomes: Sequence[Any], events: Sequence[Event],
                   now: datetime) -> None:
         """Count what one commit of the writer made: its events (`events_of_commit`), the
-        retries it recorded and the first attempts it claimed."""
+        retries it recorded or settled and the first attempts it claimed."""
         for event in events:
             match event:
                 case OutcomeEvent(status=status):
@@ -142,6 +143,9 @@ class Metrics:
         for request, outcome in zip(requests, outcomes, strict=True):
             if isinstance(request, RecordAndClaim) and isinstance(outcome, Recorded):
                 self._account_write(request, outcome, now)
+            retried = sum(m.status is Status.RETRYING for m in settled_by(request, outcome))
+            if retried:
+                self.retries.inc(retried)
 
     def _account_write(self, request: RecordAndClaim, outcome: Recorded, now: datetime) -> None:
         record = request.record

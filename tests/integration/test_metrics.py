@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from actors.privacy import mask_phone
+from storage import Storage, open_database
 from supervisor import (
     Enqueue,
     GetStats,
@@ -21,6 +22,7 @@ from supervisor import (
 )
 from tests.conftest import eventually
 from tests.integration.helpers import FixedRandom, RecordingSender, account_ref, status_of
+from tests.integration.test_storage_contract import NOW, new
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -139,5 +141,24 @@ def test_a_node_shows_its_buckets_and_its_lease_renew_lag(postgres_url: str) -> 
         eventually(lambda: (sample(registry, "postroom_node_buckets_held") or 0) > 0)
         lag = sample(registry, "postroom_node_lease_renew_lag_seconds")
         assert lag is not None and 0.0 <= lag < 2.0
+    finally:
+        ref.stop()
+
+
+def test_an_attempt_lost_in_a_crash_is_counted_a_retry_when_the_boot_settles_it(sqlite_url: str) -> None:
+    """A message left in flight by a process that died is settled `retrying` at the next boot:
+    one retry counted, then its send completes."""
+    storage = Storage(open_database(sqlite_url))
+    storage.create_schema()
+    with storage.write_transaction():
+        (mid,) = storage.insert([new()])
+        storage.claim([mid], NOW)  # in flight, and its process gone
+    storage.close()
+    registry = CollectorRegistry()
+    ref = start(sqlite_url, Metrics(registry, read_every=0.0))
+    try:
+        eventually(lambda: status_of(ref, mid) is Status.COMPLETED)
+        assert sample(registry, "postroom_retries_total") == 1
+        assert sample(registry, "postroom_messages_total", outcome="completed") == 1
     finally:
         ref.stop()
