@@ -125,6 +125,7 @@ from actors.hooks import AccountEvent, AccountEventKind, HookDispatcher, Hooks, 
 from actors.keeper import AccountKeeper, Place
 from actors.lease import ClockSkew, LeaseKeeper, NodeSettings
 from actors.memory import IdleTrim, release_free_memory
+from actors.metrics import Gauges, GetGauges, Metrics
 from actors.pacing import Pacing
 from actors.persistence import log_unanswered
 from actors.producer import AsyncProducer, Producer
@@ -198,6 +199,7 @@ __all__ = [
     "ListMessages",
     "Message",
     "MessageNotFound",
+    "Metrics",
     "NodeSettings",
     "OutcomeEvent",
     "OwnershipLost",
@@ -371,6 +373,7 @@ class Supervisor(TurnActor):
                  settings: SupervisorSettings | None = None, clock: Clock | None = None,
                  rng: RandomSource | None = None,
                  loop: asyncio.AbstractEventLoop | None = None, hooks: Hooks | None = None,
+                 metrics: Metrics | None = None,
                  _demo_check: Callable[[Storage], None] | None = None) -> None:
         # `_demo_check` is `postroom demo`'s alone: its supervisor keeps the database's demo
         # mark, which every other one removes, once the check (run under the owner lock,
@@ -378,6 +381,8 @@ class Supervisor(TurnActor):
         check_sender(sender, loop)  # before anything is opened or locked
         if hooks is not None:
             hooks.check(loop)
+        if metrics is not None and not isinstance(metrics, Metrics):
+            raise ValidationError(f"metrics must be a postroom Metrics, not a {type(metrics).__name__}")
         _stop_supervisors_of_closed_loops()  # one may still own this database
         self.settings = settings or SupervisorSettings()
         self._demo_check = _demo_check
@@ -411,6 +416,7 @@ class Supervisor(TurnActor):
         self._taking = False  # a TakeBuckets is under way
         # Started before the writer (boot's settlements are outcomes too); none without a hook.
         self.hooks = HookDispatcher(hooks, loop) if hooks is not None and hooks.any else None
+        self.metrics = metrics  # None: nothing is counted, timed or built for metrics
         try:
             self._open_storage(database)
         except BaseException:
@@ -425,6 +431,8 @@ class Supervisor(TurnActor):
             self._stop_hooks()
             raise
         _RUNNING.add(self.actor_ref)
+        if metrics is not None:
+            metrics.attach(self.actor_ref)
         if loop is not None:
             with _ON_LOOPS_LOCK:
                 _ON_LOOPS.add(self)
@@ -467,7 +475,8 @@ class Supervisor(TurnActor):
             raise
         self.persistence = PersistenceActor.start(
             self._pool, self.storage, self.clock, self.health, self.directory, self.actor_ref,
-            commit_delay=self.settings.commit_delay, holdings=self.holdings, hooks=self.hooks)
+            commit_delay=self.settings.commit_delay, holdings=self.holdings, hooks=self.hooks,
+            metrics=self.metrics)
 
     def _acquire_every_account(self) -> list[tuple[str, datetime]]:
         """Boot is acquiring every account: settle what an earlier owner left in flight (by the
@@ -541,6 +550,8 @@ class Supervisor(TurnActor):
     # -- stopping --------------------------------------------------------------------------
 
     def on_stop(self) -> None:
+        if self.metrics is not None:
+            self.metrics.detach(self.actor_ref)
         try:
             self._stop_in_order()
         finally:
@@ -691,6 +702,8 @@ class Supervisor(TurnActor):
                 self._drain(reply, timeout)
             case GetHealth():
                 _answer(reply, self._health())
+            case GetGauges(per_account):
+                self._read_gauges(reply, per_account)
             case ResumeAccount(phone):
                 # The writer lifts the pause; its answer comes back as mail (no wait in this turn).
                 self.ask_actor(self.persistence, LiftPause(phone), _Resuming(phone, reply))
@@ -784,6 +797,25 @@ class Supervisor(TurnActor):
                       abandoned_sends=abandoned, node=self.holdings.node,
                       buckets_held=None if self.lease is None else len(self.holdings.held()))
 
+    def _read_gauges(self, reply: Reply | None, per_account: bool) -> None:
+        """`Metrics`' reading: what this turn knows, then the database's counts on the runtime's
+        threads (as `GetStats` is read)."""
+        renewed_at = None if self.lease is None else self.lease.renewed_at
+        lag = None if renewed_at is None else max(0.0, self.deadlines.monotonic() - renewed_at)
+        running, parked, disabled = len(self.directory), len(self.keeper.parked), len(self._pauses.disabled())
+        buckets = None if self.lease is None else len(self.holdings.held())
+
+        def read() -> Gauges:
+            now = self.clock.now()
+            stats, work = self.storage.stats(), self.storage.open_by_account(now)
+            oldest = {w.phone: w.oldest_due_at for w in work if w.oldest_due_at is not None}
+            return Gauges(by_status=stats.by_status, oldest_due_at=min(oldest.values(), default=None),
+                          at=now, by_account=stats.by_account if per_account else {},
+                          oldest_by_account=oldest if per_account else {}, accounts_running=running,
+                          parked=parked, disabled=disabled, buckets_held=buckets, lease_renew_lag=lag)
+
+        self._read(reply, read)
+
     def _abandoned(self) -> AbandonedSends:
         left = self.send_pool.abandoned()
         oldest = None if left.oldest_since is None else self.deadlines.monotonic() - left.oldest_since
@@ -832,6 +864,8 @@ class Supervisor(TurnActor):
                                    _HandingBack(buckets))
                 case keeper.Log(level, event, fields):
                     getattr(log, level)(event, **fields)
+                    if event == keeper.RESTARTED and self.metrics is not None:
+                        self.metrics.restarted()
 
     def _release(self, command: keeper.Release) -> bool:
         """No more rows to that incarnation; told to release. False if it had stopped already."""
@@ -850,7 +884,8 @@ class Supervisor(TurnActor):
             storage=self.storage, pool=self._pool, send_pool=self.send_pool, deadlines=self.deadlines,
             clock=self.clock, rng=self.rng, settings=self.settings.account,
             delivery=self.settings.delivery, loop=self.loop,
-            pacing=self.settings.pacing_by_account.get(phone, self.settings.pacing), sends=self.sends)
+            pacing=self.settings.pacing_by_account.get(phone, self.settings.pacing), sends=self.sends,
+            metrics=self.metrics)
         ref = AccountActor.start(self._pool, phone, deps, recover=recover, watch=watch)
         self.directory.add(phone, ref)
         return ref

@@ -60,6 +60,7 @@ from actors.messages import (
     Release,
     SuspectSettled,
 )
+from actors.metrics import Metrics
 from actors.pacing import Pacing
 from actors.privacy import mask_phone
 from actors.retry import RandomSource
@@ -100,6 +101,8 @@ class AccountDeps:
     """This account's rate and per-recipient interval."""
     sends: SendWatch = field(default_factory=SendWatch)
     """Where sends under way are noted (for `GetHealth`)."""
+    metrics: Metrics | None = None
+    """Where sends are timed (None: they are not)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +288,7 @@ class AccountActor(TurnActor):
         ticket = None
         if write.claim is not None:
             ticket = SendTicket(self.actor_ref, deps.sender, deps.send_pool, deps.loop, deps.deadlines,
-                                deps.settings.send_timeout, deps.sends, self.phone)
+                                deps.settings.send_timeout, deps.sends, self.phone, deps.metrics)
         self._ticket = ticket
         self._writes += 1
         request = RecordAndClaim(

@@ -274,16 +274,25 @@ def events_of_commit(requests: Sequence[Any], outcomes: Sequence[Any], at: datet
                 if pause is not None and not recorded.fenced:
                     kind = AccountEventKind.DISABLED if pause.until is None else AccountEventKind.PAUSED
                     events.append(AccountEvent(phone, kind, pause.until, pause.reason, at))
-                events += _final(recorded.settled, at)
             case CancelRow(), Message() as cancelled:
                 events += _final([cancelled], at)
-            case SettleInFlight(), list() as settled:
-                events += _final(settled, at)
-            case TakeBuckets(), BucketsTaken(settled=settled):
-                events += _final(settled, at)
             case LiftPause(phone=phone), True:
                 events.append(AccountEvent(phone, AccountEventKind.LIFTED, None, "ResumeAccount", at))
+        events += _final(settled_by(request, outcome), at)
     return events
+
+
+def settled_by(request: Any, outcome: Any) -> Sequence[Message]:
+    """The rows a write of the writer settled (in flight when their sender was lost: a crash,
+    a crashed account, a bucket taken over), as it settled them."""
+    match request, outcome:
+        case RecordAndClaim(), Recorded(settled=settled):
+            return settled
+        case SettleInFlight(), list() as settled:
+            return settled
+        case TakeBuckets(), BucketsTaken(settled=settled):
+            return settled
+    return ()
 
 
 def _final(messages: Sequence[Message], at: datetime) -> list[Event]:

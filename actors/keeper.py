@@ -175,6 +175,9 @@ class Log:
     fields: dict[str, Any]
 
 
+#: The log event of an account started again after a crash (`Metrics` counts them).
+RESTARTED = "account.restarted"
+
 KeeperCommand = Start | Release | Unroute | Settle | WakeAt | SuspectDeadline | ReadWork | HandBack | Log
 
 
@@ -529,7 +532,7 @@ class AccountKeeper:
             return [Settle(phone),  # what the dead actor could not give back
                     Log("error", "account.parked", {"account": masked, "error": error,
                                                     "restarts": len(history), "period": self.restart_period})]
-        return [Log("warning", "account.restarted", {"account": masked, "error": error}),
+        return [Log("warning", RESTARTED, {"account": masked, "error": error}),
                 *self._start(phone, recover=True)]  # acquiring settles what the dead one could not
 
     def _next_suspect(self) -> list[KeeperCommand]:

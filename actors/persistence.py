@@ -55,6 +55,7 @@ from actors.messages import (
     TrimChanges,
     WriteBarrier,
 )
+from actors.metrics import Metrics
 from actors.privacy import mask_phone
 from actors.runtime import Reply, TurnActor, TurnPool, forward, tell_if_alive
 from postroom_common import (
@@ -141,7 +142,8 @@ class PersistenceActor(TurnActor):
     def __init__(self, pool: TurnPool, storage: Storage, clock: Clock, health: HealthState,
                  directory: AccountDirectory, supervisor: pykka.ActorRef[Any], *, max_batch: int = 2000,
                  cleanup_chunk: int = CLEANUP_CHUNK, commit_delay: float = 0.0,
-                 holdings: Holdings | None = None, hooks: HookDispatcher | None = None) -> None:
+                 holdings: Holdings | None = None, hooks: HookDispatcher | None = None,
+                 metrics: Metrics | None = None) -> None:
         super().__init__(pool)
         self.storage = storage
         self.clock = clock
@@ -153,6 +155,7 @@ class PersistenceActor(TurnActor):
         self.commit_delay = commit_delay
         self.holdings = holdings  # the buckets whose accounts' writes it lets through (None: all)
         self.hooks = hooks  # the host's outcome hooks, fed after each commit (None: no event is built)
+        self.metrics = metrics  # counts each commit's events too (None: nothing is timed or counted)
         self._last_commit = 0.0  # time.monotonic() when the last batch was answered
         self._last_batch = 0  # requests it served
 
@@ -176,7 +179,8 @@ class PersistenceActor(TurnActor):
                 return
 
     def _commit(self, batch: Sequence[tuple[Any, Reply | None]]) -> None:
-        self.health.committing(time.monotonic())
+        began = time.monotonic()
+        self.health.committing(began)
         try:
             with self.storage.write_transaction():
                 outcomes = self._apply_batch([message for message, _ in batch])
@@ -195,9 +199,20 @@ class PersistenceActor(TurnActor):
                 _fail(request, error)
             return
         self.health.ok()
+        if self.metrics is not None:
+            self.metrics.commit_took(len(batch), time.monotonic() - began)
         self._after_commit(batch, outcomes)
+        if self.hooks is not None or self.metrics is not None:
+            self._report(batch, outcomes)
+
+    def _report(self, batch: Sequence[tuple[Any, Reply | None]], outcomes: Sequence[Any]) -> None:
+        """What the commit made final or changed, to the hooks and the metrics."""
+        requests, now = [message for message, _ in batch], self.clock.now()
+        events = events_of_commit(requests, outcomes, now)
         if self.hooks is not None:
-            self.hooks.submit(events_of_commit([message for message, _ in batch], outcomes, self.clock.now()))
+            self.hooks.submit(events)
+        if self.metrics is not None:
+            self.metrics.committed(requests, outcomes, events, now)
 
     def _apply_batch(self, messages: Sequence[Any]) -> list[Any]:
         """Run a batch inside the open transaction, one statement per kind of write.

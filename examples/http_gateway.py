@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import structlog
@@ -27,9 +28,10 @@ FINAL = {Status.COMPLETED, Status.FAILED, Status.CANCELLED}
 
 
 @contextlib.asynccontextmanager
-async def gateway(database: str, base_url: str, token: str,
-                  settings: SupervisorSettings | None = None) -> AsyncIterator[AsyncPostroom]:
-    """postroom sending through the gateway, each sender number an account; stopped before the client."""
+async def gateway(database: str, base_url: str, token: str, settings: SupervisorSettings | None = None,
+                  **options: Any) -> AsyncIterator[AsyncPostroom]:
+    """postroom sending through the gateway, each sender number an account; stopped before the client.
+    `options` go to `AsyncPostroom.start` (`hooks=`, `metrics=`)."""
     async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {token}"}) as http:
 
         async def send(message: Message) -> None:
@@ -37,7 +39,7 @@ async def gateway(database: str, base_url: str, token: str,
             # 429 (+ Retry-After) pauses the sender number, other 4xx fail the message, 5xx retry it.
             (await http.post("/messages", json=body)).raise_for_status()
 
-        room = await AsyncPostroom.start(database, sender_with_adapters(send), settings=settings)
+        room = await AsyncPostroom.start(database, sender_with_adapters(send), settings=settings, **options)
         try:
             yield room
         finally:

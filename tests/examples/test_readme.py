@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,7 +24,7 @@ from tests.conftest import eventually
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 #: The sections whose python block is run here.
-RUN = ("Quickstart", "Settings", "Several nodes (PostgreSQL)")
+RUN = ("Quickstart", "Settings", "Several nodes (PostgreSQL)", "Metrics")
 #: Each block runs in a few seconds; this bounds one that waits out a timeout.
 pytestmark = pytest.mark.timeout(30)
 
@@ -111,6 +112,28 @@ def test_the_settings_snippet_runs_as_pasted(tmp_path: Path) -> None:
         eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.COMPLETED)
     finally:
         ref.stop()
+
+
+def test_the_metrics_snippet_serves_metrics_over_http(tmp_path: Path) -> None:
+    """The Metrics snippet, on a free port and a SQLite file: `/metrics` answers over HTTP with
+    the completed message counted and the queue depth read from the database."""
+    url = f"sqlite:///{tmp_path}/postroom.db"
+    code = substituted(python_block("Metrics"), '"sqlite:///postroom.db"', repr(url))
+    code = substituted(code, "start_http_server(9464,", "start_http_server(0,")
+    names = run(code, "Metrics", send=lambda message: None)
+    ref, server = names["ref"], names["server"]
+    try:
+        message_id = ref.ask(Enqueue(phone="+15550001", user_id="42", text="hi"))
+        eventually(lambda: ref.ask(GetMessage(message_id)).status is Status.COMPLETED)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        assert 'postroom_messages_total{outcome="completed"} 1.0' in text
+        assert 'postroom_queue_messages{status="completed"} 1.0' in text
+    finally:
+        ref.stop()
+        server.shutdown()
+        server.server_close()
+        names["thread"].join()
 
 
 @pytest.mark.postgres
