@@ -123,6 +123,9 @@ def _notes(p: Params, seconds: float, load: str) -> list[str]:
         f"out (idle_timeout={ROUND_IDLE:g} s, the one setting changed there).",
         "(j) runs (a) with POSTROOM_ENCRYPTION_KEYS set (a fresh Fernet key per run) beside (a) "
         "without, alternated; the cost per message is 1/encrypted rate - 1/plain rate.",
+        "(k) runs (a) with metrics=Metrics(registry) (a fresh CollectorRegistry per run, scraped every "
+        "5 s in a thread) beside (a) without, alternated; the cost per message is 1/metrics rate - "
+        "1/plain rate.",
         "(f) statements counted with sqlite3's trace callback, transactions = COMMITs; fsyncs = "
         + ("fsync+fdatasync calls counted in the process by a preloaded shim (bench/fsync_counter.c, "
            "built with the system C compiler; unlike strace it does not stop the process at each call)."

@@ -40,7 +40,7 @@ from bench._common import (
 )
 from bench.huey_baseline import HueyQueue
 from bench.report import Figure
-from bench.systems import WAYS, PostroomQueue, open_system
+from bench.systems import WAYS, PostroomQueue, open_system, start_options
 from storage.crypto import KEYS_ENV, Keyring, decode_text, encode_text
 from storage.models import TABLES
 
@@ -738,7 +738,56 @@ def _encrypted(run: str, p: Params) -> dict[str, float | None]:
         return _end_to_end(system_and_way, p)
 
 
+# -- (k) (a) with Prometheus metrics -------------------------------------------------------------
+
+#: Seconds between two scrapes of (k)'s registry (a Prometheus scrapes every 15 s by default).
+SCRAPE_EVERY = 5.0
+
+
+def with_metrics(p: Params) -> list[Figure]:
+    """(a)'s delivered rate with `Metrics` on a registry scraped every `SCRAPE_EVERY` seconds,
+    beside the same runs without, alternated; and what metrics cost each message."""
+    runs = [f"postroom/{way}/{mode}" for way in WAYS for mode in ("plain", "metrics")]
+    samples = collect(p, runs, lambda run: _with_metrics(run, p))
+    figures = []
+    for way in WAYS:
+        name = f"(a) {p.messages:,} msgs, {_WAY_NAMES[way].format(batch=p.batch)}"
+        plain = figure("k", "rate", regroup(samples, {"postroom": f"postroom/{way}/plain"}),
+                       f"{name}, no metrics", "msg/s")
+        counted = figure("k", "rate", regroup(samples, {"postroom": f"postroom/{way}/metrics"}),
+                         f"{name}, metrics scraped every {SCRAPE_EVERY:g} s", "msg/s")
+        rates = plain.values.get("postroom"), counted.values.get("postroom")
+        cost = None if None in rates else 1e6 * (1 / rates[1] - 1 / rates[0])  # type: ignore[operator]
+        figures += [plain, counted, Figure("k", f"{name}: metrics' cost per message", "us",
+                                           {"postroom": cost}, higher_is_better=False)]
+    return figures
+
+
+def _with_metrics(run: str, p: Params) -> dict[str, float | None]:
+    system_and_way, _, mode = run.rpartition("/")
+    if mode == "plain":
+        return _end_to_end(system_and_way, p)
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from actors.metrics import Metrics
+
+    registry, done = CollectorRegistry(), threading.Event()
+
+    def scrape() -> None:
+        while not done.wait(SCRAPE_EVERY):
+            generate_latest(registry)
+
+    scraper = threading.Thread(target=scrape, name="bench-scraper", daemon=True)
+    scraper.start()
+    try:
+        with start_options(metrics=Metrics(registry)):
+            return _end_to_end(system_and_way, p)
+    finally:
+        done.set()
+        scraper.join()
+
+
 SCENARIOS: dict[str, Callable[[Params], list[Figure]]] = {
     "a": end_to_end, "b": enqueue, "c": latency, "d": boot, "e": memory, "f": database_work, "g": cleanup,
-    "h": sleeping_boot, "i": other_process, "j": encrypted,
+    "h": sleeping_boot, "i": other_process, "j": encrypted, "k": with_metrics,
 }

@@ -200,6 +200,22 @@ def open_system(name: str, directory: Path, deliveries: Deliveries, *, batch: in
         raise ValueError(f"unknown system {name!r}; one of {SYSTEMS}")
 
 
+#: What every postroom start of the runs inside `start_options` is given besides the database
+#: and the sender (a scenario's variant of (a): `metrics=`).
+_START_OPTIONS: dict[str, Any] = {}
+
+
+@contextmanager
+def start_options(**options: Any) -> Iterator[None]:
+    """Within it, every postroom started by `open_system` gets `options` too."""
+    _START_OPTIONS.update(options)
+    try:
+        yield
+    finally:
+        for name in options:
+            _START_OPTIONS.pop(name, None)
+
+
 @contextmanager
 def _postroom(name: str, way: str, database: Any, deliveries: Deliveries, batch: int,
               at: datetime | None) -> Iterator[PostroomQueue]:
@@ -214,7 +230,7 @@ def _postroom(name: str, way: str, database: Any, deliveries: Deliveries, batch:
         deliveries.record(int(message.text), message.phone)
 
     kind = MemorySupervisor if name == "nodb" else Supervisor
-    ref = kind.start(database=database, sender=send)  # default settings, as a user starts it
+    ref = kind.start(database=database, sender=send, **_START_OPTIONS)  # default settings
     try:
         yield (TellQueue if way == "tell" else PostroomQueue)(ref, batch, at)
     finally:
@@ -245,7 +261,7 @@ async def _start_room(name: str, database: Any, deliveries: Deliveries) -> Async
         deliveries.record(int(message.text), message.phone)
 
     if name != "nodb":
-        return await AsyncPostroom.start(database, send)
+        return await AsyncPostroom.start(database, send, **_START_OPTIONS)
     # AsyncPostroom.start with the database swapped: the same start, off the loop, with loop=.
     loop = asyncio.get_running_loop()
     ref = await asyncio.to_thread(MemorySupervisor.start, database, send, loop=loop)
