@@ -538,6 +538,10 @@ class AccountMachine:
         if t.give_back:
             self.window.invalidate()  # the message is due again, first in line: read it back in place
         if not applied:
+            # The row is not as this account thought: an earlier write of this very outcome may
+            # have committed with its answer lost (a retry due at a time the account never
+            # learnt). Read the window again before the next claim, so that nothing overtakes it.
+            self.window.invalidate()
             return [*commands, Log("warning", "message.stale_outcome", {"status": t.status.value, **ids})]
         if t.status is Status.COMPLETED:
             return [*commands, Log("info", "message.sent", ids)]

@@ -563,3 +563,28 @@ class AccountWorld(RuleBasedStateMachine):
 
 AccountWorld.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
 test_account_world = AccountWorld.TestCase
+
+
+def test_a_retry_whose_answer_was_lost_is_not_overtaken_by_a_later_message() -> None:
+    """Found by the state machine above: a transient failure's record commits but its answer is
+    lost; sent again, it no longer applies (stale), and the account did not know its message was
+    retrying at a time: once that time came, a message enqueued later was claimed first. A stale
+    outcome now makes the account read its window again, so the retry goes first."""
+    state = AccountWorld()
+    state.answer_read()
+    for _ in range(11):
+        state.time_passes(seconds=0.5)
+    state.enqueue(ahead=0.0, priority=Priority.HIGH)
+    state.crash_before_the_write_goes_out()
+    state.answer_write()
+    state.send_ends(outcome="transient")
+    state.fail_write(lost=True)
+    state.time_passes(seconds=1.0)
+    state.enqueue(ahead=0.0, priority=Priority.HIGH)
+    state.answer_write()  # checks the claim: the first message comes first
+    while state.read is not None or state.write is not None:
+        if state.read is not None:
+            state.answer_read()
+        else:
+            state.answer_write()
+    state.teardown()
