@@ -701,19 +701,8 @@ def _empty_postgres(url: str) -> None:
 def encrypted(p: Params) -> list[Figure]:
     """(a)'s delivered rate with every text encrypted (`POSTROOM_ENCRYPTION_KEYS` set), beside
     the same runs without, alternated; and what encryption costs each message."""
-    runs = [f"postroom/{way}/{mode}" for way in WAYS for mode in ("plain", "encrypted")]
-    samples = collect(p, runs, lambda run: _encrypted(run, p))
-    figures = []
-    for way in WAYS:
-        name = f"(a) {p.messages:,} msgs, {_WAY_NAMES[way].format(batch=p.batch)}"
-        plain = figure("j", "rate", regroup(samples, {"postroom": f"postroom/{way}/plain"}),
-                       f"{name}, plain", "msg/s")
-        sealed = figure("j", "rate", regroup(samples, {"postroom": f"postroom/{way}/encrypted"}),
-                        f"{name}, text encrypted", "msg/s")
-        rates = plain.values.get("postroom"), sealed.values.get("postroom")
-        cost = None if None in rates else 1e6 * (1 / rates[1] - 1 / rates[0])  # type: ignore[operator]
-        figures += [plain, sealed, Figure("j", f"{name}: encryption's cost per message", "us",
-                                          {"postroom": cost}, higher_is_better=False)]
+    figures = _beside_a(p, "j", ("plain", "encrypted"), ("plain", "text encrypted"), "encryption's",
+                        lambda run: _encrypted(run, p))
     cpu = collect(p, ["postroom"], lambda _: {"cpu": _seal_and_open_micros(p.messages)})
     return [*figures, figure("j", "cpu", cpu, "one text (as (a)'s) encrypted then decrypted, "
                              "in one thread, without the queue", "us", higher_is_better=False)]
@@ -747,19 +736,28 @@ SCRAPE_EVERY = 5.0
 def with_metrics(p: Params) -> list[Figure]:
     """(a)'s delivered rate with `Metrics` on a registry scraped every `SCRAPE_EVERY` seconds,
     beside the same runs without, alternated; and what metrics cost each message."""
-    runs = [f"postroom/{way}/{mode}" for way in WAYS for mode in ("plain", "metrics")]
-    samples = collect(p, runs, lambda run: _with_metrics(run, p))
+    return _beside_a(p, "k", ("plain", "metrics"),
+                     ("no metrics", f"metrics scraped every {SCRAPE_EVERY:g} s"), "metrics'",
+                     lambda run: _with_metrics(run, p))
+
+
+def _beside_a(p: Params, scenario: str, modes: tuple[str, str], shown: tuple[str, str], what: str,
+              run: Callable[[str], dict[str, float | None]]) -> list[Figure]:
+    """(a) in each of its ways without and with a variant (`modes`: the runs' names, `shown`:
+    the figures'), alternated; each way's two rates and the variant's cost per message
+    (1/variant rate - 1/plain rate), named after `what`."""
+    runs = [f"postroom/{way}/{mode}" for way in WAYS for mode in modes]
+    samples = collect(p, runs, run)
     figures = []
     for way in WAYS:
         name = f"(a) {p.messages:,} msgs, {_WAY_NAMES[way].format(batch=p.batch)}"
-        plain = figure("k", "rate", regroup(samples, {"postroom": f"postroom/{way}/plain"}),
-                       f"{name}, no metrics", "msg/s")
-        counted = figure("k", "rate", regroup(samples, {"postroom": f"postroom/{way}/metrics"}),
-                         f"{name}, metrics scraped every {SCRAPE_EVERY:g} s", "msg/s")
-        rates = plain.values.get("postroom"), counted.values.get("postroom")
+        base, variant = (figure(scenario, "rate", regroup(samples, {"postroom": f"postroom/{way}/{mode}"}),
+                                f"{name}, {label}", "msg/s")
+                         for mode, label in zip(modes, shown, strict=True))
+        rates = base.values.get("postroom"), variant.values.get("postroom")
         cost = None if None in rates else 1e6 * (1 / rates[1] - 1 / rates[0])  # type: ignore[operator]
-        figures += [plain, counted, Figure("k", f"{name}: metrics' cost per message", "us",
-                                           {"postroom": cost}, higher_is_better=False)]
+        figures += [base, variant, Figure(scenario, f"{name}: {what} cost per message", "us",
+                                          {"postroom": cost}, higher_is_better=False)]
     return figures
 
 
