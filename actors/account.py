@@ -288,7 +288,8 @@ class AccountActor(TurnActor):
         ticket = None
         if write.claim is not None:
             ticket = SendTicket(self.actor_ref, deps.sender, deps.send_pool, deps.loop, deps.deadlines,
-                                deps.settings.send_timeout, deps.sends, self.phone, deps.metrics)
+                                deps.settings.send_timeout, deps.sends, self.phone,
+                                None if deps.metrics is None else deps.metrics.send_took)
         self._ticket = ticket
         self._writes += 1
         request = RecordAndClaim(

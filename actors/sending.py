@@ -24,7 +24,6 @@ import pykka
 from actors.aio import is_coroutine_sender, submit_to_loop
 from actors.clock import Clock, TimerHandle
 from actors.errors import SendTimeout
-from actors.metrics import Metrics
 from actors.pool import CallLater, DaemonPool, JobRef
 from actors.runtime import tell_if_alive
 from postroom_common import Message
@@ -118,10 +117,11 @@ class SendTicket:
 
     def __init__(self, account: pykka.ActorRef[Any], sender: Callable[[Message], Any],
                  pool: SendPool, loop: asyncio.AbstractEventLoop | None, deadlines: Clock,
-                 timeout: float | None, watch: SendWatch, phone: str, metrics: Metrics | None = None) -> None:
+                 timeout: float | None, watch: SendWatch, phone: str,
+                 timed: Callable[[float], None] | None = None) -> None:
         self._account, self._sender, self._pool, self._loop = account, sender, pool, loop
-        self._metrics = metrics
-        self._began_at: float | None = None  # monotonic, when timed for metrics
+        self._timed = timed  # told how many seconds the send took (the metrics' histogram)
+        self._began_at: float | None = None  # monotonic, when timed
         self._deadlines, self.timeout, self._watch, self._phone = deadlines, timeout, watch, phone
         self.future: Future[Any] | None = None
         self.timed_out = False
@@ -193,8 +193,8 @@ class SendTicket:
         self._watch.ended(self._phone)
         if self._timer is not None:
             self._timer.cancel()
-        if self._metrics is not None and self._began_at is not None:
-            self._metrics.send_took(self._deadlines.monotonic() - self._began_at)
+        if self._timed is not None and self._began_at is not None:
+            self._timed(self._deadlines.monotonic() - self._began_at)
         future = self.future
         assert future is not None
         if self.timed_out and not future.done():
@@ -205,7 +205,7 @@ class SendTicket:
         return future.exception()
 
     def _began(self) -> None:
-        if self._metrics is not None:
+        if self._timed is not None:
             self._began_at = self._deadlines.monotonic()
         if self.timeout is not None:
             if not self._on_loop:

@@ -19,11 +19,8 @@ from postroom_common.buckets import BUCKETS, bucket_of
 from postroom_common.domain import Change, ChangeKind, Delivery, Message, NodeState
 from postroom_common.errors import StorageError
 from postroom_common.logs import get_logger
-from storage._sql import chunks
+from storage._sql import Dialect, chunks
 from storage.models import to_micros
-
-if TYPE_CHECKING:
-    from storage.store import _Dialect
 
 __all__ = ["NodeQueries"]
 
@@ -38,7 +35,7 @@ class NodeQueries:
 
     if TYPE_CHECKING:
         db: peewee.Database
-        _dialect: _Dialect
+        _dialect: Dialect
 
         def _guard(self) -> AbstractContextManager[None]: ...
         def _executemany(self, sql: str, params: Sequence[tuple[Any, ...]]) -> None: ...
