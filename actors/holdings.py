@@ -18,8 +18,6 @@ import math
 import threading
 from collections.abc import Iterable, Mapping
 
-from postroom_common.buckets import bucket_of
-
 __all__ = ["Holdings"]
 
 
@@ -37,11 +35,6 @@ class Holdings:
         """{bucket: epoch} in which this node may claim now (none past its deadline)."""
         with self._lock:
             return dict(self._epochs) if monotonic < self._until else {}
-
-    def epoch_of(self, phone: str, monotonic: float) -> int | None:
-        """The epoch of the account's bucket if this node may claim in it now, else None."""
-        with self._lock:
-            return self._epochs.get(bucket_of(phone)) if monotonic < self._until else None
 
     def held(self) -> set[int]:
         """Every bucket held, deadline or not."""

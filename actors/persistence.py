@@ -299,9 +299,7 @@ class PersistenceActor(TurnActor):
         """The epochs this node claims under, and which of `phones` it may not write for: those
         whose bucket it does not hold, or not before its claim deadline, or (asked of the
         database, the bucket rows kept `FOR SHARE` until the commit) no longer at its epoch."""
-        if not phones:
-            return {}, set()
-        if self.holdings is None:  # a writer without nodes (a test's): nothing is fenced
+        if not phones or self.holdings is None:  # None: a writer without nodes (a test's)
             return {}, set()
         epochs = self.holdings.epochs(time.monotonic())
         wanted = {b: epochs[b] for b in {bucket_of(p) for p in phones} if b in epochs}

@@ -373,10 +373,6 @@ class Storage(NodeQueries):
                 (WHOLE_DATABASE, holder, to_micros(now)))
             self.db.execute_sql("DELETE FROM postroom_nodes")
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self._dialect.is_sqlite
-
     def _in_flight_with_epochs(self) -> list[tuple[Message, int | None]]:
         """Every row in flight, with the epoch it was claimed under (None: before epochs)."""
         rows = self._named_rows(f"SELECT {_MESSAGE_COLUMNS}, claim_epoch FROM message_queue"

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,14 +74,21 @@ def nodes() -> Iterator[list[pykka.ActorRef[Supervisor]]]:
             ref.stop()
 
 
-def owners(url: str) -> Counter[int | None]:
-    """How many buckets each node holds (None: nobody)."""
+@contextmanager
+def opened(url: str) -> Iterator[Storage]:
+    """A storage of the test's own on the database, closed after."""
     storage = Storage(open_database(url))
     try:
-        _, by_bucket = storage.bucket_owners()
-        return Counter(by_bucket.values())
+        yield storage
     finally:
         storage.close_all()
+
+
+def owners(url: str) -> Counter[int | None]:
+    """How many buckets each node holds (None: nobody)."""
+    with opened(url) as storage:
+        _, by_bucket = storage.bucket_owners()
+    return Counter(by_bucket.values())
 
 
 def enqueue(url: str, per_account: int) -> list[int]:
@@ -158,12 +166,9 @@ def test_a_node_that_stops_hands_its_buckets_to_the_other_at_once(
 
 
 def owner_of_all(url: str) -> int | None:
-    storage = Storage(open_database(url))
-    try:
+    with opened(url) as storage:
         live, _ = storage.bucket_owners()
-        return live[0] if len(live) == 1 else None
-    finally:
-        storage.close_all()
+    return live[0] if len(live) == 1 else None
 
 
 def test_an_exclusive_owner_and_nodes_never_run_together(
@@ -264,10 +269,6 @@ def children() -> Iterator[list[Child]]:
         child.close()
 
 
-def held_by(url: str) -> dict[int | None, int]:
-    return dict(owners(url))
-
-
 @pytest.mark.slow
 def test_a_killed_node_s_buckets_are_taken_once_its_lease_expires_and_every_message_is_sent(
         postgres_url: str, tmp_path: Path, children: list[Child],
@@ -277,7 +278,7 @@ def test_a_killed_node_s_buckets_are_taken_once_its_lease_expires_and_every_mess
     the kill may go twice (at-least-once), and no two sends of one account ever overlap
     but those."""
     log, ids, _ = a_sending_then_b(postgres_url, tmp_path, children, nodes, per_account=50)
-    eventually(lambda: len(held_by(postgres_url)) == 2, timeout=30)  # B got its share by handoff
+    eventually(lambda: len(owners(postgres_url)) == 2, timeout=30)  # B got its share by handoff
     children[0].signal(signal.SIGKILL)
     children[0].wait(10)
     killed = time.time()
@@ -294,11 +295,8 @@ def test_a_killed_node_s_buckets_are_taken_once_its_lease_expires_and_every_mess
 
 
 def node_rows(url: str) -> tuple[Any, ...]:
-    storage = Storage(open_database(url))
-    try:
+    with opened(url) as storage:
         return storage.owner_state().nodes
-    finally:
-        storage.close_all()
 
 
 def a_sending_then_b(url: str, tmp_path: Path, children: list[Child], nodes: list[pykka.ActorRef[Supervisor]],
@@ -308,7 +306,7 @@ def a_sending_then_b(url: str, tmp_path: Path, children: list[Child], nodes: lis
     log = tmp_path / "sends.log"
     log.touch()
     children.append(Child(url, log, "A"))
-    eventually(lambda: len(held_by(url)) == 1 and None not in held_by(url), timeout=30)
+    eventually(lambda: len(owners(url)) == 1 and None not in owners(url), timeout=30)
     ids = enqueue(url, per_account)
     eventually(lambda: len(sends(log)) >= 100, timeout=30)
     b = RecordingSender(lambda message, call: _log_send(log, "B", message))
@@ -366,11 +364,11 @@ def test_a_rolling_deploy_moves_every_account_without_a_duplicate(
     log = tmp_path / "sends.log"
     log.touch()
     children.append(Child(postgres_url, log, "old", lease=30.0, max_moves=BUCKETS))
-    eventually(lambda: len(held_by(postgres_url)) == 1 and None not in held_by(postgres_url), timeout=30)
+    eventually(lambda: len(owners(postgres_url)) == 1 and None not in owners(postgres_url), timeout=30)
     ids = enqueue(postgres_url, 100)
     eventually(lambda: len(sends(log)) >= 100, timeout=30)
     children.append(Child(postgres_url, log, "new", lease=30.0, max_moves=BUCKETS))
-    eventually(lambda: len(held_by(postgres_url)) == 2, timeout=60)  # handed over by the old one
+    eventually(lambda: len(owners(postgres_url)) == 2, timeout=60)  # handed over by the old one
     children[0].signal(signal.SIGTERM)
     assert children[0].wait(60) == 0
     stopped = time.time()
@@ -442,14 +440,11 @@ def test_an_account_disabled_in_another_nodes_bucket_degrades_only_its_owners_he
                                   rng=FixedRandom()) for _ in range(2))
     eventually(lambda: len(owners(postgres_url)) == 2 and None not in owners(postgres_url), timeout=30)
     second = nodes[1].ask(GetHealth()).node
-    storage = Storage(open_database(postgres_url))
-    try:
+    with opened(postgres_url) as storage:
         by_bucket = storage.bucket_owners()[1]
         phone = next(p for p in ACCOUNTS if by_bucket[bucket_of(p)] == second)
         with storage.write_transaction():
             storage.set_pause(AccountPause(phone, None, "banned"), datetime.now(UTC))
-    finally:
-        storage.close_all()
     eventually(lambda: nodes[1].ask(GetHealth()).disabled_accounts)
     time.sleep(0.5)
     assert not nodes[0].ask(GetHealth()).disabled_accounts
