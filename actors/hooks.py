@@ -266,14 +266,19 @@ def events_of_commit(requests: Sequence[Any], outcomes: Sequence[Any], at: datet
     pauses it lifted. A stale record, a refused cancel and a fenced write made nothing."""
     events: list[Event] = []
     for request, outcome in zip(requests, outcomes, strict=True):
+        if type(outcome) is Recorded:  # an account's write (`RecordAndClaim`): nearly every request
+            record = request.record
+            if record is not None and outcome.applied and record.status in FINAL_STATUSES:
+                events.append(OutcomeEvent(record.id, request.phone, record.status, record.error,
+                                           record.attempt, record.at))
+            if request.pause is not None and not outcome.fenced:
+                pause = request.pause
+                kind = AccountEventKind.DISABLED if pause.until is None else AccountEventKind.PAUSED
+                events.append(AccountEvent(request.phone, kind, pause.until, pause.reason, at))
+            if outcome.settled:
+                events += _final(outcome.settled, at)
+            continue
         match request, outcome:
-            case RecordAndClaim(phone=phone, record=record, pause=pause), Recorded() as recorded:
-                if record is not None and recorded.applied and record.status in FINAL_STATUSES:
-                    events.append(OutcomeEvent(record.id, phone, record.status, record.error,
-                                               record.attempt, record.at))
-                if pause is not None and not recorded.fenced:
-                    kind = AccountEventKind.DISABLED if pause.until is None else AccountEventKind.PAUSED
-                    events.append(AccountEvent(phone, kind, pause.until, pause.reason, at))
             case CancelRow(), Message() as cancelled:
                 events += _final([cancelled], at)
             case LiftPause(phone=phone), True:
