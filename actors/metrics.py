@@ -2,7 +2,7 @@
 
 What the process sees happen is counted where it happens, in memory: the writer counts
 the outcomes, retries, pauses and claims of each commit it made (`Metrics.committed`,
-beside the outcome hooks' `events_of_commit`) and times the commit; a send's ticket
+in plain numbers, each counter told once per commit) and times the commit; a send's ticket
 times the send; the supervisor counts restarts. What only the database knows (how many
 messages wait, since when the oldest due one has waited) and the supervisor's own
 view (parked and disabled accounts, buckets held, the lease's last renewal) are read
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pykka
 
-from actors.hooks import AccountEventKind, Event, OutcomeEvent, settled_by
+from actors.hooks import AccountEventKind, OutcomeEvent, events_of_commit, settled_by
 from actors.messages import Recorded
 from actors.privacy import mask_phone
 from postroom_common import Message, Status, ValidationError
@@ -130,36 +130,36 @@ class Metrics:
 
     # -- what the process sees happen -----------------------------------------------------
 
-    def committed(self, requests: Sequence[Any], outcomes: Sequence[Any], events: Sequence[Event],
-                  now: datetime) -> None:
-        """Count what one commit of the writer made: its events (`events_of_commit`), the
-        retries it recorded or settled and the first attempts it claimed. Tallied in plain
-        numbers first, then each counter is told once per commit: the writer's turn pays
-        no lock per message."""
+    def committed(self, requests: Sequence[Any], outcomes: Sequence[Any], now: datetime) -> None:
+        """Count what one commit of the writer made: the outcomes it made final, the retries it
+        recorded or settled, the pauses it wrote and the first attempts it claimed. Tallied in
+        plain numbers, then each counter is told once per commit: the writer's turn pays no
+        lock per message. An account's plain record (nearly every write) is counted as it
+        is; anything else as its outcome hooks' events (`events_of_commit`)."""
         finals = dict.fromkeys(self._by_outcome, 0)
         pauses: dict[str, int] = {}
-        disablements = 0
-        for event in events:
-            if isinstance(event, OutcomeEvent):
-                finals[event.status] += 1
-            elif event.kind is AccountEventKind.PAUSED:
-                pauses[event.reason] = pauses.get(event.reason, 0) + 1
-            elif event.kind is AccountEventKind.DISABLED:
-                disablements += 1
-        retries, waited = 0, []
+        retries = disablements = 0
+        waited = []
         for request, outcome in zip(requests, outcomes, strict=True):
             if type(outcome) is Recorded:  # an account's write (`RecordAndClaim`): nearly every request
-                record = request.record
-                if (record is not None and outcome.applied and record.status is Status.RETRYING
-                        and not record.give_back):
+                record = request.record if outcome.applied else None
+                if record is not None and record.status is Status.RETRYING and not record.give_back:
                     retries += 1
                 claimed = outcome.claimed
                 if claimed is not None and claimed.attempts == 1:
                     waited.append(max(0.0, (now - _enqueued(claimed)).total_seconds()))
-                settled = outcome.settled
-            else:
-                settled = settled_by(request, outcome)
-            retries += sum(message.status is Status.RETRYING for message in settled)
+                if request.pause is None and not outcome.settled:
+                    if record is not None and record.status in finals:
+                        finals[record.status] += 1
+                    continue
+            for event in events_of_commit([request], [outcome], now):
+                if isinstance(event, OutcomeEvent):
+                    finals[event.status] += 1
+                elif event.kind is AccountEventKind.PAUSED:
+                    pauses[event.reason] = pauses.get(event.reason, 0) + 1
+                elif event.kind is AccountEventKind.DISABLED:
+                    disablements += 1
+            retries += sum(message.status is Status.RETRYING for message in settled_by(request, outcome))
         for status, count in finals.items():
             if count:
                 self._by_outcome[status].inc(count)

@@ -208,11 +208,10 @@ class PersistenceActor(TurnActor):
     def _report(self, batch: Sequence[tuple[Any, Reply | None]], outcomes: Sequence[Any]) -> None:
         """What the commit made final or changed, to the hooks and the metrics."""
         requests, now = [message for message, _ in batch], self.clock.now()
-        events = events_of_commit(requests, outcomes, now)
         if self.hooks is not None:
-            self.hooks.submit(events)
+            self.hooks.submit(events_of_commit(requests, outcomes, now))
         if self.metrics is not None:
-            self.metrics.committed(requests, outcomes, events, now)
+            self.metrics.committed(requests, outcomes, now)
 
     def _apply_batch(self, messages: Sequence[Any]) -> list[Any]:
         """Run a batch inside the open transaction, one statement per kind of write.

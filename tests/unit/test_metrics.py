@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from actors.hooks import events_of_commit
 from actors.messages import CancelRow, RecordAndClaim, Recorded, SettleInFlight
 from actors.metrics import SEND_BUCKETS, Metrics
 from postroom_common import AccountPause, Delivery, Message, Priority, Status, Transition
@@ -79,7 +78,7 @@ def test_a_commit_is_counted_once_per_outcome_with_its_first_claims_timed() -> N
         message(6, Status.CANCELLED, 0, NOW),
         [message(7, Status.RETRYING, 1, NOW), message(8, Status.FAILED, 3, NOW)],
     ]
-    metrics.committed(requests, outcomes, events_of_commit(requests, outcomes, NOW), NOW)
+    metrics.committed(requests, outcomes, NOW)
 
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)
