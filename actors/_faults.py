@@ -67,6 +67,11 @@ def disarm_faults() -> None:
         _faults.clear()
 
 
+def faults_armed() -> bool:
+    """Some fault point is armed: a hot path asks first, before it names its point."""
+    return bool(_faults)
+
+
 def fault_point(name: str) -> None:
     """Raise InjectedFault if a test armed `name`; otherwise nothing (one dict look-up)."""
     if not _faults or name not in _faults:

@@ -22,6 +22,7 @@ out is left for acquiring to settle.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -29,7 +30,7 @@ from typing import Any
 
 import pykka
 
-from actors._faults import fault_point
+from actors._faults import fault_point, faults_armed
 from actors.account_machine import (
     AccountMachine,
     AccountSettings,
@@ -202,7 +203,8 @@ class AccountActor(TurnActor):
             self._carry_out(self._while_crashed(message))
             return
         self._handling = message
-        fault_point(_step(message))
+        if faults_armed():
+            fault_point(_step(message))
         commands = self._event(message)
         self._handling = None  # taken in: a crash from here on does not feed it again
         self._carry_out(commands)
@@ -272,7 +274,8 @@ class AccountActor(TurnActor):
                 case ArmTimer(at, generation):
                     self._arm(at, generation)
                 case Log(level, event, fields):
-                    getattr(self.log, level)(event, **fields)
+                    if self.log.enabled(_LEVELS[level]):
+                        getattr(self.log, level)(event, **fields)
                 case ReportIdle(wake_at, seen):
                     self._tell_supervisor(AccountIdle(self.phone, self.actor_urn, wake_at, seen))
                 case ReportPaused(until):
@@ -395,6 +398,11 @@ class AccountActor(TurnActor):
         self._cancel_timer()
         if self._give_up is not None:
             self._give_up.cancel()
+
+
+#: A `Log` command's level, as `logging` numbers it.
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "exception": logging.ERROR}
 
 
 def _step(mail: Any) -> str:

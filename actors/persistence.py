@@ -21,6 +21,7 @@ the GIL to them) commits at once.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import threading
 import time
@@ -537,7 +538,7 @@ def _new_messages(news: Sequence[NewMessage], outcome: Sequence[Any]) -> list[Me
 
 def _log_enqueued(messages: Sequence[Message]) -> None:
     """One line per single enqueue; one line per batch or broadcast."""
-    if not messages:
+    if not messages or not log.enabled(logging.INFO):
         return
     if len(messages) > 1:
         # A broadcast is one line, not 100,000: each message's id appears again when it is sent.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,10 +42,10 @@ class SendPool(DaemonPool):
                          max_abandoned=max_abandoned)
 
     def submit(self, call: Callable[[Any], Any], argument: Any,
-               on_begin: Callable[[Future[Any]], None] | None = None) -> Future[Any]:
+               on_begin: Callable[[SendFuture], None] | None = None) -> SendFuture:
         """Run `call(argument)` on an idle thread, a new one under the cap, or the first one
         free; `on_begin(future)` is called on that thread just before (a timeout counts from it)."""
-        future: Future[Any] = Future()
+        future = SendFuture()
 
         def send() -> None:
             if future.set_running_or_notify_cancel():
@@ -58,6 +58,101 @@ class SendPool(DaemonPool):
 
         self.run(send)
         return future
+
+
+_PENDING, _RUNNING, _CANCELLED, _FINISHED = "pending", "running", "cancelled", "finished"
+
+
+class SendFuture:
+    """How one send on the pool ended: the part of `concurrent.futures.Future` a ticket uses
+    (`add_done_callback`, `cancel`, `done`, `cancelled`, `exception`, `result`), with the
+    same rules (a send that has begun cannot be cancelled; callbacks run once it is done, in
+    the thread that ended it). Cheaper per send than a `Future`, which builds a `Condition`
+    (two locks) for waiters a ticket never has: here the event a waiter needs is made only
+    when someone waits."""
+
+    __slots__ = ("_callbacks", "_error", "_lock", "_result", "_state", "_waiter")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = _PENDING
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[SendFuture], None]] = []
+        self._waiter: threading.Event | None = None
+
+    # -- the pool's side ----------------------------------------------------------------------
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """The send begins: False if it was cancelled first (then it must not run)."""
+        with self._lock:
+            if self._state is _CANCELLED:
+                return False
+            self._state = _RUNNING
+            return True
+
+    def set_result(self, result: Any) -> None:
+        self._end(_FINISHED, result, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._end(_FINISHED, None, error)
+
+    def _end(self, state: str, result: Any, error: BaseException | None, *,
+             unless_begun: bool = False) -> bool:
+        """Move to `state` (once: False if it already ended, or, `unless_begun`, if it runs)."""
+        with self._lock:
+            if self._state is _FINISHED or self._state is _CANCELLED or (
+                    unless_begun and self._state is _RUNNING):
+                return False
+            self._state, self._result, self._error = state, result, error
+            callbacks, self._callbacks, waiter = self._callbacks, [], self._waiter
+        if waiter is not None:
+            waiter.set()
+        for callback in callbacks:
+            callback(self)
+        return True
+
+    # -- the ticket's side --------------------------------------------------------------------
+
+    def add_done_callback(self, callback: Callable[[SendFuture], None]) -> None:
+        """Call `callback(self)` once done: now, in this thread, if it already is."""
+        with self._lock:
+            if self._state is not _FINISHED and self._state is not _CANCELLED:
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def cancel(self) -> bool:
+        """Cancel a send that has not begun; False once it runs or ran."""
+        return self._end(_CANCELLED, None, None, unless_begun=True) or self.cancelled()
+
+    def done(self) -> bool:
+        return self._state is _FINISHED or self._state is _CANCELLED
+
+    def cancelled(self) -> bool:
+        return self._state is _CANCELLED
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """What the sender raised, None if it returned (waiting up to `timeout` for the end)."""
+        self._wait(timeout)
+        return self._error
+
+    def result(self, timeout: float | None = None) -> Any:
+        """What the sender returned (waiting up to `timeout`); what it raised is raised."""
+        self._wait(timeout)
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _wait(self, timeout: float | None) -> None:
+        with self._lock:
+            if self._state is not _FINISHED and self._state is not _CANCELLED and self._waiter is None:
+                self._waiter = threading.Event()
+            waiter = self._waiter
+        if waiter is not None and not waiter.wait(timeout):
+            raise TimeoutError(f"the send did not end within {timeout} s")
+        if self._state is _CANCELLED:
+            raise CancelledError("the send was cancelled before it began")
 
 
 class SendWatch:
@@ -123,7 +218,7 @@ class SendTicket:
         self._timed = timed  # told how many seconds the send took (the metrics' histogram)
         self._began_at: float | None = None  # monotonic, when timed
         self._deadlines, self.timeout, self._watch, self._phone = deadlines, timeout, watch, phone
-        self.future: Future[Any] | None = None
+        self.future: Future[Any] | SendFuture | None = None
         self.timed_out = False
         self._timer: TimerHandle | None = None
         self._job: JobRef | None = None  # the pool's name for the send while it runs
@@ -171,7 +266,7 @@ class SendTicket:
         if future is not None:
             future.cancel()  # refused once the send runs
 
-    def _ended(self, future: Future[Any]) -> None:
+    def _ended(self, future: Future[Any] | SendFuture) -> None:
         if future.cancelled() and self._called_off and not self._on_loop:
             self._watch.ended(self._phone)
             self._watch.called_off(self._phone)

@@ -58,6 +58,20 @@ class PostroomLogger:
         """An error with the exception being handled (its traceback, never its frames' locals)."""
         self._log(logging.ERROR, "exception", event, fields)
 
+    def enabled(self, level: int) -> bool:
+        """Whether an event at `level` (`logging.INFO`, ...) goes anywhere, as `_log` decides:
+        a hot path asks first, so that a host that filters the level pays for no event's
+        fields (a masked phone is a hash). A structlog logger without `is_enabled_for` takes
+        every level."""
+        if structlog.is_configured():
+            bound = self._structlog()
+            # Asked of the class: structlog's plain `BoundLogger` turns any unknown attribute
+            # into a log call.
+            if getattr(type(bound), "is_enabled_for", None) is None:
+                return True
+            return bool(bound.is_enabled_for(level))
+        return self._stdlib.isEnabledFor(level)
+
     def _log(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
         if structlog.is_configured():
             getattr(self._structlog(), method)(event, **fields)
@@ -69,11 +83,15 @@ class PostroomLogger:
     def _structlog(self) -> Any:
         """The host's structlog logger with our context, rebuilt when the host reconfigures."""
         config = structlog.get_config()
+        cached = self._bound
+        if cached is not None:
+            processors, wrapper, factory, context = cached[0]
+            if (config["processors"] is processors and config["wrapper_class"] is wrapper
+                    and config["logger_factory"] is factory and config["context_class"] is context):
+                return cached[1]
         key = (config["processors"], config["wrapper_class"], config["logger_factory"],
                config["context_class"])
-        cached = self._bound
-        if cached is None or any(a is not b for a, b in zip(cached[0], key, strict=True)):
-            cached = self._bound = (key, structlog.get_logger(self._name).bind(**self._context))
+        cached = self._bound = (key, structlog.get_logger(self._name).bind(**self._context))
         return cached[1]
 
 

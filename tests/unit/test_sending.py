@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import CancelledError
 
 import pytest
 
-from actors.sending import SendPool
+from actors.sending import SendFuture, SendPool
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -89,3 +90,61 @@ def test_shutdown_stops_idle_threads_and_refuses_new_sends() -> None:
     wait_until(lambda: pool.threads == 0)
     with pytest.raises(RuntimeError):
         pool.submit(lambda x: x, 1)
+
+
+# -- SendFuture: the part of concurrent.futures.Future a ticket uses, with its rules -------------
+
+
+def test_a_send_future_cancelled_before_it_begins_never_runs_and_tells_its_callbacks_once() -> None:
+    future, seen = SendFuture(), []
+    future.add_done_callback(seen.append)
+    assert future.cancel() and future.cancel()  # a second cancel is answered True, nothing more
+    assert future.cancelled() and future.done() and seen == [future]
+    assert not future.set_running_or_notify_cancel()
+    future.set_result("late")  # ignored: it ended cancelled
+    assert seen == [future] and future.cancelled()
+    with pytest.raises(CancelledError):
+        future.result(timeout=1)
+
+
+def test_a_send_future_that_began_cannot_be_cancelled_and_ends_with_its_outcome() -> None:
+    future, seen = SendFuture(), []
+    assert future.set_running_or_notify_cancel()
+    assert not future.cancel() and not future.done()
+    future.add_done_callback(seen.append)
+    error = ValueError("refused")
+    future.set_exception(error)
+    assert seen == [future] and future.exception() is error and not future.cancelled()
+    with pytest.raises(ValueError):
+        future.result()
+    late: list[SendFuture] = []
+    future.add_done_callback(late.append)  # already done: called at once
+    assert late == [future]
+
+
+def test_a_send_future_waits_for_its_result_and_times_out_without_it() -> None:
+    future = SendFuture()
+    with pytest.raises(TimeoutError):
+        future.result(timeout=0.01)
+    future.set_running_or_notify_cancel()
+    threading.Timer(0.05, future.set_result, (42,)).start()
+    assert future.result(timeout=5) == 42 and future.exception() is None
+
+
+def test_cancel_and_begin_racing_agree_on_one_winner() -> None:
+    """A cancel and the send's start from two threads: either it ran or it was cancelled."""
+    for _ in range(300):
+        future, began = SendFuture(), []
+        start = threading.Barrier(2)
+
+        def begin(f: SendFuture = future, b: list[bool] = began, gate: threading.Barrier = start) -> None:
+            gate.wait()
+            b.append(f.set_running_or_notify_cancel())
+
+        thread = threading.Thread(target=begin)
+        thread.start()
+        start.wait()
+        cancelled = future.cancel()
+        thread.join()
+        assert cancelled != began[0]
+        assert future.cancelled() == cancelled
