@@ -126,8 +126,10 @@ _INSERT_COLUMNS = (
     "available_at, attempts, max_attempts, updated_at, idempotency_key"
 )
 #: What a `Message` holds: the select list of every query that returns messages (raw SQL,
-#: no peewee model per row). `_message` reads a row by column name, so the order is free.
+#: no peewee model per row). `_message` unpacks a row by position, in this order.
 _MESSAGE_COLUMNS = _INSERT_COLUMNS + ", last_error, completed_at"
+#: Positions in a row of `_MESSAGE_COLUMNS` that a claim reads or changes.
+_ID, _PHONE, _STATUS, _AVAILABLE_AT, _ATTEMPTS, _UPDATED_AT = 0, 1, 6, 9, 10, 12
 _ATTEMPT_COLUMNS = "message_id, slot, number, attempt, started_at, ended_at, outcome, error"
 #: A message's attempt of claim number n replaces the one of claim n - ATTEMPTS_KEPT.
 _ATTEMPT_UPSERT = (" ON CONFLICT (message_id, slot) DO UPDATE SET number = excluded.number,"
@@ -375,9 +377,8 @@ class Storage(NodeQueries):
 
     def _in_flight_with_epochs(self) -> list[tuple[Message, int | None]]:
         """Every row in flight, with the epoch it was claimed under (None: before epochs)."""
-        rows = self._named_rows(f"SELECT {_MESSAGE_COLUMNS}, claim_epoch FROM message_queue"
-                                f" WHERE {IN_FLIGHT}", ())
-        return [(_message(row, self.keys), row["claim_epoch"]) for row in rows]
+        rows = self._rows(f"SELECT {_MESSAGE_COLUMNS}, claim_epoch FROM message_queue WHERE {IN_FLIGHT}", ())
+        return [(_message(row, self.keys), row[-1]) for row in rows]
 
     def is_demo(self) -> bool:
         """True when `postroom demo` created this database (`mark_demo`); reads only."""
@@ -637,20 +638,21 @@ class Storage(NodeQueries):
         (by any process: `postroom pause` holds before the owner's next send).
         """
         at = to_micros(now)
-        rows = [r for r in self._select_rows(ids) if r["status"] in _OPEN and r["available_at"] <= at]
-        paused = self._paused_among({r["phone"] for r in rows}, at)
+        rows = [list(r) for r in self._select_rows(ids) if r[_STATUS] in _OPEN and r[_AVAILABLE_AT] <= at]
+        paused = self._paused_among({r[_PHONE] for r in rows}, at)
         if paused:
-            rows = [r for r in rows if r["phone"] not in paused]
+            rows = [r for r in rows if r[_PHONE] not in paused]
+        processing = Status.PROCESSING.value
         for row in rows:
-            row.update(status=Status.PROCESSING.value, attempts=row["attempts"] + 1, updated_at=at)
+            row[_STATUS], row[_ATTEMPTS], row[_UPDATED_AT] = processing, row[_ATTEMPTS] + 1, at
         sql = self._dialect.sql(
             "UPDATE message_queue SET status = ?, attempts = ?, updated_at = ?, claims = claims + 1,"
             " claimed_at = ?, claim_epoch = ? WHERE id = ?"
         )
         epoch = (epochs or {}).get
-        self._executemany(sql, [(r["status"], r["attempts"], at, at, epoch(bucket_of(r["phone"])), r["id"])
+        self._executemany(sql, [(processing, r[_ATTEMPTS], at, at, epoch(bucket_of(r[_PHONE])), r[_ID])
                                 for r in rows])
-        return {row["id"]: _message(row, self.keys) for row in rows}
+        return {row[_ID]: _message(row, self.keys) for row in rows}
 
     def _paused_among(self, phones: set[str], at: int) -> set[str]:
         """Those of `phones` whose account has a pause in force at `at` (micros)."""
@@ -955,12 +957,12 @@ class Storage(NodeQueries):
     def _select_for_update(self, ids: Sequence[int]) -> list[Message]:
         return [_message(row, self.keys) for row in self._select_rows(ids)]
 
-    def _select_rows(self, ids: Sequence[int]) -> list[dict[str, Any]]:
-        """Rows of `_MESSAGE_COLUMNS` by id, as dicts by column name (mutable), locked on PostgreSQL."""
-        found: list[dict[str, Any]] = []
+    def _select_rows(self, ids: Sequence[int]) -> list[tuple[Any, ...]]:
+        """Rows of `_MESSAGE_COLUMNS` by id, locked on PostgreSQL."""
+        found: list[tuple[Any, ...]] = []
         for chunk, marks in chunks(ids):
             sql = f"SELECT {_MESSAGE_COLUMNS} FROM message_queue WHERE id IN ({marks})"
-            found.extend(self._named_rows(sql, chunk, self._dialect.lock_rows()))
+            found.extend(self._rows(sql, chunk, self._dialect.lock_rows()))
         return found
 
     def _attempts_in_flight(self, ids: Sequence[int]) -> dict[int, tuple[int, int, int]]:
@@ -976,17 +978,15 @@ class Storage(NodeQueries):
             held.update((row[0], (row[1], row[2], row[3])) for row in rows)
         return held
 
-    def _named_rows(self, sql: str, params: Sequence[Any], suffix: str = "") -> list[dict[str, Any]]:
-        """Run a select (`?` marks) and return its rows as dicts by column name."""
+    def _rows(self, sql: str, params: Sequence[Any], suffix: str = "") -> list[tuple[Any, ...]]:
+        """Run a select (`?` marks) and return its rows, as the driver gives them (tuples)."""
         with self._guard():
-            cursor = self.db.execute_sql(self._dialect.sql(sql) + suffix, params)
-            names = [column[0] for column in cursor.description]
-            # Not strict: names and values come from the same cursor (and strict costs every row).
-            return [dict(zip(names, row, strict=False)) for row in cursor.fetchall()]
+            return self.db.execute_sql(self._dialect.sql(sql) + suffix, params).fetchall()  # type: ignore[no-any-return]
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[Message]:
         """The messages a select of `_MESSAGE_COLUMNS` (`?` marks) returns."""
-        return [_message(row, self.keys) for row in self._named_rows(sql, params)]
+        keys = self.keys
+        return [_message(row, keys) for row in self._rows(sql, params)]
 
     def _one_for_update(self, message_id: int) -> Message:
         found = self._select_for_update([message_id])
@@ -1216,19 +1216,22 @@ def _status(value: str) -> Status:
 _instant = functools.lru_cache(maxsize=1024)(from_micros)
 
 
-def _message(row: Mapping[str, Any], keys: Keyring | None) -> Message:
-    """The one reader of a message: a row of `_MESSAGE_COLUMNS` by column name, in the
-    database's own encoding (UTC microseconds, UTF-8 bytes, encrypted or not), which is
-    storage's to decode."""
+def _message(row: Sequence[Any], keys: Keyring | None) -> Message:
+    """The one reader of a message: a row of `_MESSAGE_COLUMNS` (and perhaps more columns
+    after them), in the database's own encoding (UTC microseconds, UTF-8 bytes, encrypted or
+    not), which is storage's to decode."""
+    (message_id, phone, user_id, text, attachment, priority, status, created_at, scheduled_at,
+     available_at, attempts, max_attempts, updated_at, idempotency_key, last_error,
+     completed_at) = row[:16]
     return Message(
-        id=row["id"], phone=row["phone"], user_id=row["user_id"],
-        text=decode_text(row["text"], keys), attachment=decode_attachment(row["attachment"], keys),
-        priority=_PRIORITIES[row["priority"]], status=_status(row["status"]),
-        created_at=_instant(row["created_at"]), scheduled_at=_from_micros(row["scheduled_at"]),
-        available_at=_instant(row["available_at"]), attempts=row["attempts"],
-        max_attempts=row["max_attempts"], last_error=row["last_error"],
-        completed_at=_from_micros(row["completed_at"]), updated_at=_instant(row["updated_at"]),
-        idempotency_key=row["idempotency_key"],
+        id=message_id, phone=phone, user_id=user_id,
+        text=decode_text(text, keys), attachment=decode_attachment(attachment, keys),
+        priority=_PRIORITIES[priority], status=_status(status),
+        created_at=_instant(created_at), scheduled_at=_from_micros(scheduled_at),
+        available_at=_instant(available_at), attempts=attempts,
+        max_attempts=max_attempts, last_error=last_error,
+        completed_at=_from_micros(completed_at), updated_at=_instant(updated_at),
+        idempotency_key=idempotency_key,
     )
 
 
