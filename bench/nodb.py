@@ -62,6 +62,9 @@ class MemoryStore:
     def close_all(self) -> None:
         pass
 
+    def cut_calls_at(self, monotonic: float | None) -> None:
+        pass  # no call waits on a database: a stop has nothing to cut
+
     def insert(self, news: Sequence[NewMessage], *, all_or_nothing: bool = False) -> list[int]:
         with self._lock:
             first, self._next_id = self._next_id, self._next_id + len(news)
