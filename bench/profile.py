@@ -1,4 +1,5 @@
-"""`python -m bench.profile [--way tell|batch|async] [--messages N] [--top N] [--raw FILE]`: where (a)'s CPU goes.
+"""`python -m bench.profile [--way tell|batch|async] [--messages N] [--top N] [--raw FILE]`:
+where (a)'s CPU goes.
 
 Runs `bench.where` (scenario (a)'s workload once, default settings, the bench's host
 logging) under py-spy, a sampling profiler that reads the process from outside and
