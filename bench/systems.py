@@ -1,10 +1,11 @@
-"""One face for the four queues a scenario runs: postroom, postroom without a database, seed, huey.
+"""One face for the queues a scenario runs: postroom, postroom without a database, a plain actor
+chain, seed, huey.
 
 `open_system(name, ...)` yields a `Queue`: enqueue everything by the system's best
 path, enqueue one message durably, wait until every outcome is committed. Each
 system writes a SQLite file in the given directory and reports its no-op sends to
-the scenario's `Deliveries`. postroom and no-db run with their default settings, as a
-user starts them, and enqueue in one of `WAYS`.
+the scenario's `Deliveries` (the chain writes no file). postroom and no-db run with their
+default settings, as a user starts them, and enqueue in one of `WAYS`, as the chain does.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Protocol, TypeVar, cast
 import pykka
 
 from bench._common import Deliveries, wait_until
+from bench.chain import open_chain
 from bench.huey_baseline import HueyQueue
 from bench.nodb import MemorySupervisor
 from bench.seed import SeedQueue
@@ -40,7 +42,7 @@ from supervisor import (
 __all__ = ["SYSTEMS", "WAYS", "PostroomQueue", "Queue", "open_system"]
 
 #: In the order columns are printed.
-SYSTEMS = ("postroom", "nodb", "seed", "huey")
+SYSTEMS = ("postroom", "nodb", "chain", "seed", "huey")
 
 #: How a postroom user enqueues and sends: one `tell(Enqueue)` per message with a plain
 #: sender; `EnqueueBatch` asked with a plain sender; `AsyncPostroom.enqueue_batch` awaited,
@@ -172,8 +174,8 @@ def open_system(name: str, directory: Path, deliveries: Deliveries, *, batch: in
                 factory: type[sqlite3.Connection] | None = None) -> Iterator[Queue]:
     """Start system `name` on a file in `directory`; stop it (in order) on exit.
 
-    `way` (one of `WAYS`) is how postroom and no-db enqueue and send; seed and huey have
-    one way. `scheduled_ahead` (postroom) and `consume=False` (seed, huey) keep senders
+    `way` (one of `WAYS`) is how postroom, no-db and the chain enqueue and send; seed and
+    huey have one way. `scheduled_ahead` (postroom) and `consume=False` (seed, huey) keep senders
     idle, so that only the enqueue path is timed. `factory` is a sqlite3 connection
     class, used to count statements.
     """
@@ -182,6 +184,9 @@ def open_system(name: str, directory: Path, deliveries: Deliveries, *, batch: in
         at = datetime.now(UTC) + timedelta(days=1) if scheduled_ahead else None
         with _postroom(name, way, _database(path, factory), deliveries, batch, at) as queue:
             yield queue
+    elif name == "chain":
+        with open_chain(way, deliveries.record, batch) as chain:  # no database, no file
+            yield chain
     elif name == "seed":
         seed = SeedQueue(path, deliveries, _database(path, factory), dispatch=consume)
         try:
