@@ -153,9 +153,10 @@ class ChainWriter(pykka.ThreadingActor):
                     self.launch(claim, functools.partial(_ended, account, claim))
             case _:
                 raise TypeError(f"chain writer cannot handle {type(message).__name__}")
-        self.since_routed += 1
-        if self.new and (self.since_routed >= MAX_BATCH or self.actor_inbox.empty()):
-            self._route()
+        if self.new:  # routed once the inbox is drained, or MAX_BATCH messages after the first row
+            self.since_routed += 1
+            if self.since_routed >= MAX_BATCH or self.actor_inbox.empty():
+                self._route()
         return answer
 
     def on_stop(self) -> None:
