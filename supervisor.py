@@ -276,10 +276,11 @@ class SupervisorSettings:
     database refuses during the stop, or leaves unanswered `slow_commit_after` once no send is
     under way, is not waited for: the next start settles it the same way."""
     account_threads: int = 8
-    """The runtime's threads: every actor (accounts, the writer, the supervisor) takes its
-    turns on them, and reads run on them; at least 2. No sender ever runs on one. Turns
-    hold the GIL, so more threads help only reads that wait on the database (PostgreSQL
-    far away); they cost switches between threads. On PostgreSQL each may hold a connection."""
+    """The runtime's threads: the accounts and the supervisor take their turns on them, and
+    reads run on them; at least 2. The writer has a thread of its own, and no sender ever runs
+    on one. Turns hold the GIL, so more threads help only reads that wait on the database
+    (PostgreSQL far away); they cost switches between threads. On PostgreSQL each may hold a
+    connection."""
     pause_check_interval: float | None = 5.0
     """Seconds between two reads of the pauses in force: a pause lifted by another process
     (`postroom resume`) is noticed within this long, and accounts disabled until lifted are
@@ -403,6 +404,10 @@ class Supervisor(TurnActor):
         self._drains = DrainWaiters()
         self._counting = False  # a count of open messages for the drains is under way
         self._counts = 0  # counts started (they are numbered)
+        # The writer's turns on a thread of their own: its fsync never holds a thread the accounts
+        # need (one commit per request, accounts starved, is a state that feeds itself), and
+        # back-to-back commits use one connection and its page cache.
+        self._writer_pool = TurnPool("postroom-writer", 1)
         self.send_pool = SendPool(self.settings.send_threads, call_later=_REAL_TIME.call_later,
                                   max_abandoned=self.settings.abandoned_send_threads)
         self.sends = SendWatch()
@@ -474,7 +479,7 @@ class Supervisor(TurnActor):
             self.lock.release()
             raise
         self.persistence = PersistenceActor.start(
-            self._pool, self.storage, self.clock, self.health, self.directory, self.actor_ref,
+            self._writer_pool, self.storage, self.clock, self.health, self.directory, self.actor_ref,
             commit_delay=self.settings.commit_delay, holdings=self.holdings, hooks=self.hooks,
             metrics=self.metrics)
 
@@ -576,12 +581,14 @@ class Supervisor(TurnActor):
         cut_at = self.deadlines.monotonic() + STOP_GRACE
         self.storage.cut_calls_at(cut_at)  # what is not answered by then waits for the next start
         self._stop_writer(cut_at)
+        self._writer_pool.shutdown()
         self._stop_hooks()  # after the writer: its last commits' events are queued by then
         if self.lease is not None:  # its accounts released and recorded: its buckets go at once
             self.lease.stop(leave=True)
         self._pool.shutdown()
         # Connections are closed once no other thread can be using one (reads run on the pool).
-        if self._pool.join(timeout=self._time_left(cut_at)):
+        if self._pool.join(timeout=self._time_left(cut_at)) and self._writer_pool.join(
+                timeout=self._time_left(cut_at)):
             self._close_storage()
         else:
             log.error("supervisor.stop_busy", left="the database is left open: a read is still running")
@@ -594,8 +601,8 @@ class Supervisor(TurnActor):
         them within `slow_commit_after`, the next start settles what it would have recorded.
 
         The one wait for mail inside a turn, bounded so: it holds one of the runtime's threads
-        (at least two), and the writer and the accounts whose reports it waits for take theirs
-        on the others."""
+        (at least two), the accounts whose reports it waits for take theirs on the others, and
+        the writer has its own."""
         self.sends.take_called_off()  # counted from here: the summary is this stop's
         releasing = {command.incarnation.actor_urn for command in self.keeper.stop()
                      if isinstance(command, keeper.Release) and self._release(command)}

@@ -208,8 +208,9 @@ class Storage(NodeQueries):
         self._owner_verified_at = -OWNER_VERIFY_EVERY
         self._lost: str | None = None  # why the database was lost, once it was
         self._reconnect = _Reconnect()
-        self._opened: list[Any] = []  # every connection opened (each thread has its own)
+        self._opened: list[tuple[threading.Thread, Any]] = []  # every connection open, by thread
         self._opened_lock = threading.Lock()
+        self._closed = False  # `close_all` ran: no connection is opened again
         self.Row = _bound(MessageRow, db, indexes=MessageRow._meta.indexes)
         self.Account = _bound(AccountRow, db)
         self.Facts = _bound(MetaRow, db)
@@ -427,12 +428,12 @@ class Storage(NodeQueries):
 
     def close_all(self) -> None:
         """Close every connection this storage opened, in whatever thread (a stop: the threads
-        that used them may still be winding down; the owner lock is released after this)."""
+        that used them may still be winding down; the owner lock is released after this), for
+        good: a call after this, a read queued before a stop and run after it, say, raises
+        `StorageError` instead of opening a connection nobody would close."""
         with self._opened_lock:
-            opened, self._opened = self._opened, []
-        for connection in opened:
-            with contextlib.suppress(*_DRIVER_ERRORS, AttributeError):
-                connection.close()
+            opened, self._opened, self._closed = self._opened, [], True
+        _close_connections([connection for _, connection in opened])
         self.db.dispose()  # this thread's, if it had one: already closed above
 
     def cut_calls_at(self, monotonic: float | None) -> None:
@@ -519,7 +520,10 @@ class Storage(NodeQueries):
             raise StorageError(f"{type(exc).__name__}: {exc}") from exc
 
     def _connect(self) -> None:
-        """Open this thread's connection, unless the last attempt failed too recently."""
+        """Open this thread's connection, unless the last attempt failed too recently or the
+        storage is closed."""
+        if self._closed:
+            raise StorageError(_CLOSED)
         self._reconnect.before_connect()
         try:
             self.db.connect(reuse_if_open=True)
@@ -528,8 +532,18 @@ class Storage(NodeQueries):
             raise StorageError(f"{type(exc).__name__}: {exc}") from exc
         self._reconnect.succeeded()
         with self._opened_lock:
-            self._opened = [c for c in self._opened if not _is_closed(c)]
-            self._opened.append(self.db.connection())
+            closed = self._closed  # meanwhile
+            left = [c for thread, c in self._opened if not thread.is_alive()]
+            self._opened = [(t, c) for t, c in self._opened if t.is_alive() and not _is_closed(c)]
+            if not closed:
+                self._opened.append((threading.current_thread(), self.db.connection()))
+        # A thread that has exited (a pool's idle thread) never uses its connection again, which
+        # holds file descriptors (two on SQLite in WAL mode) or a server's session until closed.
+        _close_connections(left)
+        if closed:
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                self.db.close()
+            raise StorageError(_CLOSED)
 
     def _drop_lost_connection(self) -> bool:
         """After a driver error: close this thread's connection if the server dropped it (a
@@ -1242,6 +1256,16 @@ def _refuse_conflict(news: Sequence[NewMessage], plan: Sequence[object]) -> None
         noun = "recipient" if isinstance(news, NewBroadcast) else "message"
         raise IdempotencyConflict(f"{noun} {position}: its idempotency key was already used for a "
                                   "different message; nothing of the batch was written")
+
+
+_CLOSED = "the database was closed (its supervisor stopped, or its producer was closed)"
+
+
+def _close_connections(connections: list[Any]) -> None:
+    """Close each, whatever state it is in (its thread may be gone, its server too)."""
+    for connection in connections:
+        with contextlib.suppress(*_DRIVER_ERRORS, AttributeError):
+            connection.close()
 
 
 def _is_closed(connection: Any) -> bool:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -151,3 +152,64 @@ def test_a_database_whose_directory_cannot_be_made_raises_storage_error(tmp_path
         Supervisor.start(database=f"sqlite:///{tmp_path}/file.txt/{below}", sender=RecordingSender())
     assert isinstance(failed.value.__cause__, OSError)
     assert (tmp_path / "file.txt").read_text() == "not a directory"
+
+
+def _descriptors_of(db: Path) -> int:
+    """This process's file descriptors open on the database's files."""
+    names = {f"{db}{suffix}" for suffix in SUFFIXES}
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") in names
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_the_connection_of_a_thread_that_exited_is_closed_at_the_next_connect(tmp_path: Path) -> None:
+    """A pool's thread exits when idle; its connection is closed when the next thread opens
+    one, so a long-lived process whose threads come and go does not gather open files."""
+    db = tmp_path / "q.db"
+    store = Storage(open_database(f"sqlite:///{db}"))
+    store.create_schema()
+    store.close()
+
+    def read_in_a_thread() -> None:
+        thread = threading.Thread(target=store.stats)
+        thread.start()
+        thread.join()
+
+    for _ in range(5):
+        read_in_a_thread()
+    settled = _descriptors_of(db)
+    assert settled >= 1  # the last thread's connection is still open: nobody connected since
+    for _ in range(20):
+        read_in_a_thread()
+    assert _descriptors_of(db) == settled  # each new one closed the exited ones': no growth
+    store.close_all()
+    assert _descriptors_of(db) == 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_a_closed_storage_opens_no_connection_again(tmp_path: Path) -> None:
+    """After `close_all` (a supervisor's stop), a call from any thread, such as a read queued
+    before the stop and run after it, raises StorageError and leaves no file open."""
+    db = tmp_path / "q.db"
+    store = Storage(open_database(f"sqlite:///{db}"))
+    store.create_schema()
+    store.close_all()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            store.stats()
+        except StorageError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    assert [type(e) for e in errors] == [StorageError]
+    assert "the database was closed" in str(errors[0])
+    with pytest.raises(StorageError, match="was closed"):
+        store.stats()
+    assert _descriptors_of(db) == 0
