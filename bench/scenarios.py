@@ -12,6 +12,7 @@ import itertools
 import os
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 import traceback
@@ -35,6 +36,7 @@ from bench._common import (
     phone,
     spread,
     temp_dir,
+    wait_until,
     write_finished_rows,
     write_rows,
 )
@@ -313,14 +315,18 @@ def latency(p: Params) -> list[Figure]:
 def _latency(system: str, p: Params) -> dict[str, float | None]:
     items = spread(int(p.rate * p.latency_seconds), p.accounts)
     with temp_dir() as directory:
-        start = time.perf_counter() + 0.5  # the system is started by then
-        intended = [start + i / p.rate for i, _ in items]
+        intended = [0.0] * len(items)  # filled once the system has started: its start is not latency
         deliveries = Deliveries(len(items), intended=intended)
         with open_system(system, directory, deliveries) as queue:
+            start = time.perf_counter() + _OFFER_AFTER
+            intended[:] = [start + i / p.rate for i, _ in items]
             _offer(queue.enqueue_one, items, intended, p.producers)
             deliveries.wait(p.timeout)
     ms = [1000 * x for x in deliveries.latencies]
     return {"p50": percentile(ms, 0.5), "p99": percentile(ms, 0.99), "max": max(ms)}
+
+
+_OFFER_AFTER = 0.05  # s from the system's start to the first message due: the producers' threads start
 
 
 def _offer(enqueue_one: Callable[[int, str], None], items: Sequence[tuple[int, str]],
@@ -638,7 +644,6 @@ def postgres_url() -> str | None:
 
 def _other_process(p: Params, url: str | None) -> dict[str, float | None]:
     import subprocess
-    import sys
 
     from bench._child import ROOT
     from supervisor import Supervisor
@@ -787,7 +792,99 @@ def _with_metrics(run: str, p: Params) -> dict[str, float | None]:
         scraper.join()
 
 
+# -- (l) several sending processes on PostgreSQL ---------------------------------------------------
+
+#: (l)'s deployments: (name shown, child mode, processes).
+_DEPLOYMENTS = {"single": ("one supervisor (no nodes)", "single", 1),
+                "one-node": ("one node", "node", 1),
+                "two-nodes": ("two nodes", "node", 2)}
+
+#: Seconds the buckets' owners must stay unchanged before (l) counts them placed: two renewals.
+_PLACED_FOR = 6.0
+
+
+def nodes(p: Params) -> list[Figure]:
+    """(a)'s workload on PostgreSQL, sent by one supervisor, one node and two node processes
+    (alternated), enqueued by `EnqueueBatch` from a producer in the benchmark's process: what a
+    second sending process adds on this machine. Needs a server (POSTROOM_TEST_POSTGRES)."""
+    url = postgres_url()
+    if url is None:
+        print("scenario (l) left out: no PostgreSQL answers at POSTROOM_TEST_POSTGRES", file=sys.stderr)
+        return []
+    samples = collect(p, [f"postroom/{name}" for name in _DEPLOYMENTS], lambda run: _nodes(run, p, url))
+    where = f"{p.messages:,} msgs, {p.accounts} accounts, EnqueueBatch of {p.batch:,} from a producer"
+    figures = [figure("l", "rate", regroup(samples, {"postroom": f"postroom/{name}"}),
+                      f"delivered end to end on PostgreSQL, {where}: {shown}", "msg/s")
+               for name, (shown, _, _) in _DEPLOYMENTS.items()]
+    single, one, two = (f.values.get("postroom") for f in figures)
+    for base, label in ((one, "one node"), (single, "one supervisor")):
+        ratio = None if two is None or not base else two / base
+        figures.append(Figure("l", f"two nodes / {label}, {where}", "x", {"postroom": ratio}))
+    return figures
+
+
+def _nodes(run: str, p: Params, url: str) -> dict[str, float | None]:
+    import subprocess
+
+    from bench._child import ROOT
+    from storage import Storage, open_database
+    from supervisor import Enqueue, Producer
+
+    _, mode, processes = _DEPLOYMENTS[run.partition("/")[2]]
+    _empty_postgres(url)
+    store = Storage(open_database(url))
+    store.create_schema()
+    children = [subprocess.Popen([sys.executable, "-m", "bench._node", url, mode], cwd=ROOT, text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(processes)]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            if child.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a {mode} process did not start (exit code {child.wait(10)})")
+        if mode == "node":
+            _wait_placed(store, processes, p.timeout)
+        items = spread(p.messages, p.accounts)
+        with Producer(url) as producer:
+            start = time.perf_counter()
+            for begin in range(0, len(items), p.batch):
+                producer.enqueue_batch([Enqueue(phone=phone, user_id="u", text=str(index))
+                                        for index, phone in items[begin:begin + p.batch]])
+            wait_until(lambda: _open_rows(store) == 0, p.timeout, f"{len(items)} sent", interval=0.05)
+            elapsed = time.perf_counter() - start
+    finally:
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.close()
+        for child in children:
+            child.wait(p.timeout)
+        store.close_all()
+    return {"rate": len(items) / elapsed}
+
+
+def _wait_placed(store: Any, processes: int, timeout: float) -> None:
+    """Until every bucket is held, by `processes` nodes, unchanged for `_PLACED_FOR` seconds."""
+    from postroom_common.buckets import BUCKETS
+
+    deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
+    while time.monotonic() < deadline:
+        owners = sorted(store.db.execute_sql("SELECT bucket, node FROM postroom_buckets").fetchall())
+        nodes = [node for _, node in owners]
+        placed = len(owners) == BUCKETS and None not in nodes and len(set(nodes)) == processes
+        if owners != last or not placed:
+            last, since = owners, time.monotonic()
+        elif time.monotonic() - since >= _PLACED_FOR:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"the buckets were not placed over {processes} nodes within {timeout} s")
+
+
+def _open_rows(store: Any) -> int:
+    from storage.models import OPEN_ROWS
+
+    return int(store.db.execute_sql(f"SELECT count(*) FROM message_queue WHERE {OPEN_ROWS}").fetchone()[0])
+
+
 SCENARIOS: dict[str, Callable[[Params], list[Figure]]] = {
     "a": end_to_end, "b": enqueue, "c": latency, "d": boot, "e": memory, "f": database_work, "g": cleanup,
-    "h": sleeping_boot, "i": other_process, "j": encrypted, "k": with_metrics,
+    "h": sleeping_boot, "i": other_process, "j": encrypted, "k": with_metrics, "l": nodes,
 }

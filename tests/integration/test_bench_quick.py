@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.report import HEADERS
+from tests.conftest import postgres_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,8 +32,10 @@ def test_quick_benchmark_runs_every_scenario_and_prints_the_table(tmp_path: Path
                    "single enqueues", "latency p99", "boot to first send", "RSS,", "fsyncs per message",
                    "longest pause between two sends during cleanup", "account actors started at boot",
                    "rounds of", "encryption's cost per message", "metrics' cost per message"):
-        # (a) in each of its three ways, then one of each scenario (b) to (h)
+        # (a) in each of its three ways, then one of each scenario (b) to (k)
         assert any(figure in name for name in names), figure
+    if postgres_reason() is None:  # (l) runs on PostgreSQL only
+        assert any("two nodes / one node" in name for name in names)
 
 
 def _git_head() -> str | None:
