@@ -1,4 +1,4 @@
-"""`python -m bench.profile [--way tell|batch|async] [--messages N] [--top N] [--raw FILE]`:
+"""`python -m bench.profile [--way tell|batch|async] [--messages N] [--top N] [--all-threads] [--raw FILE]`:
 where (a)'s CPU goes.
 
 Runs `bench.where` (scenario (a)'s workload once, default settings, the bench's host
@@ -9,6 +9,11 @@ taken in: the writer's (`PersistenceActor`), an account's (`AccountActor`), the 
 own hand-offs between turns). For each part it prints the functions that were on the
 CPU most often (self) and the ones most often on the stack (inclusive), as shares of
 all the samples.
+
+By default only the thread holding the GIL is sampled (py-spy's `--gil`): the process is
+bound by the Python it runs under one lock, and a thread waiting (for a job, for mail, in
+fsync) is not mistaken for one working, as py-spy's own idle detection may on some
+kernels. `--all-threads` samples every thread that py-spy finds active instead.
 
 py-spy is not one of postroom's dependencies: `pip install py-spy` (it needs to be
 allowed to read another process's memory: root, or `ptrace_scope` 0). `--raw FILE`
@@ -73,12 +78,14 @@ def _name(frame: str) -> str:
     return frame if match is None else f"{match['function']} ({match['file']})"
 
 
-def record(way: str, messages: int, raw: Path) -> None:
-    """`bench.where` under py-spy, its samples written to `raw`."""
+def record(way: str, messages: int, raw: Path, gil: bool = True) -> None:
+    """`bench.where` under py-spy, its samples written to `raw` (with `gil`, only the thread
+    holding the GIL)."""
     spy = shutil.which("py-spy")
     if spy is None:
         sys.exit("bench.profile needs py-spy on the PATH: pip install py-spy")
-    subprocess.run([spy, "record", "--rate", "250", "--format", "raw", "--output", str(raw), "--",
+    subprocess.run([spy, "record", "--rate", "250", "--format", "raw", "--output", str(raw),
+                    *(["--gil"] if gil else []), "--",
                     sys.executable, "-m", "bench.where", "--way", way, "--messages", str(messages)],
                    check=True)
 
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--way", choices=("tell", "batch", "async"), default="tell")
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--all-threads", action="store_true",
+                        help="sample every active thread, not only the one holding the GIL")
     parser.add_argument("--raw", type=Path, help="read this py-spy raw recording instead of recording")
     args = parser.parse_args(argv)
     if args.raw is not None:
@@ -114,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         with tempfile.TemporaryDirectory() as directory:
             raw = Path(directory) / "profile.txt"
-            record(args.way, args.messages, raw)
+            record(args.way, args.messages, raw, gil=not args.all_threads)
             lines = raw.read_text().splitlines()
     show(*parse(lines), args.top)
 
