@@ -591,7 +591,8 @@ class Supervisor(TurnActor):
                 timeout=self._time_left(cut_at)):
             self._close_storage()
         else:
-            log.error("supervisor.stop_busy", left="the database is left open: a read is still running")
+            log.error("supervisor.stop_busy",
+                      left="the database is left open: a read or a commit is still running")
         log.info("supervisor.stopped")
 
     def _release_accounts(self, deadline: float) -> None:
