@@ -799,10 +799,6 @@ _DEPLOYMENTS = {"single": ("one supervisor (no nodes)", "single", 1),
                 "one-node": ("one node", "node", 1),
                 "two-nodes": ("two nodes", "node", 2)}
 
-#: Seconds the buckets' owners must stay unchanged before (l) counts them placed: two renewals.
-_PLACED_FOR = 6.0
-
-
 def nodes(p: Params) -> list[Figure]:
     """(a)'s workload on PostgreSQL, sent by one supervisor, one node and two node processes
     (alternated), enqueued by `EnqueueBatch` from a producer in the benchmark's process: what a
@@ -862,17 +858,15 @@ def _nodes(run: str, p: Params, url: str) -> dict[str, float | None]:
 
 
 def _wait_placed(store: Any, processes: int, timeout: float) -> None:
-    """Until every bucket is held, by `processes` nodes, unchanged for `_PLACED_FOR` seconds."""
-    from postroom_common.buckets import BUCKETS
+    """Until `processes` nodes have joined and every bucket is held by the node the rendezvous
+    placement gives it (the database was emptied first: every node row is one of these)."""
+    from postroom_common.buckets import placement
 
-    deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        owners = sorted(store.db.execute_sql("SELECT bucket, node FROM postroom_buckets").fetchall())
-        nodes = [node for _, node in owners]
-        placed = len(owners) == BUCKETS and None not in nodes and len(set(nodes)) == processes
-        if owners != last or not placed:
-            last, since = owners, time.monotonic()
-        elif time.monotonic() - since >= _PLACED_FOR:
+        nodes = [node for (node,) in store.db.execute_sql("SELECT id FROM postroom_nodes").fetchall()]
+        owners = dict(store.db.execute_sql("SELECT bucket, node FROM postroom_buckets").fetchall())
+        if len(nodes) == processes and owners == placement(nodes):
             return
         time.sleep(0.2)
     raise TimeoutError(f"the buckets were not placed over {processes} nodes within {timeout} s")
