@@ -799,6 +799,7 @@ _DEPLOYMENTS = {"single": ("one supervisor (no nodes)", "single", 1),
                 "one-node": ("one node", "node", 1),
                 "two-nodes": ("two nodes", "node", 2)}
 
+
 def nodes(p: Params) -> list[Figure]:
     """(a)'s workload on PostgreSQL, sent by one supervisor, one node and two node processes
     (alternated), enqueued by `EnqueueBatch` from a producer in the benchmark's process: what a
@@ -845,7 +846,7 @@ def _nodes(run: str, p: Params, url: str) -> dict[str, float | None]:
             for begin in range(0, len(items), p.batch):
                 producer.enqueue_batch([Enqueue(phone=phone, user_id="u", text=str(index))
                                         for index, phone in items[begin:begin + p.batch]])
-            wait_until(lambda: _open_rows(store) == 0, p.timeout, f"{len(items)} sent", interval=0.05)
+            wait_until(lambda: store.count_open() == 0, p.timeout, f"{len(items)} sent", interval=0.05)
             elapsed = time.perf_counter() - start
     finally:
         for child in children:
@@ -858,24 +859,15 @@ def _nodes(run: str, p: Params, url: str) -> dict[str, float | None]:
 
 
 def _wait_placed(store: Any, processes: int, timeout: float) -> None:
-    """Until `processes` nodes have joined and every bucket is held by the node the rendezvous
-    placement gives it (the database was emptied first: every node row is one of these)."""
+    """Until `processes` nodes are live and every bucket is held by the node the rendezvous
+    placement gives it (the database was emptied first: every node is one of these)."""
     from postroom_common.buckets import placement
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        nodes = [node for (node,) in store.db.execute_sql("SELECT id FROM postroom_nodes").fetchall()]
-        owners = dict(store.db.execute_sql("SELECT bucket, node FROM postroom_buckets").fetchall())
-        if len(nodes) == processes and owners == placement(nodes):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"the buckets were not placed over {processes} nodes within {timeout} s")
+    def placed() -> bool:
+        live, owners = store.bucket_owners()
+        return len(live) == processes and owners == placement(live)
 
-
-def _open_rows(store: Any) -> int:
-    from storage.models import OPEN_ROWS
-
-    return int(store.db.execute_sql(f"SELECT count(*) FROM message_queue WHERE {OPEN_ROWS}").fetchone()[0])
+    wait_until(placed, timeout, f"the buckets placed over {processes} nodes", interval=0.2)
 
 
 SCENARIOS: dict[str, Callable[[Params], list[Figure]]] = {
