@@ -35,8 +35,8 @@ def parse(argv: list[str] | None = None) -> tuple[Params, list[str], Path | None
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated letters (default all)")
     parser.add_argument("--systems", default=",".join(ALL_SYSTEMS),
-                        help="comma-separated systems to run (default all: postroom,nodb,chain,seed,huey; "
-                        "nodb and chain run in (a) only)")
+                        help="comma-separated systems to run (default all: "
+                        "postroom,nodb,chain,floor,seed,huey; nodb, chain and floor run in (a) only)")
     parser.add_argument("--json", type=Path, help="also write every figure and run to this file")
     for name in _SIZES:
         default = getattr(Params(), name)
@@ -103,13 +103,13 @@ def _notes(p: Params, seconds: float, load: str) -> list[str]:
         "scenario, with one exception: (g) paces every account (Pacing(rate, burst=1)) to send a "
         "steady 1,000 msg/s. (b) schedules its messages a day ahead (a field of each message, not a "
         "setting) so that only the enqueue path runs.",
-        f"(a) postroom, no-db and chain run three ways: one ref.tell(Enqueue) per message with a plain "
-        f"sender; EnqueueBatch of {p.batch:,} asked one after another with a plain sender; "
+        f"(a) postroom, no-db, chain and floor run three ways: one ref.tell(Enqueue) per message with a "
+        f"plain sender; EnqueueBatch of {p.batch:,} asked one after another with a plain sender; "
         f"`await room.enqueue_batch(...)` of {p.batch:,} through AsyncPostroom with an async def "
         "sender, on an asyncio loop in a thread of its own. seed and huey run once per round (each "
         "enqueue one commit) and all three rows compare with those runs. 'of no-db': postroom / "
-        "no-db, the share of its own pipeline's rate postroom keeps; 'of chain': postroom / chain. (f) "
-        "enqueues by EnqueueBatch.",
+        "no-db, the share of its own pipeline's rate postroom keeps; 'of chain': postroom / chain; "
+        "'of floor': postroom / floor. (f) enqueues by EnqueueBatch.",
         "no-db: postroom's supervisor, persistence and account actors with the Storage swapped for "
         "dicts (bench/nodb.py); its AsyncPostroom is AsyncPostroom(ref) over that supervisor, started "
         "with loop= as AsyncPostroom.start starts postroom's.",
@@ -119,6 +119,11 @@ def _notes(p: Params, seconds: float, load: str) -> list[str]:
         "of the writer's inbox; RecordAndClaim; the send on a ThreadPoolExecutor, or an async def "
         "sender on an asyncio loop; the writer's answer then SendEnded from the send thread); no SQL, "
         "no group commit, no retries, pacing or validation.",
+        "floor: that chain whose writer also writes postroom's rows per message through sqlite3 "
+        "(postroom's schema and pragmas; bench/floor.py): the insert, the claim's read of the row and "
+        "of the account's pause and its update, the outcome's read of the attempt in flight and its "
+        "update, in one transaction per drain of the writer's inbox, answers, routings and sends only "
+        "after the commit; nothing else of postroom's.",
         "seed: one pykka actor per account, INSERT / UPDATE processing / UPDATE completed each in its own "
         "transaction (writers take turns on a lock); boot reads every open row, then hands them out.",
         "huey: SqliteHuey fsync=True, results off, 4 worker threads polling every 5 ms; at-most-once "

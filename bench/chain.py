@@ -33,14 +33,15 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pykka
 
-__all__ = ["ChainAccount", "ChainQueue", "ChainWriter", "open_chain"]
+__all__ = ["ChainAccount", "ChainQueue", "ChainWriter", "ended_send", "open_chain", "open_launch",
+           "running_writer"]
 
 #: Messages the writer handles between two routings of new rows (postroom's writer's `max_batch`).
 MAX_BATCH = 2000
@@ -62,6 +63,8 @@ class Item:
     text: str
     """The scenario's index, as postroom's bench messages carry it."""
     priority: int = NORMAL
+    id: int = 0
+    """Its row's id, where a writer writes rows (`bench/floor.py`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +117,9 @@ class Completed:
         self.count = 0
         self._changed = threading.Condition()
 
-    def add(self) -> None:
+    def add(self, count: int = 1) -> None:
         with self._changed:
-            self.count += 1
+            self.count += count
             self._changed.notify_all()
 
     def wait(self, count: int, timeout: float) -> None:
@@ -150,7 +153,7 @@ class ChainWriter(pykka.ThreadingActor):
                 if claim is None:
                     account.tell(Recorded(None))
                 else:
-                    self.launch(claim, functools.partial(_ended, account, claim))
+                    self.launch(claim, ended_send(account, claim))
             case _:
                 raise TypeError(f"chain writer cannot handle {type(message).__name__}")
         if self.new:  # routed once the inbox is drained, or MAX_BATCH messages after the first row
@@ -170,6 +173,11 @@ class ChainWriter(pykka.ThreadingActor):
             if account is None:
                 account = self.accounts[phone] = ChainAccount.start(self.actor_ref)
             account.tell(Arrived(items))
+
+
+def ended_send(account: pykka.ActorRef[Any], item: Item) -> Callable[[], None]:
+    """What the send thread calls when `item`'s send ended."""
+    return functools.partial(_ended, account, item)
 
 
 def _ended(account: pykka.ActorRef[Any], item: Item) -> None:
@@ -229,13 +237,19 @@ class ChainQueue:
             _on(self.loop, self._ask_on_loop(self._chunks(items)))
         else:
             for chunk in self._chunks(items):
-                self.writer.ask(Insert(chunk), timeout=_ASK_TIMEOUT)
+                self._ask(chunk)
 
     def enqueue_one(self, index: int, phone: str) -> None:
         if self.loop is not None:
             _on(self.loop, self._ask_on_loop([[(index, phone)]]))
         else:
-            self.writer.ask(Insert(((index, phone),)), timeout=_ASK_TIMEOUT)
+            self._ask(((index, phone),))
+
+    def _ask(self, items: Sequence[tuple[int, str]]) -> None:
+        """Insert `items` and wait for the writer's answer (which a floor gives after its commit)."""
+        answered: Future[int] = Future()
+        self.writer.tell(Insert(items, answered.set_result))
+        answered.result(_ASK_TIMEOUT)
 
     def wait_finished(self, count: int, timeout: float) -> None:
         self.completed.wait(count, timeout)
@@ -269,27 +283,35 @@ def open_chain(way: str, record: Callable[[int, str], None], batch: int) -> Iter
     `way` is postroom's: "tell" and "batch" send on a thread pool with a plain sender,
     "async" on an asyncio loop in a thread of its own with an `async def` sender (and
     enqueues from that loop)."""
+    with open_launch(way, record) as (launch, loop), \
+            running_writer(ChainWriter, (launch, Completed()), way, batch, loop) as queue:
+        yield queue
+
+
+@contextmanager
+def open_launch(way: str, record: Callable[[int, str], None]
+                ) -> Iterator[tuple[Launch, asyncio.AbstractEventLoop | None]]:
+    """How sends start `way` (and the loop enqueues run on, for "async"); stopped on exit."""
     if way not in ("tell", "batch", "async"):
         raise ValueError(f"unknown way {way!r}")
     if way == "async":
-        with _loop() as loop, _running(_on_loop(loop, record), way, batch, loop) as queue:
-            yield queue
+        with _loop() as loop:
+            yield _on_loop(loop, record), loop
         return
     pool = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="chain-send")
     try:
-        with _running(_on_pool(pool, record), way, batch, None) as queue:
-            yield queue
+        yield _on_pool(pool, record), None
     finally:
         pool.shutdown(wait=True)
 
 
 @contextmanager
-def _running(launch: Launch, way: str, batch: int,
-             loop: asyncio.AbstractEventLoop | None) -> Iterator[ChainQueue]:
-    completed = Completed()
-    writer = ChainWriter.start(launch, completed)
+def running_writer(kind: type[ChainWriter], args: tuple[Any, ...], way: str, batch: int,
+                   loop: asyncio.AbstractEventLoop | None) -> Iterator[ChainQueue]:
+    """A writer of `kind` started with `args` (a launch and a `Completed` first), and a queue over it."""
+    writer = kind.start(*args)
     try:
-        yield ChainQueue(writer, completed, way, batch, loop)
+        yield ChainQueue(writer, args[1], way, batch, loop)
     finally:
         writer.stop(timeout=_ASK_TIMEOUT)  # its on_stop stops every account
 

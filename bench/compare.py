@@ -40,9 +40,9 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("postroom", "nodb", "chain", "seed", "huey")
+SYSTEMS = ("postroom", "nodb", "chain", "floor", "seed", "huey")
 #: postroom's ratios in a bench JSON figure (above 1 favours postroom), compared like systems.
-RATIOS = ("vs_seed", "vs_huey", "of_nodb", "of_chain")
+RATIOS = ("vs_seed", "vs_huey", "of_nodb", "of_chain", "of_floor")
 _OPTION = re.compile(r"^ {2}(?:-\w, )?(--[\w-]+)(?: ([A-Z][A-Z0-9_]*))?")
 _SCENARIOS = "import json, bench.scenarios as s; print(json.dumps(list(s.SCENARIOS)))"
 
@@ -376,7 +376,7 @@ def _print(rows: Sequence[Row], a: Side, b: Side, scenarios: Sequence[str], opti
     passed = " ".join(options) or "none"
     notes = [f"scenarios {','.join(scenarios)}; {bench}; options passed to both: {passed}",
              "of: a system's median, or postroom's ratio to a system measured in the same run "
-             "(vs_seed, vs_huey, of_nodb, of_chain; above 1 favours postroom)",
+             "(vs_seed, vs_huey, of_nodb, of_chain, of_floor; above 1 favours postroom)",
              "spread: the larger of A's and B's (max - min) / median over rounds, the noise a change "
              "has to exceed; a figure only one side has shows '-' on the other",
              *(f"{s.label} FAILED {f}" for s in (a, b) for f in s.failures)]

@@ -13,8 +13,8 @@ from rich.table import Table
 __all__ = ["HEADERS", "Figure", "print_report", "write_json"]
 
 #: The table's column headers (the CI test looks for them).
-HEADERS = ("scen.", "figure", "unit", "postroom", "no-db", "chain", "seed", "huey", "vs seed", "vs huey",
-           "of no-db", "of chain", "target", "met")
+HEADERS = ("scen.", "figure", "unit", "postroom", "no-db", "chain", "floor", "seed", "huey", "vs seed",
+           "vs huey", "of no-db", "of chain", "of floor", "target", "met")
 
 
 @dataclass
@@ -73,9 +73,9 @@ def print_report(figures: list[Figure], notes: list[str], console: Console | Non
 
 def _row(f: Figure) -> list[str]:
     met = "" if f.met is None else ("yes" if f.met else "NO")
-    values = (_number(f.values.get(s)) for s in ("postroom", "nodb", "chain", "seed", "huey"))
+    values = (_number(f.values.get(s)) for s in ("postroom", "nodb", "chain", "floor", "seed", "huey"))
     return [f.scenario, f.name, f.unit, *values, _ratio(f.ratio("seed")), _ratio(f.ratio("huey")),
-            _share(f.ratio("nodb")), _share(f.ratio("chain")), f.target, met]
+            _share(f.ratio("nodb")), _share(f.ratio("chain")), _share(f.ratio("floor")), f.target, met]
 
 
 def _number(value: float | None) -> str:
@@ -101,6 +101,7 @@ def write_json(path: Path, figures: list[Figure], notes: list[str], params: dict
     """Everything printed, plus every run's samples and the parameters."""
     document = {"params": params, "seconds": seconds, "errors": errors, "notes": notes,
                 "figures": [asdict(f) | {"vs_seed": f.ratio("seed"), "vs_huey": f.ratio("huey"),
-                                          "of_nodb": f.ratio("nodb"), "of_chain": f.ratio("chain")}
+                                          "of_nodb": f.ratio("nodb"), "of_chain": f.ratio("chain"),
+                                          "of_floor": f.ratio("floor")}
                             for f in figures]}
     path.write_text(json.dumps(document, indent=2, default=str))

@@ -48,7 +48,7 @@ from storage.models import TABLES
 
 __all__ = ["ALL_SYSTEMS", "QUICK", "SCENARIOS", "Params", "Samples"]
 
-ALL_SYSTEMS = ("postroom", "nodb", "chain", "seed", "huey")
+ALL_SYSTEMS = ("postroom", "nodb", "chain", "floor", "seed", "huey")
 
 
 @dataclass
@@ -185,17 +185,20 @@ _WAY_NAMES = {"tell": "one tell(Enqueue) per message, plain sender",
 def end_to_end(p: Params) -> list[Figure]:
     """Delivered messages/s, from the first enqueue until every outcome is recorded.
 
-    postroom, no-db and the plain actor chain run in each of `WAYS`, side by side per way
-    (postroom's shares of no-db and of the chain compare neighbours); seed and huey run once
+    postroom, no-db, the plain actor chain and the floor (the chain writing postroom's rows) run
+    in each of `WAYS`, side by side per way (postroom's shares of no-db, of the chain and of the
+    floor compare neighbours); seed and huey run once
     per round, by their only way, and every way's figure compares with those same runs.
     """
-    runs = [f"{system}/{way}" for way in WAYS for system in ("postroom", "nodb", "chain")] + ["seed", "huey"]
+    runs = [f"{system}/{way}" for way in WAYS for system in ("postroom", "nodb", "chain", "floor")]
+    runs += ["seed", "huey"]
     samples = collect(p, runs, lambda run: _end_to_end(run, p))
     return [_end_to_end_figure(p, way, samples) for way in WAYS]
 
 
 def _end_to_end_figure(p: Params, way: str, samples: Samples) -> Figure:
-    columns = {"postroom": f"postroom/{way}", "nodb": f"nodb/{way}", "chain": f"chain/{way}", "seed": "seed",
+    columns = {"postroom": f"postroom/{way}", "nodb": f"nodb/{way}", "chain": f"chain/{way}",
+               "floor": f"floor/{way}", "seed": "seed",
                "huey": "huey"}
     name = (f"delivered end to end, {p.messages:,} msgs, {p.accounts} accounts: "
             + _WAY_NAMES[way].format(batch=p.batch))

@@ -1,5 +1,5 @@
 """One face for the queues a scenario runs: postroom, postroom without a database, a plain actor
-chain, seed, huey.
+chain, that chain writing postroom's rows (the floor), seed, huey.
 
 `open_system(name, ...)` yields a `Queue`: enqueue everything by the system's best
 path, enqueue one message durably, wait until every outcome is committed. Each
@@ -23,6 +23,7 @@ import pykka
 
 from bench._common import Deliveries, wait_until
 from bench.chain import open_chain
+from bench.floor import open_floor
 from bench.huey_baseline import HueyQueue
 from bench.nodb import MemorySupervisor
 from bench.seed import SeedQueue
@@ -42,7 +43,7 @@ from supervisor import (
 __all__ = ["SYSTEMS", "WAYS", "PostroomQueue", "Queue", "open_system"]
 
 #: In the order columns are printed.
-SYSTEMS = ("postroom", "nodb", "chain", "seed", "huey")
+SYSTEMS = ("postroom", "nodb", "chain", "floor", "seed", "huey")
 
 #: How a postroom user enqueues and sends: one `tell(Enqueue)` per message with a plain
 #: sender; `EnqueueBatch` asked with a plain sender; `AsyncPostroom.enqueue_batch` awaited,
@@ -187,6 +188,9 @@ def open_system(name: str, directory: Path, deliveries: Deliveries, *, batch: in
     elif name == "chain":
         with open_chain(way, deliveries.record, batch) as chain:  # no database, no file
             yield chain
+    elif name == "floor":
+        with open_floor(way, deliveries.record, batch, path) as floor:
+            yield floor
     elif name == "seed":
         seed = SeedQueue(path, deliveries, _database(path, factory), dispatch=consume)
         try:
