@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -35,14 +36,21 @@ class RecordingSender:
         self.calls: list[Message] = []
         self.script = script
         self._cond = threading.Condition()
+        self._calls_of: Counter[int] = Counter()  # calls per message id: a load test makes many
 
     def __call__(self, message: Message) -> None:
         with self._cond:
             self.calls.append(message)
-            number = sum(1 for m in self.calls if m.id == message.id)
+            self._calls_of[message.id] += 1
+            number = self._calls_of[message.id]
             self._cond.notify_all()
         if self.script is not None:
             self.script(message, number)
+
+    def count(self) -> int:
+        """Calls so far."""
+        with self._cond:
+            return len(self.calls)
 
     def ids(self, phone: str | None = None) -> list[int]:
         with self._cond:
