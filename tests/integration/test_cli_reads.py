@@ -548,13 +548,21 @@ def test_status_and_health_see_a_supervisor_in_another_process(
     assert _json(capsys, "status", "--database", database_url)["owner"]["running"] is False
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child before it runs: SIGINT's default action. A test run started in the
+    background by a shell without job control (`cmd &` in a script) inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt: Ctrl-C at a terminal is the
+    case under test, not that one."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_status_watch_ends_at_ctrl_c_with_exit_0(sqlite_url: str) -> None:
     """`status --watch` in a process of its own refreshes until SIGINT, then exits 0."""
     with busy_queue(sqlite_url):
         watch = subprocess.Popen(
             [sys.executable, "-m", "postroom_cli", "status", "--database", sqlite_url, "--json",
              "--watch", "0.05"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=_ctrl_c_as_in_a_terminal)
         assert watch.stdout is not None
         with watch:
             try:
