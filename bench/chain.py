@@ -284,7 +284,7 @@ def open_chain(way: str, record: Callable[[int, str], None], batch: int) -> Iter
     "async" on an asyncio loop in a thread of its own with an `async def` sender (and
     enqueues from that loop)."""
     with open_launch(way, record) as (launch, loop), \
-            running_writer(ChainWriter, (launch, Completed()), way, batch, loop) as queue:
+            running_writer(lambda completed: ChainWriter.start(launch, completed), way, batch, loop) as queue:
         yield queue
 
 
@@ -306,12 +306,13 @@ def open_launch(way: str, record: Callable[[int, str], None]
 
 
 @contextmanager
-def running_writer(kind: type[ChainWriter], args: tuple[Any, ...], way: str, batch: int,
+def running_writer(start: Callable[[Completed], pykka.ActorRef[Any]], way: str, batch: int,
                    loop: asyncio.AbstractEventLoop | None) -> Iterator[ChainQueue]:
-    """A writer of `kind` started with `args` (a launch and a `Completed` first), and a queue over it."""
-    writer = kind.start(*args)
+    """The writer `start` starts with the count of outcomes it records, and a queue over it."""
+    completed = Completed()
+    writer = start(completed)
     try:
-        yield ChainQueue(writer, args[1], way, batch, loop)
+        yield ChainQueue(writer, completed, way, batch, loop)
     finally:
         writer.stop(timeout=_ASK_TIMEOUT)  # its on_stop stops every account
 

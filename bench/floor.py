@@ -45,11 +45,10 @@ from bench.chain import (
     running_writer,
 )
 from storage import Storage, open_database
+from storage._sql import chunks
 
 __all__ = ["FloorWriter", "open_floor"]
 
-#: Ids per IN (...) list, as postroom's queries chunk them.
-_CHUNK = 500
 #: What postroom gives a message enqueued with default settings.
 _MAX_ATTEMPTS = 3
 _OPEN = ("pending", "retrying")
@@ -138,22 +137,20 @@ class FloorWriter(ChainWriter):
 
 
 def _select(sql: Any, query: str, ids: list[int]) -> dict[int, tuple[Any, ...]]:
-    """Rows by id (the first column), read in lists of `_CHUNK` ids."""
+    """Rows by id (the first column), read in lists of ids as postroom's queries read them."""
     found: dict[int, tuple[Any, ...]] = {}
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start:start + _CHUNK]
-        found.update((row[0], row) for row in sql.execute(f"{query} ({', '.join('?' * len(chunk))})", chunk))
+    for chunk, marks in chunks(ids):
+        found.update((row[0], row) for row in sql.execute(f"{query} ({marks})", chunk))
     return found
 
 
 def _paused(sql: Any, phones: list[str], at: int) -> set[str]:
     """Those of `phones` whose account has a pause in force at `at`."""
     paused: set[str] = set()
-    for start in range(0, len(phones), _CHUNK):
-        chunk = phones[start:start + _CHUNK]
+    for chunk, marks in chunks(phones):
         paused.update(phone for (phone,) in sql.execute(
             "SELECT phone FROM account_state WHERE (paused_until > ? OR paused_until IS NULL)"
-            f" AND phone IN ({', '.join('?' * len(chunk))})", (at, *chunk)))
+            f" AND phone IN ({marks})", (at, *chunk)))
     return paused
 
 
@@ -165,5 +162,6 @@ def _micros_now() -> int:
 def open_floor(way: str, record: Callable[[int, str], None], batch: int, path: Path) -> Iterator[ChainQueue]:
     """A running floor on the SQLite file `path`, enqueued and sent `way` (the chain's)."""
     with open_launch(way, record) as (launch, loop), \
-            running_writer(FloorWriter, (launch, Completed(), path), way, batch, loop) as queue:
+            running_writer(lambda completed: FloorWriter.start(launch, completed, path), way, batch,
+                           loop) as queue:
         yield queue
